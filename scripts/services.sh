@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Makes sure the services the tests talk to are up, and that the local PostgreSQL checks passwords for
+# amber's granted roles (VALID UNTIL is only enforced on password logins; these machines trust loopback).
+# Idempotent; safe to run on every `make test`.
+set -euo pipefail
+
+say() { printf 'services: %s\n' "$*"; }
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q; }
+maria_up() { mariadb-admin --host=127.0.0.1 --port=3306 --user=root ping >/dev/null 2>&1; }
+
+if ! pg_up; then
+  say "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+if command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; then
+  if ! maria_up; then
+    say "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  fi
+fi
+
+for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+pg_up || { say "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1; }
+if [ -x /usr/sbin/mariadbd ]; then
+  for _ in $(seq 1 60); do maria_up && break; sleep 0.5; done
+  maria_up || say "warning: MariaDB did not come up on 127.0.0.1:3306 (no test needs it yet)"
+fi
+
+# The group every amber-granted role joins in tests, and an hba rule that makes its members use passwords.
+psql -h 127.0.0.1 -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amber_grantees') THEN
+    CREATE ROLE amber_grantees NOLOGIN;
+  END IF;
+END $$;
+SQL
+
+hba=$(psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SHOW hba_file')
+rule='host    all    +amber_grantees    127.0.0.1/32    scram-sha-256'
+rule6='host    all    +amber_grantees    ::1/128    scram-sha-256'
+rulel='local   all    +amber_grantees                    scram-sha-256'
+if [ -w "$hba" ] && ! grep -q '+amber_grantees' "$hba"; then
+  say "adding a scram-sha-256 rule for +amber_grantees ahead of the trust rules in $hba"
+  tmp=$(mktemp)
+  { printf '# amber: granted roles must log in with a password\n%s\n%s\n%s\n' "$rulel" "$rule" "$rule6"; cat "$hba"; } >"$tmp"
+  cat "$tmp" >"$hba"
+  rm -f "$tmp"
+  psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SELECT pg_reload_conf()' >/dev/null
+elif ! grep -q '+amber_grantees' "$hba" 2>/dev/null; then
+  say "warning: cannot edit $hba; tests that check VALID UNTIL and passwords will fail"
+fi
+say "ready"

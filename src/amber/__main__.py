@@ -1,0 +1,3 @@
+from amber.cli.main import main
+
+main()
