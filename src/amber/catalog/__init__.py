@@ -1,0 +1,15 @@
+"""The catalog: resources and their immutable access levels, loaded from amber.yaml and validated whole."""
+
+from amber.catalog.loader import Catalog, load_catalog, resolve_reference
+from amber.catalog.schema import IdentityConfig, IssuerConfig, LevelPolicy, PostgresLevel, Resource
+
+__all__ = [
+    "Catalog",
+    "IdentityConfig",
+    "IssuerConfig",
+    "LevelPolicy",
+    "PostgresLevel",
+    "Resource",
+    "load_catalog",
+    "resolve_reference",
+]

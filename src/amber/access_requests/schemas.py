@@ -1,0 +1,98 @@
+"""API shapes for access requests."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from amber.access_requests.models import AccessRequest, Approval
+from amber.core.clock import as_utc
+from amber.core.durations import parse_duration
+from amber.grants.models import Grant
+from amber.grants.schemas import CredentialOut, GrantOut, PersonOut
+
+
+class RequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resource: str = Field(min_length=1, max_length=64)
+    level: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000)
+    duration: str | int = Field(description="How long, e.g. 30m, 2h, 1h30m, or seconds")
+    supersedes: str | None = Field(default=None, max_length=40)
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: str | int) -> str | int:
+        parse_duration(value)
+        return value
+
+    @property
+    def ttl_seconds(self) -> int:
+        return int(parse_duration(self.duration).total_seconds())
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(default="", max_length=2000)
+
+
+class DecisionOut(BaseModel):
+    outcome: str
+    reasons: list[str]
+    policy_ids: list[str]
+    policy_hash: str
+    granted_ttl_s: int
+    approvals_required: int
+    approver_groups: list[str]
+
+
+class ApprovalOut(BaseModel):
+    approver: PersonOut
+    verdict: str
+    comment: str
+    at: datetime
+
+
+class RequestOut(BaseModel):
+    id: str
+    status: str
+    requester: PersonOut
+    resource: str
+    level: str
+    reason: str
+    requested_ttl_s: int
+    supersedes: str | None
+    submitted_at: datetime
+    closed_at: datetime | None
+    decision: DecisionOut
+    approvals: list[ApprovalOut] = []
+    grant: GrantOut | None = None
+    credential: CredentialOut | None = Field(
+        default=None, description="Present once, in the response that made the grant usable.")
+
+    @classmethod
+    def of(cls, request: AccessRequest, *, approvals: list[Approval] | None = None, grant: Grant | None = None,
+           credential: CredentialOut | None = None) -> RequestOut:
+        return cls(
+            id=request.id, status=request.status,
+            requester=PersonOut(iss=request.requester_issuer, sub=request.requester_subject,
+                                name=request.requester_name),
+            resource=request.resource, level=request.level, reason=request.reason,
+            requested_ttl_s=request.requested_ttl_s, supersedes=request.supersedes_id,
+            submitted_at=as_utc(request.submitted_at),
+            closed_at=as_utc(request.closed_at) if request.closed_at else None,
+            decision=DecisionOut(
+                outcome=request.outcome, reasons=json.loads(request.decision_reasons),
+                policy_ids=json.loads(request.policy_ids), policy_hash=request.policy_hash,
+                granted_ttl_s=request.granted_ttl_s, approvals_required=request.approvals_required,
+                approver_groups=json.loads(request.approver_groups)),
+            approvals=[ApprovalOut(
+                approver=PersonOut(iss=a.approver_issuer, sub=a.approver_subject, name=a.approver_name),
+                verdict=a.verdict, comment=a.comment, at=as_utc(a.decided_at)) for a in approvals or []],
+            grant=GrantOut.of(grant) if grant is not None else None,
+            credential=credential,
+        )

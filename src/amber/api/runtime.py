@@ -1,0 +1,122 @@
+"""The composition root: builds every part of a running amber from settings. Nothing is built at import.
+
+Entry points (API server, CLI, tests, benchmarks) call `Runtime.build(...)`; nothing else wires parts together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from amber.access_requests import AccessRequestService
+from amber.catalog import Catalog, load_catalog
+from amber.core.clock import Clock, SystemClock
+from amber.core.db import UnitOfWork, make_engine, make_unit_of_work
+from amber.core.errors import ConfigError
+from amber.core.meta import installation_id
+from amber.core.migrate import upgrade
+from amber.core.observability import Metrics
+from amber.core.settings import Settings
+from amber.grants import GrantService
+from amber.identity import DevIssuer, RemoteKeys, TokenVerifier, TrustedIssuer
+from amber.identity.dev_issuer import WARNING as DEV_WARNING
+from amber.provisioners.registry import ProvisionerRegistry
+from amber.worker import Worker
+
+log = logging.getLogger("amber")
+
+
+class CatalogHolder:
+    """The running catalog. A reload that fails leaves the running catalog in place."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Catalog:
+        return self._catalog
+
+    def reload(self, path: Path | None = None) -> Catalog:
+        new = load_catalog(path or self._catalog.path)  # raises ConfigError; nothing replaced
+        with self._lock:
+            self._catalog = new
+        return new
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    uow: UnitOfWork
+    catalog: CatalogHolder
+    metrics: Metrics
+    verifier: TokenVerifier
+    dev_issuer: DevIssuer | None
+    provisioners: ProvisionerRegistry
+    grants: GrantService
+    requests: AccessRequestService
+    worker: Worker
+    installation_id: str
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+        clock = clock or SystemClock()
+        catalog = CatalogHolder(load_catalog(settings.catalog))
+        identity = catalog().identity
+        warnings: list[str] = []
+        if identity.dev_issuer and settings.env == "production":
+            raise ConfigError(f"{settings.catalog}: identity.dev_issuer is refused when AMBER_ENV=production")
+        if not identity.dev_issuer and not identity.issuers:
+            raise ConfigError(f"{settings.catalog}: identity: configure at least one issuer (or dev_issuer "
+                              "for local development); amber accepts no unauthenticated calls")
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url)
+        if migrate:
+            upgrade(engine)
+        uow = make_unit_of_work(engine)
+        with uow() as session:
+            install_id = installation_id(session)
+        metrics = Metrics()
+        issuers = [
+            TrustedIssuer(issuer=i.issuer, audience=i.audience,
+                          keys=RemoteKeys(i.jwks_uri or f"{i.issuer.rstrip('/')}/.well-known/jwks.json"),
+                          algorithms=tuple(i.algorithms), groups_claim=i.groups_claim, name_claim=i.name_claim)
+            for i in identity.issuers
+        ]
+        dev_issuer = None
+        if identity.dev_issuer:
+            dev_issuer = DevIssuer(settings.state_dir, f"{settings.resolved_public_url}/dev-issuer", clock)
+            issuers.append(dev_issuer.trusted_issuer())
+            warnings.append(DEV_WARNING)
+            log.warning("WARNING: %s", DEV_WARNING)
+        verifier = TokenVerifier(issuers, clock)
+
+        def describe(resource_name: str) -> tuple[str, str, str | None, str]:
+            current = catalog()
+            resource = current.resource(resource_name)
+            dsn = current.resolve_connection(resource_name)
+            fingerprint = hashlib.sha256(
+                f"{resource.kind}\0{dsn}\0{resource.grantee_group}".encode()).hexdigest()
+            return resource.kind, dsn, resource.grantee_group, fingerprint
+
+        provisioners = ProvisionerRegistry(describe)
+        grants = GrantService(uow=uow, clock=clock, catalog=catalog, provisioners=provisioners,
+                              installation_id=install_id, metrics=metrics)
+        requests = AccessRequestService(uow=uow, clock=clock, catalog=catalog, grant_service=grants,
+                                        metrics=metrics)
+        worker = Worker(grants, metrics, interval_s=settings.worker_interval_s,
+                        reconcile_interval_s=settings.reconcile_interval_s)
+        return cls(settings=settings, clock=clock, engine=engine, uow=uow, catalog=catalog, metrics=metrics,
+                   verifier=verifier, dev_issuer=dev_issuer, provisioners=provisioners, grants=grants,
+                   requests=requests, worker=worker, installation_id=install_id, warnings=warnings)
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.engine.dispose()

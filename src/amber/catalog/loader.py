@@ -1,0 +1,162 @@
+"""Loading amber.yaml: parse, validate everything, and point at the exact line of any problem.
+
+Invariant: amber never runs on a half-valid catalog. `load_catalog` either returns a complete, validated
+Catalog or raises ConfigError naming the file, the line, the path inside the file and the problem; the
+caller keeps whatever catalog it had before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from amber.catalog.schema import CatalogFile, IdentityConfig, PostgresLevel, Resource
+from amber.core.crypto import canonical_json, sha256_hex
+from amber.core.errors import ConfigError, NotFound
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    path: Path
+    content_hash: str
+    policy_hash: str
+    identity: IdentityConfig
+    resources: dict[str, Resource]
+    _lines: dict[Loc, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def resource(self, name: str) -> Resource:
+        try:
+            return self.resources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.resources)) or "none"
+            raise NotFound(f"no resource named {name!r} in the catalog (known: {known})") from None
+
+    def level(self, resource_name: str, level_name: str) -> PostgresLevel:
+        resource = self.resource(resource_name)
+        try:
+            return resource.levels[level_name]
+        except KeyError:
+            known = ", ".join(sorted(resource.levels))
+            raise NotFound(
+                f"resource {resource_name!r} has no access level {level_name!r} (known: {known})"
+            ) from None
+
+    def where(self, loc: Loc) -> str:
+        """`file:line` of the closest YAML node to a path, for messages about a resolved value."""
+        return f"{self.path}:{_line_for(self._lines, loc)}"
+
+    def resolve_connection(self, resource_name: str) -> str:
+        """Resolve a resource's admin connection reference. The value is a secret: never log it."""
+        resource = self.resource(resource_name)
+        index = list(self.resources).index(resource_name)
+        where = self.where(("resources", index, "connection"))
+        return resolve_reference(resource.connection, where=where, base=self.path.parent)
+
+
+def resolve_reference(ref: str, *, where: str, base: Path) -> str:
+    kind, _, target = ref.partition(":")
+    if kind == "env":
+        value = os.environ.get(target)
+        if not value:
+            raise ConfigError(f"{where}: environment variable {target} (from {ref!r}) is not set")
+        return value
+    if kind == "file":
+        path = Path(target)
+        if not path.is_absolute():
+            path = base / path
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {path} (from {ref!r}): {exc.strerror}") from None
+    raise ConfigError(f"{where}: {ref!r} is not an env: or file: reference")
+
+
+def load_catalog(path: Path | str) -> Catalog:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read catalog: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML: {exc.problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the catalog must be a mapping with `resources:` at the top")
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    try:
+        parsed = CatalogFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc, lines)) from None
+    policies = {
+        resource.name: {name: level.policy.model_dump(mode="json") for name, level in resource.levels.items()}
+        for resource in parsed.resources
+    }
+    return Catalog(
+        path=path,
+        content_hash=hashlib.sha256(raw).hexdigest(),
+        policy_hash=sha256_hex(canonical_json(policies)),
+        identity=parsed.identity,
+        resources={resource.name: resource for resource in parsed.resources},
+        _lines=lines,
+    )
+
+
+def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark.line)
+            lines[(*loc, key)] = key_node.start_mark.line + 1
+            _index_lines(value_node, (*loc, key), lines)
+            lines[(*loc, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*loc, index), lines)
+
+
+def _line_for(lines: dict[Loc, int], loc: Loc) -> int:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+def _describe(path: Path, exc: ValidationError, lines: dict[Loc, int]) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc: Loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-")))
+        dotted = _dotted(loc) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; amber rejects keys it does not understand)"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        problems.append(f"{path}:{_line_for(lines, loc)}: {dotted}: {message}")
+    return "invalid catalog:\n  " + "\n  ".join(problems)
+
+
+def _dotted(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text

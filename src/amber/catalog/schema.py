@@ -1,0 +1,167 @@
+"""The shape of amber.yaml, as Pydantic models. Loading rules live in loader.py.
+
+Invariant: an access level is an immutable profile that can only read. Anything that would let a level
+write is rejected here, at load, with a message saying so (guarantee 1: amber never grants a write).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from amber.core.durations import parse_duration
+
+_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+_SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_WRITE_WORDS = {"insert", "update", "delete", "truncate", "create", "write", "all", "references", "trigger"}
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, str | int | float | timedelta):
+        return parse_duration(value)
+    raise ValueError(f"not a duration: {value!r}")
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LevelPolicy(_Strict):
+    """Policy v0 for one level: who may ask, who gets it at once, and who must say yes otherwise."""
+
+    requesters: list[str] | None = Field(
+        default=None, description="Groups allowed to request; omitted means any signed-in user."
+    )
+    auto_approve: list[str] = Field(default_factory=list, description="Groups whose requests need no approval.")
+    approvals: int = Field(default=1, ge=0, le=10, description="Distinct approvals needed otherwise.")
+    approvers: list[str] = Field(default_factory=list, description="Groups whose members may approve.")
+    owners_approve: bool = Field(default=True, description="Members of the resource's owner groups may approve.")
+
+    @model_validator(mode="after")
+    def _approvers_exist(self) -> LevelPolicy:
+        if self.approvals > 0 and not self.approvers and not self.owners_approve:
+            raise ValueError("approvals are required but nobody may approve (set approvers or owners_approve)")
+        return self
+
+
+class PostgresLevel(_Strict):
+    """Level `read-only` for PostgreSQL: USAGE on the schemas and SELECT on their tables, nothing else."""
+
+    access: Literal["read-only"] = "read-only"
+    schemas: list[str] = Field(min_length=1)
+    privileges: list[str] = Field(default_factory=lambda: ["SELECT"])
+    statement_timeout: Duration = timedelta(seconds=30)
+    connection_limit: int = Field(default=2, ge=1, le=100)
+    max_ttl: Duration = timedelta(hours=8)
+    min_reason_length: int = Field(default=3, ge=0, le=500)
+    policy: LevelPolicy = Field(default_factory=LevelPolicy)
+
+    @field_validator("access", mode="before")
+    @classmethod
+    def _read_only(cls, value: object) -> object:
+        if isinstance(value, str) and value != "read-only":
+            raise ValueError(f"amber never grants a write: access {value!r} is not allowed, only 'read-only'")
+        return value
+
+    @field_validator("schemas")
+    @classmethod
+    def _schema_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _IDENT.match(name):
+                raise ValueError(f"not a plain schema name: {name!r}")
+        return value
+
+    @field_validator("privileges")
+    @classmethod
+    def _only_select(cls, value: list[str]) -> list[str]:
+        for privilege in value:
+            if privilege.strip().lower() in _WRITE_WORDS or privilege.strip().upper() != "SELECT":
+                raise ValueError(
+                    f"amber never grants a write: privilege {privilege!r} is not allowed, only SELECT"
+                )
+        return value
+
+    @field_validator("max_ttl")
+    @classmethod
+    def _ttl_bound(cls, value: timedelta) -> timedelta:
+        if value > timedelta(days=7):
+            raise ValueError("max_ttl may be at most 7d")
+        return value
+
+
+class Resource(_Strict):
+    name: str = Field(pattern=_NAME)
+    kind: Literal["postgres"]
+    description: str = ""
+    environment: str = Field(default="production", pattern=_NAME)
+    tags: list[str] = Field(default_factory=list)
+    owners: list[str] = Field(default_factory=list, description="Groups that own the resource.")
+    connection: str = Field(description="Admin connection by reference: env:NAME or file:PATH, never inline.")
+    grantee_group: str | None = Field(
+        default=None, description="A privilege-less group role every granted role joins (for pg_hba rules)."
+    )
+    levels: dict[str, PostgresLevel] = Field(min_length=1)
+
+    @field_validator("connection")
+    @classmethod
+    def _by_reference(cls, value: str) -> str:
+        if not _SECRET_REF.match(value):
+            raise ValueError(
+                "the admin connection must be a reference (env:NAME or file:PATH), never an inline URL or password"
+            )
+        return value
+
+    @field_validator("grantee_group")
+    @classmethod
+    def _group_name(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENT.match(value):
+            raise ValueError(f"not a plain role name: {value!r}")
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _level_names(cls, value: dict[str, PostgresLevel]) -> dict[str, PostgresLevel]:
+        for name in value:
+            if not re.match(_NAME, name):
+                raise ValueError(f"level name {name!r} must match {_NAME}")
+        return value
+
+
+class IssuerConfig(_Strict):
+    issuer: str = Field(pattern=r"^https?://")
+    audience: str
+    jwks_uri: str | None = Field(default=None, pattern=r"^https?://")
+    algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"]  # type: ignore[arg-type]
+    )
+    groups_claim: str = "groups"
+    name_claim: str = "preferred_username"
+
+
+class IdentityConfig(_Strict):
+    dev_issuer: bool = Field(default=False, description="Local development issuer; refused in production.")
+    issuers: list[IssuerConfig] = Field(default_factory=list)
+    admins: list[str] = Field(default_factory=list, description="Groups that may revoke any grant.")
+    auditors: list[str] = Field(default_factory=list, description="Groups that may read the whole ledger.")
+
+
+class CatalogFile(_Strict):
+    version: Literal[1] = 1
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    resources: list[Resource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CatalogFile:
+        seen: set[str] = set()
+        for resource in self.resources:
+            if resource.name in seen:
+                raise ValueError(f"resource {resource.name!r} is declared twice")
+            seen.add(resource.name)
+        return self

@@ -1,0 +1,427 @@
+"""The `amber` command. Errors print one clear line and exit non-zero; `--json` prints machine output."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from amber.cli.client import Client, default_url, save_token
+from amber.core.durations import format_duration, parse_duration
+from amber.core.errors import AmberError, InvalidInput
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="amber: self-service, time-boxed, read-only access to production.")
+audit_app = typer.Typer(no_args_is_help=True, help="Verify and read the ledger.")
+resource_app = typer.Typer(no_args_is_help=True, help="Inspect and harden catalog resources.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Validate catalog files.")
+db_app = typer.Typer(no_args_is_help=True, help="amber's own state store.")
+demo_app = typer.Typer(no_args_is_help=True, help="The quickstart demo.")
+app.add_typer(audit_app, name="audit")
+app.add_typer(resource_app, name="resource")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", envvar="AMBER_PROFILE", help="Credential profile.")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="amber's URL (default $AMBER_URL or the profile's).")]
+
+
+def _out(data: Any, as_json: bool, human: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        print(human)
+
+
+def _client(profile: str, url: str | None) -> Client:
+    return Client.for_profile(profile, url)
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "-"
+    at = datetime.fromisoformat(value)
+    delta = at - datetime.now(UTC)
+    seconds = int(delta.total_seconds())
+    rel = f"in {format_duration(delta)}" if seconds > 0 else f"{format_duration(-delta)} ago" if seconds < 0 else "now"
+    return f"{at.strftime('%Y-%m-%d %H:%M:%S')}Z ({rel})"
+
+
+def _print_credential(credential: dict[str, Any]) -> None:
+    print()
+    print("  Connect (shown once; amber keeps no copy of this password):")
+    print(f"    {credential['psql']}")
+    print()
+
+
+def _describe_request(data: dict[str, Any]) -> str:
+    decision = data["decision"]
+    lines = [f"request {data['id']}: {data['status']}  ({data['resource']}/{data['level']}, "
+             f"by {data['requester']['name']})"]
+    lines += [f"  - {reason}" for reason in decision["reasons"]]
+    grant = data.get("grant")
+    if grant:
+        lines.append(f"  grant {grant['id']}: {grant['status']}, role {grant['role']}, "
+                     f"expires {_when(grant['expires_at'])}")
+        if grant.get("last_error"):
+            lines.append(f"  provisioning is being retried: {grant['last_error']}")
+    return "\n".join(lines)
+
+
+# -- server ------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    catalog: Annotated[Path | None, typer.Option(help="Catalog file (default $AMBER_CATALOG or amber.yaml).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run amber: API, worker and dev issuer (if enabled) in one process."""
+    import uvicorn
+
+    from amber.api.app import create_app
+    from amber.api.runtime import Runtime
+    from amber.core.observability import configure_logging
+    from amber.core.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if catalog is not None:
+        overrides["catalog"] = catalog
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level)
+    rt = Runtime.build(settings)
+    url = settings.resolved_public_url
+    print(f"amber is starting on {url}  (state: {settings.resolved_database_url.split('://')[0]}, "
+          f"catalog: {settings.catalog})")
+    for warning in rt.warnings:
+        print(f"WARNING: {warning}")
+    print(f"  API docs: {url}/docs    health: {url}/healthz    metrics: {url}/metrics")
+    resources = ", ".join(rt.catalog().resources) or "none"
+    print(f"  resources: {resources}")
+    if rt.dev_issuer is not None:
+        print("  Next, in another terminal:")
+        print("    .venv/bin/amber login --dev alice --groups engineering,oncall")
+        first = next(iter(rt.catalog().resources.values()), None)
+        if first is not None:
+            level = next(iter(first.levels))
+            print(f"    .venv/bin/amber request {first.name} --level {level} --for 2m "
+                  "--reason 'investigate INC-1234'")
+    sys.stdout.flush()
+    uvicorn.run(create_app(rt), host=settings.host, port=settings.port, log_level="warning")
+
+
+# -- identity ----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def login(
+    dev: Annotated[str | None, typer.Option("--dev", help="User name at the development issuer.")] = None,
+    groups: Annotated[str, typer.Option(help="Comma-separated groups (dev issuer only).")] = "",
+    token: Annotated[str | None, typer.Option(help="Store this bearer token from your identity provider.")] = None,
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign in and cache a token for this profile (0600 in your config folder)."""
+    base = url or default_url()
+    client = Client(base, None)
+    if dev:
+        group_list = [g.strip() for g in groups.split(",") if g.strip()]
+        data = client.call("POST", "/dev-issuer/token", {"user": dev, "groups": group_list}, auth=False)
+        access_token = data["access_token"]
+        print("WARNING: signed in through the DEVELOPMENT issuer; never use it in production.", file=sys.stderr)
+    elif token:
+        access_token = token
+    else:
+        raise InvalidInput("use `amber login --dev USER --groups a,b` (development) or `--token TOKEN`")
+    me = Client(base, access_token).call("GET", "/v1/me")
+    path = save_token(profile, base, access_token, me["name"])
+    _out(me, as_json, f"signed in as {me['name']} ({me['iss']}), groups: {', '.join(me['groups']) or '-'}\n"
+                      f"token cached in {path}")
+
+
+@app.command()
+def whoami(profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Show who the cached token says you are."""
+    me = _client(profile, url).call("GET", "/v1/me")
+    _out(me, as_json, f"{me['name']} ({me['iss']} {me['sub']}), groups: {', '.join(me['groups']) or '-'}")
+
+
+# -- requests ----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def request(
+    resource: str,
+    level: Annotated[str, typer.Option("--level", "-l", help="Access level, e.g. read-only.")],
+    duration: Annotated[str, typer.Option("--for", help="How long, e.g. 30m, 2h.")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why you need access (recorded).")],
+    wait: Annotated[bool, typer.Option(help="Wait for approval, then print how to connect.")] = False,
+    timeout: Annotated[str, typer.Option(help="How long --wait waits.")] = "30m",
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask for access. Auto-approved requests print how to connect, once."""
+    parse_duration(duration)
+    client = _client(profile, url)
+    data = client.call("POST", "/v1/requests", {"resource": resource, "level": level, "reason": reason,
+                                                 "duration": duration})
+    if wait and data["status"] == "pending":
+        if not as_json:
+            print(_describe_request(data))
+            print("waiting for approval (Ctrl-C stops waiting; the request stays pending)...")
+        deadline = time.monotonic() + parse_duration(timeout).total_seconds()
+        while data["status"] == "pending" and time.monotonic() < deadline:
+            time.sleep(1)
+            data = client.call("GET", f"/v1/requests/{data['id']}")
+        grant = data.get("grant")
+        while grant and grant["status"] == "issued" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            grant = client.call("GET", f"/v1/grants/{grant['id']}")
+            data["grant"] = grant
+        if grant and grant["status"] == "active" and not grant["credential_shown"]:
+            data["credential"] = client.call("POST", f"/v1/grants/{grant['id']}/credentials")
+    _out(data, as_json, _describe_request(data))
+    if not as_json and data.get("credential"):
+        _print_credential(data["credential"])
+    elif not as_json and data["status"] == "pending":
+        print(f"  approvers can run: amber approve {data['id']}")
+    if data["status"] == "denied":
+        raise typer.Exit(2)
+
+
+@app.command("requests")
+def list_requests(
+    to_approve: Annotated[bool, typer.Option("--to-approve", help="Pending requests you may review.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every request (auditors).")] = False,
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List your requests (or those waiting for you)."""
+    scope = "to_approve" if to_approve else "all" if all_ else "mine"
+    params = {"scope": scope, **({"status": status} if status else {})}
+    rows = _client(profile, url).call("GET", "/v1/requests", params=params)
+    lines = [f"{r['id']}  {r['status']:<9} {r['resource']}/{r['level']:<12} {r['requester']['name']:<12} "
+             f"{r['reason'][:40]}" for r in rows]
+    _out(rows, as_json, "\n".join(lines) or "no requests")
+
+
+def _review(verb: str, request_id: str, comment: str, profile: str, url: str | None, as_json: bool) -> None:
+    data = _client(profile, url).call("POST", f"/v1/requests/{request_id}/{verb}", {"comment": comment})
+    _out(data, as_json, _describe_request(data))
+
+
+@app.command()
+def approve(request_id: str, comment: Annotated[str, typer.Option(help="Recorded with your approval.")] = "",
+            profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Approve a pending request."""
+    _review("approve", request_id, comment, profile, url, as_json)
+
+
+@app.command()
+def deny(request_id: str, comment: Annotated[str, typer.Option(help="Recorded with your denial.")] = "",
+         profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Deny a pending request."""
+    _review("deny", request_id, comment, profile, url, as_json)
+
+
+@app.command()
+def cancel(request_id: str, profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Cancel one of your pending requests."""
+    data = _client(profile, url).call("POST", f"/v1/requests/{request_id}/cancel")
+    _out(data, as_json, _describe_request(data))
+
+
+# -- grants ------------------------------------------------------------------------------------------------
+
+
+@app.command("grants")
+def list_grants(
+    all_: Annotated[bool, typer.Option("--all", help="Every grant (auditors).")] = False,
+    live: Annotated[bool, typer.Option("--live", help="Only issued or active grants.")] = False,
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List your grants."""
+    params = {"scope": "all" if all_ else "mine", "live": live}
+    rows = _client(profile, url).call("GET", "/v1/grants", params=params)
+    lines = [f"{g['id']}  {g['status']:<8} {g['resource']}/{g['level']:<12} {g['role']}  "
+             f"expires {_when(g['expires_at'])}" for g in rows]
+    _out(rows, as_json, "\n".join(lines) or "no grants")
+
+
+@app.command()
+def credentials(grant_id: str, profile: ProfileOpt = "default", url: UrlOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Get an approved grant's connection string. It is shown exactly once."""
+    data = _client(profile, url).call("POST", f"/v1/grants/{grant_id}/credentials")
+    _out(data, as_json, f"grant {grant_id}: role {data['user']}")
+    if not as_json:
+        _print_credential(data)
+
+
+@app.command()
+def revoke(grant_id: str, reason: Annotated[str, typer.Option(help="Recorded with the revocation.")] = "",
+           profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """End a grant now (your own, or any as an admin). Live sessions are cut."""
+    data = _client(profile, url).call("POST", f"/v1/grants/{grant_id}/revoke", {"reason": reason})
+    _out(data, as_json, f"grant {data['id']}: {data['status']} ({data.get('end_reason') or '-'})")
+
+
+# -- local administration ----------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: JsonOpt = False) -> None:
+    """Replay the ledger's hash chain and the state tables; exit 1 naming the first problem."""
+    from amber import audit
+    from amber.core.db import make_engine, make_unit_of_work
+    from amber.core.settings import Settings
+
+    engine = make_engine(Settings().resolved_database_url)
+    with make_unit_of_work(engine)() as session:
+        report = audit.verify(session)
+    data = {"ok": report.ok, "entries": report.entries, "head_hash": report.head_hash, "problems": report.problems}
+    human = (f"ledger OK: {report.entries} entries, head {report.head_hash}" if report.ok else
+             "ledger verification FAILED:\n  " + "\n  ".join(report.problems))
+    _out(data, as_json, human)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("tail")
+def audit_tail(
+    lines: Annotated[int, typer.Option("-n", help="How many recent entries.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new entries.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the most recent ledger entries."""
+    from amber import ledger
+    from amber.core.db import make_engine, make_unit_of_work
+    from amber.core.settings import Settings
+
+    uow = make_unit_of_work(make_engine(Settings().resolved_database_url))
+    with uow() as session:
+        last, _ = ledger.head(session)
+    after = max(0, last - lines)
+    while True:
+        with uow() as session:
+            batch = ledger.entries(session, after_seq=after, limit=1000)
+        for entry in batch:
+            if as_json:
+                print(json.dumps(entry.as_dict(), sort_keys=True, default=str))
+            else:
+                print(f"{entry.seq:>6} {entry.at.strftime('%H:%M:%S.%f')[:-3]} {entry.event_type:<24} "
+                      f"{entry.subject_kind}:{entry.subject_id} by {entry.actor.name}  "
+                      f"{json.dumps(entry.payload, sort_keys=True)[:120]}")
+            after = entry.seq
+        if not follow:
+            return
+        sys.stdout.flush()
+        time.sleep(0.5)
+
+
+def _resource_provisioner(name: str) -> Any:
+    from amber.catalog import load_catalog
+    from amber.core.settings import Settings
+    from amber.provisioners.registry import build
+
+    catalog = load_catalog(Settings().catalog)
+    resource = catalog.resource(name)
+    return build(resource.kind, catalog.resolve_connection(name), resource.grantee_group)
+
+
+@resource_app.command("check")
+def resource_check(name: str, as_json: JsonOpt = False) -> None:
+    """Report what on the target would let a granted role write or skip its password, with the fixes."""
+    findings = _resource_provisioner(name).check()
+    data = [{"code": f.code, "severity": f.severity, "message": f.message, "fix": f.fix} for f in findings]
+    human = []
+    for f in findings:
+        human.append(f"[{f.severity.upper()}] {f.code}: {f.message}")
+        if f.fix:
+            human.append(f"    fix: {f.fix}")
+    _out(data, as_json, "\n".join(human))
+    if any(f.severity == "danger" for f in findings):
+        raise typer.Exit(1)
+
+
+@resource_app.command("harden")
+def resource_harden(name: str, yes: Annotated[bool, typer.Option("--yes", help="Apply without asking.")] = False,
+                    as_json: JsonOpt = False) -> None:
+    """Apply the REVOKE statements `amber resource check` proposes."""
+    provisioner = _resource_provisioner(name)
+    if not yes:
+        fixes = [f.fix for f in provisioner.check() if f.fix and f.severity == "danger"]
+        print("\n".join(f"  {fix}" for fix in fixes) or "  nothing to apply")
+        if not fixes or not typer.confirm("apply these statements?"):
+            raise typer.Exit(0)
+    applied = provisioner.harden()
+    _out(applied, as_json, "\n".join(f"applied: {s}" for s in applied) or "nothing to apply")
+
+
+@catalog_app.command("validate")
+def catalog_validate(path: Annotated[Path | None, typer.Argument(help="Catalog file.")] = None) -> None:
+    """Validate a catalog file without starting amber."""
+    from amber.catalog import load_catalog
+    from amber.core.settings import Settings
+
+    catalog = load_catalog(path or Settings().catalog)
+    print(f"{catalog.path}: OK ({len(catalog.resources)} resources, policy {catalog.policy_hash[:12]})")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate amber's state store."""
+    from amber.core.db import make_engine
+    from amber.core.migrate import upgrade
+    from amber.core.settings import Settings
+
+    settings = Settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(settings.resolved_database_url))
+    print("state store is up to date")
+
+
+@demo_app.command("setup")
+def demo_setup() -> None:
+    """Create the demo database behind AMBER_DEMO_PG_URL with a few tables of sample data."""
+    from amber.cli.demo import setup
+
+    print(setup())
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (AmberError, ValueError) as exc:
+        message = exc.message if isinstance(exc, AmberError) else str(exc)
+        print(f"amber: error: {message}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

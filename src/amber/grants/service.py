@@ -1,0 +1,342 @@
+"""Grants: issue, activate, revoke, expire, and drive the provisioners.
+
+Invariants:
+- Every change of a grant's lifecycle state is written with its ledger event in one transaction.
+- External effects (creating or dropping a role) happen only after that transaction commits, are keyed by
+  the grant id, and are retried by the worker until they succeed. A grant's durable state says what the
+  target must look like: live grants may have a role, ended grants must not.
+- Expiry is an absolute instant fixed when the grant is issued; nothing extends it.
+- Ending access comes first: revoke blocks logins and ends sessions before it drops anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from amber import ledger
+from amber.catalog import Catalog
+from amber.core.clock import Clock, as_utc
+from amber.core.crypto import new_secret
+from amber.core.db import UnitOfWork, is_postgres
+from amber.core.errors import Conflict, Forbidden, NotFound
+from amber.core.ids import new_id, short_id
+from amber.core.observability import Metrics
+from amber.grants.lifecycle import ENDED, LIVE, check_move
+from amber.grants.models import Grant
+from amber.ledger import SYSTEM, Actor
+from amber.provisioners import ConnectionInfo, GrantSpec, Provisioner, ProvisionerError, RevokeSpec
+from amber.provisioners.base import ROLE_PREFIX
+
+log = logging.getLogger(__name__)
+
+ProvisionerLookup = Callable[[str], Provisioner]
+MAX_BACKOFF = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class Activation:
+    grant: Grant
+    password: str | None = None
+    error: str | None = None
+
+    @property
+    def connection_url(self) -> str | None:
+        info = connection_info(self.grant)
+        return info.url(self.password) if info and self.password else None
+
+
+def connection_info(grant: Grant) -> ConnectionInfo | None:
+    if grant.connect_host is None or grant.connect_port is None or grant.connect_database is None:
+        return None
+    return ConnectionInfo(grant.connect_host, grant.connect_port, grant.connect_database, grant.role_name)
+
+
+def role_name_for(grant_id: str) -> str:
+    return f"{ROLE_PREFIX}{short_id(grant_id)}"
+
+
+# -- inside a caller's transaction ------------------------------------------------------------------------
+
+
+def issue(
+    session: Session, *, catalog: Catalog, request_id: str, grantee: Actor, resource: str, level: str,
+    ttl: timedelta, now: datetime, actor: Actor,
+) -> Grant:
+    """Create a grant for an approved request. Expiry is fixed here: now + min(ttl, the level's max TTL)."""
+    level_spec = catalog.level(resource, level)
+    grant_id = new_id("grt")
+    grant = Grant(
+        id=grant_id, request_id=request_id, grantee_issuer=grantee.issuer, grantee_subject=grantee.subject,
+        grantee_name=grantee.name, resource=resource, level=level, role_name=role_name_for(grant_id),
+        issued_at=now, expires_at=now + min(ttl, level_spec.max_ttl), status="issued", attempts=0,
+        next_attempt_at=now,
+    )
+    session.add(grant)
+    session.flush()
+    _record(session, grant, "grant.issued", actor, now, {
+        "request_id": request_id, "grantee": {"iss": grantee.issuer, "sub": grantee.subject},
+        "resource": resource, "level": level, "role": grant.role_name,
+        "expires_at": ledger_time(grant.expires_at),
+    })
+    return grant
+
+
+def get(session: Session, grant_id: str, *, for_update: bool = False) -> Grant:
+    query = select(Grant).where(Grant.id == grant_id)
+    if for_update and is_postgres(session):
+        query = query.with_for_update()
+    grant = session.scalar(query)
+    if grant is None:
+        raise NotFound(f"no grant {grant_id}")
+    return grant
+
+
+def ledger_time(at: datetime) -> str:
+    return ledger.chain.format_at(as_utc(at))
+
+
+def _record(session: Session, grant: Grant, event: str, actor: Actor, now: datetime,
+            payload: dict[str, object]) -> None:
+    ledger.append(session, at=now, event_type=event, actor=actor, subject_kind="grant", subject_id=grant.id,
+                  payload=payload)
+
+
+def _move(session: Session, grant: Grant, target: str, actor: Actor, now: datetime, reason: str) -> None:
+    check_move(grant.id, grant.status, target)
+    grant.status = target
+    grant.ended_at = now
+    grant.end_reason = reason
+    grant.ended_by = f"{actor.issuer}#{actor.subject}"
+    grant.next_attempt_at = now
+    grant.attempts = 0
+    _record(session, grant, f"grant.{target}", actor, now, {"reason": reason})
+
+
+# -- orchestration: one transaction per step, external effects after commit ------------------------------
+
+
+class GrantService:
+    def __init__(
+        self, *, uow: UnitOfWork, clock: Clock, catalog: Callable[[], Catalog],
+        provisioners: ProvisionerLookup, installation_id: str, metrics: Metrics,
+    ) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._catalog = catalog
+        self._provisioners = provisioners
+        self._installation_id = installation_id
+        self._metrics = metrics
+
+    def spec(self, grant: Grant) -> GrantSpec:
+        level = self._catalog().level(grant.resource, grant.level)
+        return GrantSpec(
+            grant_id=grant.id, role_name=grant.role_name, owner_tag=self._installation_id,
+            expires_at=as_utc(grant.expires_at), schemas=tuple(level.schemas),
+            statement_timeout=level.statement_timeout, connection_limit=level.connection_limit,
+        )
+
+    def activate(self, grant_id: str, *, with_credential: bool) -> Activation:
+        """Provision a grant's role and mark it active; with_credential also sets and returns its password.
+
+        Never raises for a target that is down: the failure is recorded and the worker retries.
+        """
+        with self._uow() as session:
+            grant = get(session, grant_id)
+            if grant.status not in LIVE:
+                return Activation(grant, error=f"grant is {grant.status}")
+            spec = self.spec(grant)
+        provisioner = self._provisioners(grant.resource)
+        password = new_secret("pg") if with_credential else None
+        started = self._clock.now()
+        try:
+            with self._metrics.provision_seconds.labels(provisioner.kind).time():
+                info = provisioner.provision(spec)
+                if password is not None:
+                    provisioner.set_password(spec, password)
+        except ProvisionerError as exc:
+            self._metrics.provision_failures.labels(provisioner.kind, "provision").inc()
+            return Activation(self._note_failure(grant_id, str(exc)), error=str(exc))
+        with self._uow() as session:
+            grant = get(session, grant_id, for_update=True)
+            now = self._clock.now()
+            if grant.status not in LIVE:
+                # Revoked or expired while we were provisioning: the role must go again.
+                ended = grant
+            else:
+                ended = None
+                if grant.status == "issued":
+                    check_move(grant.id, grant.status, "active")
+                    grant.status = "active"
+                    grant.activated_at = now
+                    grant.connect_host, grant.connect_port, grant.connect_database = (
+                        info.host, info.port, info.database)
+                    grant.last_error = None
+                    _record(session, grant, "grant.activated", SYSTEM, now, {
+                        "role": grant.role_name, "target": f"{info.host}:{info.port}/{info.database}",
+                        "provision_ms": round((now - started).total_seconds() * 1000, 3),
+                    })
+                if password is not None:
+                    # Only the submit path asks for a credential here, right after issuing the grant;
+                    # a claim needs an active grant, so nobody can have been shown one before.
+                    grant.credential_shown_at = now
+                    _record(session, grant, "grant.credential_issued", SYSTEM, now,
+                            {"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}})
+        if ended is not None:
+            self.deprovision([grant_id])
+            return Activation(ended, error=f"grant is {ended.status}")
+        return Activation(grant, password=password)
+
+    def claim_credential(self, grant_id: str, *, issuer: str, subject: str) -> Activation:
+        """Show the grant's password to its grantee, exactly once."""
+        with self._uow() as session:
+            grant = get(session, grant_id, for_update=True)
+            if (grant.grantee_issuer, grant.grantee_subject) != (issuer, subject):
+                raise Forbidden("only the person the grant was issued to can get its credential")
+            if grant.status != "active":
+                raise Conflict(f"grant {grant_id} is {grant.status}; credentials exist only for active grants")
+            if grant.credential_shown_at is not None:
+                raise Conflict(
+                    f"the credential for grant {grant_id} was already shown; it is shown exactly once "
+                    "(revoke the grant and request again if it was lost)")
+            now = self._clock.now()
+            grant.credential_shown_at = now
+            _record(session, grant, "grant.credential_issued", SYSTEM, now,
+                    {"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}})
+            spec = self.spec(grant)
+        password = new_secret("pg")
+        try:
+            self._provisioners(grant.resource).set_password(spec, password)
+        except ProvisionerError as exc:
+            with self._uow() as session:
+                grant = get(session, grant_id, for_update=True)
+                grant.credential_shown_at = None
+                _record(session, grant, "grant.credential_failed", SYSTEM, self._clock.now(),
+                        {"error": str(exc)})
+            raise
+        return Activation(grant, password=password)
+
+    def revoke(self, grant_id: str, *, actor: Actor, reason: str, is_admin: bool) -> Grant:
+        with self._uow() as session:
+            grant = get(session, grant_id, for_update=True)
+            own = (grant.grantee_issuer, grant.grantee_subject) == (actor.issuer, actor.subject)
+            if not (own or is_admin):
+                raise Forbidden("only the grantee or an admin can revoke this grant")
+            if grant.status in ENDED:
+                raise Conflict(f"grant {grant_id} already {grant.status}")
+            _move(session, grant, "revoked", actor, self._clock.now(), reason or "revoked")
+        self._metrics.grants_ended.labels("revoked").inc()
+        self.deprovision([grant_id])
+        return grant
+
+    def expire_due(self, *, limit: int = 500) -> list[str]:
+        """Move every live grant whose expiry has passed to `expired`, then take its access away."""
+        with self._uow() as session:
+            now = self._clock.now()
+            query = (select(Grant).where(Grant.status.in_(LIVE), Grant.expires_at <= now)
+                     .order_by(Grant.expires_at).limit(limit))
+            if is_postgres(session):
+                query = query.with_for_update(skip_locked=True)
+            due = list(session.scalars(query))
+            for grant in due:
+                _move(session, grant, "expired", SYSTEM, now, "expired")
+        if due:
+            self._metrics.grants_ended.labels("expired").inc(len(due))
+            self.deprovision([grant.id for grant in due])
+            done = self._clock.now()
+            for grant in due:
+                self._metrics.revocation_lag.observe(max(0.0, (done - as_utc(grant.expires_at)).total_seconds()))
+        return [grant.id for grant in due]
+
+    def deprovision(self, grant_ids: Sequence[str]) -> None:
+        """Remove ended grants' roles, batched per resource; record success, or the failure for a retry."""
+        with self._uow() as session:
+            grants = list(session.scalars(select(Grant).where(Grant.id.in_(grant_ids))))
+        by_resource: dict[str, list[Grant]] = defaultdict(list)
+        for grant in grants:
+            if grant.status in ENDED and grant.deprovisioned_at is None:
+                by_resource[grant.resource].append(grant)
+        for resource, batch in by_resource.items():
+            specs = [RevokeSpec(grant.id, grant.role_name) for grant in batch]
+            try:
+                provisioner = self._provisioners(resource)
+                provisioner.revoke(specs)
+            except ProvisionerError as exc:
+                self._metrics.provision_failures.labels("postgres", "revoke").inc()
+                for grant in batch:
+                    self._note_failure(grant.id, str(exc))
+                continue
+            with self._uow() as session:
+                now = self._clock.now()
+                for grant in batch:
+                    row = get(session, grant.id)
+                    row.deprovisioned_at = now
+                    row.last_error = None
+                    _record(session, row, "grant.deprovisioned", SYSTEM, now, {"role": row.role_name})
+
+    def retry_due(self) -> None:
+        """Finish provisioning or deprovisioning that failed earlier, when its back-off has passed."""
+        with self._uow() as session:
+            now = self._clock.now()
+            pending = list(session.scalars(select(Grant.id).where(
+                Grant.status == "issued", Grant.next_attempt_at <= now, Grant.expires_at > now)))
+            leftovers = list(session.scalars(select(Grant.id).where(
+                Grant.status.in_(ENDED), Grant.deprovisioned_at.is_(None), Grant.next_attempt_at <= now)))
+        for grant_id in pending:
+            self.activate(grant_id, with_credential=False)
+        if leftovers:
+            self.deprovision(leftovers)
+
+    def reconcile(self) -> list[str]:
+        """Drop roles of this installation that no live grant owns (e.g. a crash between create and commit)."""
+        dropped: list[str] = []
+        foreign = 0
+        catalog = self._catalog()
+        for resource in catalog.resources:
+            try:
+                provisioner = self._provisioners(resource)
+                roles = provisioner.inspect()
+            except ProvisionerError as exc:
+                log.warning("reconcile: cannot inspect %s: %s", resource, exc)
+                continue
+            ours = [role for role in roles if role.owner_tag == self._installation_id]
+            foreign += len(roles) - len(ours)
+            if not ours:
+                continue
+            with self._uow() as session:
+                live = set(session.scalars(select(Grant.role_name).where(
+                    Grant.role_name.in_([role.role_name for role in ours]), Grant.status.in_(LIVE))))
+            orphans = [role for role in ours if role.role_name not in live]
+            if not orphans:
+                continue
+            try:
+                provisioner.revoke([RevokeSpec(role.grant_id or "", role.role_name) for role in orphans])
+            except ProvisionerError as exc:
+                log.warning("reconcile: cannot drop orphan roles on %s: %s", resource, exc)
+                continue
+            dropped.extend(role.role_name for role in orphans)
+            self._metrics.orphans_dropped.inc(len(orphans))
+            with self._uow() as session:
+                now = self._clock.now()
+                for role in orphans:
+                    ledger.append(session, at=now, event_type="role.orphan_dropped", actor=SYSTEM,
+                                  subject_kind="role", subject_id=role.role_name,
+                                  payload={"resource": resource, "grant_id": role.grant_id})
+        self._metrics.foreign_roles.set(foreign)
+        return dropped
+
+    def _note_failure(self, grant_id: str, error: str) -> Grant:
+        with self._uow() as session:
+            grant = get(session, grant_id, for_update=True)
+            grant.attempts = (grant.attempts or 0) + 1
+            backoff = min(MAX_BACKOFF, timedelta(seconds=0.5 * 2 ** min(grant.attempts, 8)))
+            grant.next_attempt_at = self._clock.now() + backoff
+            grant.last_error = error
+            log.warning("grant %s: provisioner call failed (attempt %d): %s", grant_id, grant.attempts, error)
+            return grant

@@ -1,0 +1,114 @@
+"""Appending to and reading the ledger. The ONLY code that writes the ledger table.
+
+Invariant: an entry is appended in the same transaction as the state change it records, so either both
+are committed or neither is. Appends are serialized (a transaction-scoped advisory lock on PostgreSQL;
+SQLite's BEGIN IMMEDIATE already serializes writers) so that seq has no gaps and each entry links to the
+one before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from amber.core.clock import as_utc
+from amber.core.db import is_postgres
+from amber.ledger.chain import GENESIS, Actor, entry_body, hash_body, parse_payload, payload_text
+from amber.ledger.models import LedgerEntry
+
+_LOCK_KEY = 0x616D626572  # "amber"
+
+@dataclass(frozen=True)
+class EntryView:
+    seq: int
+    at: datetime
+    event_type: str
+    actor: Actor
+    subject_kind: str
+    subject_id: str
+    payload: dict[str, Any]
+    prev_hash: str
+    entry_hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at.isoformat(),
+            "type": self.event_type,
+            "actor": {"iss": self.actor.issuer, "sub": self.actor.subject, "name": self.actor.name},
+            "subject": {"kind": self.subject_kind, "id": self.subject_id},
+            "payload": self.payload,
+            "prev_hash": self.prev_hash,
+            "entry_hash": self.entry_hash,
+        }
+
+
+def append(
+    session: Session, *, at: datetime, event_type: str, actor: Actor, subject_kind: str, subject_id: str,
+    payload: dict[str, Any],
+) -> EntryView:
+    if is_postgres(session):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    last = session.execute(
+        select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    body = entry_body(seq=seq, at=at, event_type=event_type, actor=actor, subject_kind=subject_kind,
+                      subject_id=subject_id, payload=payload, prev_hash=prev_hash)
+    entry_hash = hash_body(body)
+    session.add(LedgerEntry(
+        seq=seq, entry_at=at, event_type=event_type, actor_issuer=actor.issuer, actor_subject=actor.subject,
+        actor_name=actor.name, subject_kind=subject_kind, subject_id=subject_id,
+        payload=payload_text(payload), prev_hash=prev_hash, entry_hash=entry_hash,
+    ))
+    session.flush()
+    return EntryView(seq, at, event_type, actor, subject_kind, subject_id, payload, prev_hash, entry_hash)
+
+
+def to_view(row: LedgerEntry) -> EntryView:
+    return EntryView(
+        seq=row.seq, at=as_utc(row.entry_at), event_type=row.event_type,
+        actor=Actor(row.actor_issuer, row.actor_subject, row.actor_name), subject_kind=row.subject_kind,
+        subject_id=row.subject_id, payload=parse_payload(row.payload), prev_hash=row.prev_hash,
+        entry_hash=row.entry_hash,
+    )
+
+
+def entries(
+    session: Session, *, after_seq: int = 0, limit: int | None = None, subject_id: str | None = None,
+) -> list[EntryView]:
+    query = select(LedgerEntry).where(LedgerEntry.seq > after_seq).order_by(LedgerEntry.seq)
+    if subject_id is not None:
+        query = query.where(LedgerEntry.subject_id == subject_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [to_view(row) for row in session.scalars(query)]
+
+
+def iter_raw(session: Session, batch: int = 5000) -> Iterator[LedgerEntry]:
+    """Every row in seq order, streamed in batches (for verification of large ledgers)."""
+    after = 0
+    while True:
+        rows = list(session.scalars(
+            select(LedgerEntry).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(batch)
+        ))
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1].seq
+
+
+def head(session: Session) -> tuple[int, str]:
+    row = session.execute(
+        select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
+    ).first()
+    return (row[0], row[1]) if row else (0, GENESIS)
+
+
+def count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(LedgerEntry)) or 0)
