@@ -119,4 +119,5 @@ class Runtime:
 
     def close(self) -> None:
         self.worker.stop()
+        self.provisioners.close()
         self.engine.dispose()

@@ -410,7 +410,8 @@ def demo_setup() -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
     except click.exceptions.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
@@ -425,3 +426,4 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -109,3 +109,7 @@ class Provisioner(Protocol):
     def harden(self) -> list[str]:
         """Apply the fixes `check` proposes; return the statements applied."""
         ...
+
+    def close(self) -> None:
+        """Release connections to the target."""
+        ...

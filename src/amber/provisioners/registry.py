@@ -26,9 +26,17 @@ class ProvisionerRegistry:
             cached = self._cache.get(resource)
             if cached is not None and cached[0] == fingerprint:
                 return cached[1]
+            if cached is not None:
+                cached[1].close()
             provisioner = build(kind, dsn, grantee_group)
             self._cache[resource] = (fingerprint, provisioner)
             return provisioner
+
+    def close(self) -> None:
+        with self._lock:
+            for _, provisioner in self._cache.values():
+                provisioner.close()
+            self._cache.clear()
 
 
 def build(kind: str, dsn: str, grantee_group: str | None) -> Provisioner:

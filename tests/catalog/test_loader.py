@@ -1,0 +1,146 @@
+"""Catalog loading: a good file loads whole; a bad one names the file, the line, the path and the problem."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from amber.catalog import load_catalog
+from amber.core.errors import ConfigError, NotFound
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+version: 1
+identity:
+  dev_issuer: true
+resources:
+  - name: orders-db
+    kind: postgres
+    owners: [team-orders]
+    connection: env:ORDERS_URL
+    levels:
+      read-only:
+        schemas: [public, reporting]
+        statement_timeout: 45s
+        max_ttl: 4h
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "amber.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_quickstart_catalog_loads() -> None:
+    catalog = load_catalog(ROOT / "examples" / "quickstart" / "amber.yaml")
+    assert "orders-db" in catalog.resources
+    assert set(catalog.resource("orders-db").levels) == {"read-only", "analytics"}
+
+
+def test_good_catalog_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = load_catalog(write(tmp_path, GOOD))
+    level = catalog.level("orders-db", "read-only")
+    assert level.schemas == ["public", "reporting"]
+    assert level.statement_timeout == timedelta(seconds=45)
+    assert level.max_ttl == timedelta(hours=4)
+    assert level.connection_limit == 2
+    assert len(catalog.policy_hash) == 64
+    monkeypatch.setenv("ORDERS_URL", "postgresql://db.internal/orders")
+    assert catalog.resolve_connection("orders-db") == "postgresql://db.internal/orders"
+
+
+def test_policy_hash_changes_with_policy_not_with_comments(tmp_path: Path) -> None:
+    base = load_catalog(write(tmp_path, GOOD)).policy_hash
+    assert load_catalog(write(tmp_path, "# a comment\n" + GOOD)).policy_hash == base
+    changed = GOOD + "        policy:\n          auto_approve: [oncall]\n"
+    assert load_catalog(write(tmp_path, changed)).policy_hash != base
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "needle"),
+    [
+        ("        max_ttl: 4h", "        max_ttl: forever", 13, "levels.read-only.max_ttl: not a duration: 'forever'"),
+        ("        max_ttl: 4h", "        max_ttl: 30d", 13, "max_ttl may be at most 7d"),
+        ("    connection: env:ORDERS_URL", "    connection: postgresql://admin:hunter2@db/orders", 8,
+         "must be a reference"),
+        ("        max_ttl: 4h", "        max_ttl: 4h\n        privileges: [SELECT, INSERT]", 14,
+         "amber never grants a write: privilege 'INSERT'"),
+        ("        max_ttl: 4h", "        max_ttl: 4h\n        access: read-write", 14,
+         "amber never grants a write: access 'read-write'"),
+        ("        max_ttl: 4h", "        max_ttl: 4h\n        can_write: true", 14, "unknown key"),
+        ("    kind: postgres", "    kind: oracle", 6, "resources[0].kind: Input should be 'postgres'"),
+        ("        schemas: [public, reporting]", "        schemas: [\"public; DROP TABLE x\"]", 11,
+         "not a plain schema name"),
+        ("  - name: orders-db", "  - name: Orders DB", 5, "resources[0].name"),
+    ],
+)
+def test_bad_catalog_names_file_line_and_problem(tmp_path: Path, old: str, new: str, line: int,
+                                                  needle: str) -> None:
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    message = info.value.message
+    assert f"{path}:{line}:" in message, message
+    assert needle in message, message
+    assert "hunter2" not in message
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "resources:\n  - name: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: not valid YAML"):
+        load_catalog(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read catalog"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+def test_duplicate_resource(tmp_path: Path) -> None:
+    text = GOOD + GOOD.split("resources:\n", 1)[1]
+    with pytest.raises(ConfigError, match="declared twice"):
+        load_catalog(write(tmp_path, text))
+
+
+def test_unset_reference_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ORDERS_URL", raising=False)
+    catalog = load_catalog(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError, match=r"amber.yaml:8: environment variable ORDERS_URL"):
+        catalog.resolve_connection("orders-db")
+
+
+def test_file_reference(tmp_path: Path) -> None:
+    (tmp_path / "orders.dsn").write_text("postgresql://db/orders\n")
+    catalog = load_catalog(write(tmp_path, GOOD.replace("env:ORDERS_URL", "file:orders.dsn")))
+    assert catalog.resolve_connection("orders-db") == "postgresql://db/orders"
+
+
+def test_unknown_names(tmp_path: Path) -> None:
+    catalog = load_catalog(write(tmp_path, GOOD))
+    with pytest.raises(NotFound, match="known: orders-db"):
+        catalog.resource("payroll")
+    with pytest.raises(NotFound, match="known: read-only"):
+        catalog.level("orders-db", "admin")
+
+
+def test_approvals_without_approvers_rejected(tmp_path: Path) -> None:
+    text = GOOD + "        policy:\n          approvals: 1\n          owners_approve: false\n"
+    with pytest.raises(ConfigError, match="nobody may approve"):
+        load_catalog(write(tmp_path, text))
+
+
+def test_reload_keeps_running_catalog_on_error(tmp_path: Path) -> None:
+    from amber.api.runtime import CatalogHolder
+
+    path = write(tmp_path, GOOD)
+    holder = CatalogHolder(load_catalog(path))
+    path.write_text(GOOD.replace("max_ttl: 4h", "max_ttl: nope"))
+    with pytest.raises(ConfigError):
+        holder.reload()
+    assert holder().level("orders-db", "read-only").max_ttl == timedelta(hours=4)
