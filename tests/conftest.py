@@ -60,7 +60,9 @@ def drop_roles_tagged(tag: str, target_db: str) -> None:
     with pg_admin(target_db) as conn:
         rows = conn.execute(
             "SELECT r.rolname FROM pg_roles r WHERE starts_with(r.rolname, 'amber_g_') "
-            "AND shobj_description(r.oid, 'pg_authid') LIKE %s", (f"%{tag}%",)).fetchall()
+            "AND shobj_description(r.oid, 'pg_authid') LIKE %s",
+            (f"%{tag}%",),
+        ).fetchall()
         for (role,) in rows:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
@@ -156,10 +158,19 @@ class Amber:
     def headers(self, user: str, *groups: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token(user, *groups)}"}
 
-    def request(self, user: str, *groups: str, level: str = "read-only", duration: str = "30m",
-                reason: str = "investigating INC-42") -> dict[str, Any]:
-        response = self.api.post("/v1/requests", headers=self.headers(user, *groups), json={
-            "resource": "orders-db", "level": level, "reason": reason, "duration": duration})
+    def request(
+        self,
+        user: str,
+        *groups: str,
+        level: str = "read-only",
+        duration: str = "30m",
+        reason: str = "investigating INC-42",
+    ) -> dict[str, Any]:
+        response = self.api.post(
+            "/v1/requests",
+            headers=self.headers(user, *groups),
+            json={"resource": "orders-db", "level": level, "reason": reason, "duration": duration},
+        )
         assert response.status_code == 201, response.text
         body: dict[str, Any] = response.json()
         return body
@@ -173,14 +184,20 @@ class Amber:
 
 
 def build_runtime(state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock) -> Runtime:
-    settings = Settings(env="test", state_dir=tmp_path / "state", database_url=state_url, catalog=catalog_path,
-                        public_url="http://amber.test")
+    settings = Settings(
+        env="test",
+        state_dir=tmp_path / "state",
+        database_url=state_url,
+        catalog=catalog_path,
+        public_url="http://amber.test",
+    )
     return Runtime.build(settings, clock=clock)
 
 
 @pytest.fixture
-def amber(state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, target_db: str,
-          target_url: str) -> Iterator[Amber]:
+def amber(
+    state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, target_db: str, target_url: str
+) -> Iterator[Amber]:
     rt = build_runtime(state_url, catalog_path, tmp_path, clock)
     try:
         with TestClient(create_app(rt, run_worker=False), raise_server_exceptions=False) as api:

@@ -44,24 +44,31 @@ def test_auto_approved_request_gives_working_read_only_access_at_once(amber: Amb
     assert "shown exactly once" in again.json()["detail"]
 
 
-def test_request_needing_approval_is_approved_by_someone_else_then_credential_shown_once(amber: Amber) -> None:
+def test_request_needing_approval_is_approved_by_someone_else_then_credential_shown_once(
+    amber: Amber,
+) -> None:
     body = amber.request("bob", "engineering")
     assert body["status"] == "pending"
     assert body["grant"] is None
     assert body["credential"] is None
     assert body["decision"]["approver_groups"] == ["leads", "team-orders"]
 
-    own = amber.api.post(f"/v1/requests/{body['id']}/approve", json={},
-                         headers=amber.headers("bob", "engineering", "leads"))
+    own = amber.api.post(
+        f"/v1/requests/{body['id']}/approve", json={}, headers=amber.headers("bob", "engineering", "leads")
+    )
     assert own.status_code == 403
     assert "nobody approves their own request" in own.json()["detail"]
 
-    outsider = amber.api.post(f"/v1/requests/{body['id']}/approve", json={},
-                              headers=amber.headers("mallory", "engineering"))
+    outsider = amber.api.post(
+        f"/v1/requests/{body['id']}/approve", json={}, headers=amber.headers("mallory", "engineering")
+    )
     assert outsider.status_code == 403
 
-    approved = amber.api.post(f"/v1/requests/{body['id']}/approve", json={"comment": "ok for INC-42"},
-                              headers=amber.headers("carol", "leads"))
+    approved = amber.api.post(
+        f"/v1/requests/{body['id']}/approve",
+        json={"comment": "ok for INC-42"},
+        headers=amber.headers("carol", "leads"),
+    )
     assert approved.status_code == 200, approved.text
     data = approved.json()
     assert data["status"] == "approved"
@@ -74,8 +81,9 @@ def test_request_needing_approval_is_approved_by_someone_else_then_credential_sh
     assert claim.status_code == 200, claim.text
     with connect_as(claim.json()["url"]) as conn:
         assert conn.execute("SELECT count(*) FROM public.customers").fetchone() == (10,)
-    second = amber.api.post(f"/v1/grants/{data['grant']['id']}/credentials",
-                            headers=amber.headers("bob", "engineering"))
+    second = amber.api.post(
+        f"/v1/grants/{data['grant']['id']}/credentials", headers=amber.headers("bob", "engineering")
+    )
     assert second.status_code == 409
 
 
@@ -92,8 +100,11 @@ def test_two_approvals_must_come_from_distinct_people(amber: Amber) -> None:
 
 
 def test_policy_denies_someone_outside_the_requester_groups(amber: Amber) -> None:
-    response = amber.api.post("/v1/requests", headers=amber.headers("eve", "marketing"), json={
-        "resource": "orders-db", "level": "read-only", "reason": "curious", "duration": "1h"})
+    response = amber.api.post(
+        "/v1/requests",
+        headers=amber.headers("eve", "marketing"),
+        json={"resource": "orders-db", "level": "read-only", "reason": "curious", "duration": "1h"},
+    )
     assert response.status_code == 201
     body = response.json()
     assert body["status"] == "denied"
@@ -114,8 +125,11 @@ def test_ttl_is_capped_at_the_levels_maximum_and_fixed_at_approval(amber: Amber)
 
 def test_deny_and_cancel_close_pending_requests(amber: Amber) -> None:
     denied = amber.request("bob", "engineering")
-    response = amber.api.post(f"/v1/requests/{denied['id']}/deny", json={"comment": "use the replica"},
-                              headers=amber.headers("carol", "leads"))
+    response = amber.api.post(
+        f"/v1/requests/{denied['id']}/deny",
+        json={"comment": "use the replica"},
+        headers=amber.headers("carol", "leads"),
+    )
     assert response.json()["status"] == "denied"
     late = amber.api.post(f"/v1/requests/{denied['id']}/approve", json={}, headers=amber.headers("dave", "leads"))
     assert late.status_code == 409
@@ -131,40 +145,53 @@ def test_requester_ends_grant_early_and_live_session_is_cut(amber: Amber) -> Non
     body = amber.request("alice", "engineering", "oncall")
     conn = connect_as(body["credential"]["url"])
     assert conn.execute("SELECT 1").fetchone() == (1,)
-    response = amber.api.post(f"/v1/grants/{body['grant']['id']}/revoke", json={"reason": "done early"},
-                              headers=amber.headers("alice", "engineering"))
+    response = amber.api.post(
+        f"/v1/grants/{body['grant']['id']}/revoke",
+        json={"reason": "done early"},
+        headers=amber.headers("alice", "engineering"),
+    )
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "revoked"
     with pytest.raises(psycopg.OperationalError):
         conn.execute("SELECT 1")
     conn.close()
     assert not amber.role_exists(body["grant"]["role"])
-    again = amber.api.post(f"/v1/grants/{body['grant']['id']}/revoke", json={},
-                           headers=amber.headers("alice", "engineering"))
+    again = amber.api.post(
+        f"/v1/grants/{body['grant']['id']}/revoke", json={}, headers=amber.headers("alice", "engineering")
+    )
     assert again.status_code == 409
 
 
 def test_only_grantee_or_admin_can_revoke(amber: Amber) -> None:
     body = amber.request("alice", "engineering", "oncall")
-    stranger = amber.api.post(f"/v1/grants/{body['grant']['id']}/revoke", json={},
-                              headers=amber.headers("mallory", "engineering"))
+    stranger = amber.api.post(
+        f"/v1/grants/{body['grant']['id']}/revoke", json={}, headers=amber.headers("mallory", "engineering")
+    )
     assert stranger.status_code == 403
-    admin = amber.api.post(f"/v1/grants/{body['grant']['id']}/revoke", json={"reason": "incident over"},
-                           headers=amber.headers("root", "platform"))
+    admin = amber.api.post(
+        f"/v1/grants/{body['grant']['id']}/revoke",
+        json={"reason": "incident over"},
+        headers=amber.headers("root", "platform"),
+    )
     assert admin.json()["status"] == "revoked"
 
 
 def test_live_psql_session_is_terminated_at_expiry(amber: Amber) -> None:
     body = amber.request("alice", "engineering", "oncall", duration="10m")
     url = body["credential"]["url"]
-    psql = subprocess.Popen(["psql", url, "-v", "ON_ERROR_STOP=1", "-c", "SELECT pg_sleep(60)"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    psql = subprocess.Popen(
+        ["psql", url, "-v", "ON_ERROR_STOP=1", "-c", "SELECT pg_sleep(60)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 10
         with connect_as(amber.target_url) as admin:
             while time.monotonic() < deadline:
-                row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
-                                    (body["grant"]["role"],)).fetchone()
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (body["grant"]["role"],)
+                ).fetchone()
                 if row and row[0] > 0:
                     break
                 time.sleep(0.05)
@@ -180,8 +207,7 @@ def test_live_psql_session_is_terminated_at_expiry(amber: Amber) -> None:
     grant = amber.api.get(f"/v1/grants/{body['grant']['id']}", headers=amber.headers("alice", "engineering"))
     assert grant.json()["status"] == "expired"
     assert not amber.role_exists(body["grant"]["role"])
-    relogin = subprocess.run(["psql", url, "-c", "SELECT 1"], capture_output=True, text=True, timeout=10,
-                             check=False)
+    relogin = subprocess.run(["psql", url, "-c", "SELECT 1"], capture_output=True, text=True, timeout=10, check=False)
     assert relogin.returncode != 0
 
 
@@ -190,8 +216,9 @@ def test_listing_scopes(amber: Amber) -> None:
     amber.request("alice", "engineering", "oncall")
     listed = amber.api.get("/v1/requests", headers=amber.headers("bob", "engineering")).json()
     assert [row["id"] for row in listed] == [mine["id"]]
-    inbox = amber.api.get("/v1/requests", params={"scope": "to_approve"},
-                          headers=amber.headers("carol", "leads")).json()
+    inbox = amber.api.get(
+        "/v1/requests", params={"scope": "to_approve"}, headers=amber.headers("carol", "leads")
+    ).json()
     assert [row["id"] for row in inbox] == [mine["id"]]
     forbidden = amber.api.get("/v1/requests", params={"scope": "all"}, headers=amber.headers("bob", "engineering"))
     assert forbidden.status_code == 403
@@ -208,8 +235,16 @@ def test_ledger_records_every_transition_and_verifies(amber: Amber) -> None:
     response = amber.api.get("/v1/ledger", headers=amber.headers("sue", "security"))
     assert response.status_code == 200
     types = [entry["type"] for entry in response.json()["entries"]]
-    assert types == ["request.submitted", "request.decided", "request.approved", "grant.issued", "grant.activated",
-                     "grant.credential_issued", "grant.expired", "grant.deprovisioned"]
+    assert types == [
+        "request.submitted",
+        "request.decided",
+        "request.approved",
+        "grant.issued",
+        "grant.activated",
+        "grant.credential_issued",
+        "grant.expired",
+        "grant.deprovisioned",
+    ]
     entries = response.json()["entries"]
     assert entries[0]["actor"]["sub"] == "dev:alice"
     assert entries[0]["actor"]["iss"] == "http://amber.test/dev-issuer"

@@ -23,10 +23,15 @@ def _assert_problem(response, status: int, needle: str) -> dict:  # type: ignore
     ("payload", "needle"),
     [
         ({"resource": "orders-db", "level": "read-only", "reason": "x"}, "duration: Field required"),
-        ({"resource": "orders-db", "level": "read-only", "reason": "x", "duration": "forever"}, "not a duration"),
+        (
+            {"resource": "orders-db", "level": "read-only", "reason": "x", "duration": "forever"},
+            "not a duration",
+        ),
         ({"resource": "orders-db", "level": "read-only", "reason": "", "duration": "1h"}, "reason"),
-        ({"resource": "orders-db", "level": "read-only", "reason": "x", "duration": "1h", "admin": True},
-         "Extra inputs are not permitted"),
+        (
+            {"resource": "orders-db", "level": "read-only", "reason": "x", "duration": "1h", "admin": True},
+            "Extra inputs are not permitted",
+        ),
         ({"resource": "orders-db", "level": "read-only", "reason": "x", "duration": -5}, "positive"),
     ],
 )
@@ -37,18 +42,27 @@ def test_malformed_request_bodies(amber: Amber, payload: dict, needle: str) -> N
 
 
 def test_body_that_is_not_json(amber: Amber) -> None:
-    response = amber.api.post("/v1/requests", content=b"{not json", headers={
-        **amber.headers("bob", "engineering"), "content-type": "application/json"})
+    response = amber.api.post(
+        "/v1/requests",
+        content=b"{not json",
+        headers={**amber.headers("bob", "engineering"), "content-type": "application/json"},
+    )
     _assert_problem(response, 422, "JSON")
 
 
 def test_unknown_resource_and_level(amber: Amber) -> None:
     headers = amber.headers("bob", "engineering")
-    response = amber.api.post("/v1/requests", headers=headers, json={
-        "resource": "payroll", "level": "read-only", "reason": "x", "duration": "1h"})
+    response = amber.api.post(
+        "/v1/requests",
+        headers=headers,
+        json={"resource": "payroll", "level": "read-only", "reason": "x", "duration": "1h"},
+    )
     _assert_problem(response, 404, "no resource named 'payroll'")
-    response = amber.api.post("/v1/requests", headers=headers, json={
-        "resource": "orders-db", "level": "admin", "reason": "x", "duration": "1h"})
+    response = amber.api.post(
+        "/v1/requests",
+        headers=headers,
+        json={"resource": "orders-db", "level": "admin", "reason": "x", "duration": "1h"},
+    )
     _assert_problem(response, 404, "has no access level 'admin'")
 
 

@@ -64,23 +64,43 @@ def test_policy_hash_changes_with_policy_not_with_comments(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("old", "new", "line", "needle"),
     [
-        ("        max_ttl: 4h", "        max_ttl: forever", 13, "levels.read-only.max_ttl: not a duration: 'forever'"),
+        (
+            "        max_ttl: 4h",
+            "        max_ttl: forever",
+            13,
+            "levels.read-only.max_ttl: not a duration: 'forever'",
+        ),
         ("        max_ttl: 4h", "        max_ttl: 30d", 13, "max_ttl may be at most 7d"),
-        ("    connection: env:ORDERS_URL", "    connection: postgresql://admin:hunter2@db/orders", 8,
-         "must be a reference"),
-        ("        max_ttl: 4h", "        max_ttl: 4h\n        privileges: [SELECT, INSERT]", 14,
-         "amber never grants a write: privilege 'INSERT'"),
-        ("        max_ttl: 4h", "        max_ttl: 4h\n        access: read-write", 14,
-         "amber never grants a write: access 'read-write'"),
+        (
+            "    connection: env:ORDERS_URL",
+            "    connection: postgresql://admin:hunter2@db/orders",
+            8,
+            "must be a reference",
+        ),
+        (
+            "        max_ttl: 4h",
+            "        max_ttl: 4h\n        privileges: [SELECT, INSERT]",
+            14,
+            "amber never grants a write: privilege 'INSERT'",
+        ),
+        (
+            "        max_ttl: 4h",
+            "        max_ttl: 4h\n        access: read-write",
+            14,
+            "amber never grants a write: access 'read-write'",
+        ),
         ("        max_ttl: 4h", "        max_ttl: 4h\n        can_write: true", 14, "unknown key"),
         ("    kind: postgres", "    kind: oracle", 6, "resources[0].kind: Input should be 'postgres'"),
-        ("        schemas: [public, reporting]", "        schemas: [\"public; DROP TABLE x\"]", 11,
-         "not a plain schema name"),
+        (
+            "        schemas: [public, reporting]",
+            '        schemas: ["public; DROP TABLE x"]',
+            11,
+            "not a plain schema name",
+        ),
         ("  - name: orders-db", "  - name: Orders DB", 5, "resources[0].name"),
     ],
 )
-def test_bad_catalog_names_file_line_and_problem(tmp_path: Path, old: str, new: str, line: int,
-                                                  needle: str) -> None:
+def test_bad_catalog_names_file_line_and_problem(tmp_path: Path, old: str, new: str, line: int, needle: str) -> None:
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new))
     with pytest.raises(ConfigError) as info:

@@ -27,9 +27,16 @@ class Cli:
         self.env = {**os.environ, **env, "AMBER_URL": url, "XDG_CONFIG_HOME": str(config_dir)}
 
     def run(self, *args: str, profile: str = "default", ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "amber", *args, "--profile", profile] if args[0] not in
-                                ("audit", "catalog") else [sys.executable, "-m", "amber", *args],
-                                env=self.env, capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "amber", *args, "--profile", profile]
+            if args[0] not in ("audit", "catalog")
+            else [sys.executable, "-m", "amber", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if ok:
             assert result.returncode == 0, result.stderr + result.stdout
         return result
@@ -41,8 +48,14 @@ class Cli:
 @pytest.fixture
 def cli(state_url: str, catalog_path: Path, tmp_path: Path, target_db: str, target_url: str) -> Iterator[Cli]:
     port = free_port()
-    settings = Settings(env="test", state_dir=tmp_path / "state", database_url=state_url, catalog=catalog_path,
-                        port=port, worker_interval_s=0.05)
+    settings = Settings(
+        env="test",
+        state_dir=tmp_path / "state",
+        database_url=state_url,
+        catalog=catalog_path,
+        port=port,
+        worker_interval_s=0.05,
+    )
     rt = Runtime.build(settings)
     server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -50,8 +63,12 @@ def cli(state_url: str, catalog_path: Path, tmp_path: Path, target_db: str, targ
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    env = {"AMBER_DATABASE_URL": state_url, "AMBER_STATE_DIR": str(tmp_path / "state"),
-           "AMBER_CATALOG": str(catalog_path), "AMBER_TEST_TARGET_URL": target_url}
+    env = {
+        "AMBER_DATABASE_URL": state_url,
+        "AMBER_STATE_DIR": str(tmp_path / "state"),
+        "AMBER_CATALOG": str(catalog_path),
+        "AMBER_TEST_TARGET_URL": target_url,
+    }
     try:
         yield Cli(f"http://127.0.0.1:{port}", tmp_path / "config", env)
     finally:
@@ -75,8 +92,9 @@ def test_whole_lifecycle_through_the_cli(cli: Cli, tmp_path: Path) -> None:
 
     own = cli.run("approve", pending["id"], ok=False)
     assert own.returncode == 1
-    assert own.stderr.strip() == (f"amber: error: you cannot review request {pending['id']}: "
-                                  "nobody approves their own request")
+    assert own.stderr.strip() == (
+        f"amber: error: you cannot review request {pending['id']}: nobody approves their own request"
+    )
 
     approved = cli.json("approve", pending["id"], "--comment", "go ahead", profile="carol")
     assert approved["status"] == "approved"
@@ -121,8 +139,9 @@ def test_cli_errors_are_one_line_without_traceback(cli: Cli) -> None:
     assert "no resource named 'payroll'" in unknown.stderr
     denied = cli.run("login", "--dev", "eve", "--groups", "marketing", profile="eve")
     assert denied.returncode == 0
-    refused = cli.run("request", "orders-db", "-l", "read-only", "--for", "5m", "-r", "curious", profile="eve",
-                      ok=False)
+    refused = cli.run(
+        "request", "orders-db", "-l", "read-only", "--for", "5m", "-r", "curious", profile="eve", ok=False
+    )
     assert refused.returncode == 2
     assert "denied" in refused.stdout
     for result in (not_signed_in, bad_duration, unknown, refused):
@@ -131,8 +150,10 @@ def test_cli_errors_are_one_line_without_traceback(cli: Cli) -> None:
 
 def test_catalog_validate_reports_line(cli: Cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nresources:\n  - name: x\n    kind: postgres\n    connection: postgresql://a@b/c\n"
-                   "    levels: {ro: {schemas: [public]}}\n")
+    bad.write_text(
+        "version: 1\nresources:\n  - name: x\n    kind: postgres\n    connection: postgresql://a@b/c\n"
+        "    levels: {ro: {schemas: [public]}}\n"
+    )
     result = cli.run("catalog", "validate", str(bad), ok=False)
     assert result.returncode == 1
     assert f"{bad}:5: resources[0].connection: the admin connection must be a reference" in result.stderr

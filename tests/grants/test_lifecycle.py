@@ -8,8 +8,13 @@ from amber.access_requests import lifecycle as requests_lifecycle
 from amber.core.errors import Conflict
 from amber.grants import lifecycle
 
-GRANT_ALLOWED = {("issued", "active"), ("issued", "expired"), ("issued", "revoked"), ("active", "expired"),
-                 ("active", "revoked")}
+GRANT_ALLOWED = {
+    ("issued", "active"),
+    ("issued", "expired"),
+    ("issued", "revoked"),
+    ("active", "expired"),
+    ("active", "revoked"),
+}
 GRANT_STATES = ["issued", "active", "expired", "revoked"]
 
 
@@ -23,8 +28,14 @@ def test_grant_transitions(current: str, target: str) -> None:
             lifecycle.check_move("grt_x", current, target)
 
 
-REQUEST_ALLOWED = {("submitted", "denied"), ("submitted", "approved"), ("submitted", "pending"),
-                   ("pending", "approved"), ("pending", "denied"), ("pending", "cancelled")}
+REQUEST_ALLOWED = {
+    ("submitted", "denied"),
+    ("submitted", "approved"),
+    ("submitted", "pending"),
+    ("pending", "approved"),
+    ("pending", "denied"),
+    ("pending", "cancelled"),
+}
 REQUEST_STATES = ["submitted", "pending", "approved", "denied", "cancelled"]
 
 

@@ -36,14 +36,21 @@ def verifier(issuer: DevIssuer, clock: FrozenClock) -> TokenVerifier:
 
 def _claims(clock: FrozenClock, **override: object) -> dict[str, object]:
     now = int(clock.now().timestamp())
-    claims: dict[str, object] = {"iss": ISSUER, "aud": "amber", "sub": "dev:alice", "iat": now, "exp": now + 600,
-                                 "groups": ["engineering"], "preferred_username": "alice"}
+    claims: dict[str, object] = {
+        "iss": ISSUER,
+        "aud": "amber",
+        "sub": "dev:alice",
+        "iat": now,
+        "exp": now + 600,
+        "groups": ["engineering"],
+        "preferred_username": "alice",
+    }
     claims.update(override)
     return {k: v for k, v in claims.items() if v is not None}
 
 
 def _sign(issuer: DevIssuer, claims: dict[str, object]) -> str:
-    return jwt.encode(claims, issuer._key, algorithm="EdDSA", headers={"kid": issuer.kid})  # noqa: SLF001
+    return jwt.encode(claims, issuer._key, algorithm="EdDSA", headers={"kid": issuer.kid})
 
 
 def test_valid_token_gives_principal(issuer: DevIssuer, verifier: TokenVerifier) -> None:
@@ -62,8 +69,9 @@ def test_key_survives_restart(tmp_path: Path, clock: FrozenClock) -> None:
     TokenVerifier([second.trusted_issuer()], clock).verify(first.mint("a", []))
 
 
-def test_expired_token_rejected_by_injected_clock(issuer: DevIssuer, verifier: TokenVerifier,
-                                                  clock: FrozenClock) -> None:
+def test_expired_token_rejected_by_injected_clock(
+    issuer: DevIssuer, verifier: TokenVerifier, clock: FrozenClock
+) -> None:
     token = issuer.mint("alice", [], ttl=timedelta(minutes=5))
     clock.advance(timedelta(minutes=6))
     with pytest.raises(NotAuthenticated, match="expired"):
@@ -82,8 +90,9 @@ def test_expired_token_rejected_by_injected_clock(issuer: DevIssuer, verifier: T
         ({"groups": "admins"}, "not a list of strings"),
     ],
 )
-def test_bad_claims_rejected(issuer: DevIssuer, verifier: TokenVerifier, clock: FrozenClock,
-                             override: dict[str, object], message: str) -> None:
+def test_bad_claims_rejected(
+    issuer: DevIssuer, verifier: TokenVerifier, clock: FrozenClock, override: dict[str, object], message: str
+) -> None:
     with pytest.raises(NotAuthenticated, match=message):
         verifier.verify(_sign(issuer, _claims(clock, **override)))
 
@@ -104,17 +113,17 @@ def test_alg_none_rejected(verifier: TokenVerifier, clock: FrozenClock) -> None:
         verifier.verify(token)
 
 
-def test_hmac_signed_with_the_public_key_rejected(issuer: DevIssuer, verifier: TokenVerifier,
-                                                   clock: FrozenClock) -> None:
-    public_pem = issuer._key.public_key().public_bytes(  # noqa: SLF001
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def test_hmac_signed_with_the_public_key_rejected(
+    issuer: DevIssuer, verifier: TokenVerifier, clock: FrozenClock
+) -> None:
+    public_pem = issuer._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     token = jwt.encode(_claims(clock), public_pem.hex(), algorithm="HS256", headers={"kid": issuer.kid})
     with pytest.raises(NotAuthenticated, match="algorithm 'HS256' is not allowed"):
         verifier.verify(token)
 
 
 def test_unknown_kid_rejected(issuer: DevIssuer, verifier: TokenVerifier, clock: FrozenClock) -> None:
-    token = jwt.encode(_claims(clock), issuer._key, algorithm="EdDSA", headers={"kid": "other"})  # noqa: SLF001
+    token = jwt.encode(_claims(clock), issuer._key, algorithm="EdDSA", headers={"kid": "other"})
     with pytest.raises(NotAuthenticated, match="key the issuer does not publish"):
         verifier.verify(token)
 

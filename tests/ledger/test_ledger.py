@@ -33,8 +33,15 @@ def _fill(engine: Engine, n: int = 5) -> None:
     uow = make_unit_of_work(engine)
     for i in range(n):
         with uow() as session:
-            ledger.append(session, at=T0 + timedelta(seconds=i), event_type="test.event", actor=ALICE,
-                          subject_kind="test", subject_id=f"t{i}", payload={"i": i, "text": "héllo"})
+            ledger.append(
+                session,
+                at=T0 + timedelta(seconds=i),
+                event_type="test.event",
+                actor=ALICE,
+                subject_kind="test",
+                subject_id=f"t{i}",
+                payload={"i": i, "text": "héllo"},
+            )
 
 
 def _chain(engine: Engine) -> ledger.ChainReport:
@@ -68,10 +75,13 @@ def test_chain_links_each_entry_to_the_one_before(engine: Engine) -> None:
     assert report.head_hash == entries[2].entry_hash
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE ledger_entries SET payload = '{}' WHERE seq = 2",
-    "DELETE FROM ledger_entries WHERE seq = 2",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entries SET payload = '{}' WHERE seq = 2",
+        "DELETE FROM ledger_entries WHERE seq = 2",
+    ],
+)
 def test_triggers_refuse_update_and_delete(engine: Engine, statement: str) -> None:
     _fill(engine, 3)
     with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
@@ -115,8 +125,11 @@ def test_deleted_entry_is_named(engine: Engine) -> None:
 
 def test_deleted_tail_with_renumbering_is_caught_by_the_link(engine: Engine) -> None:
     _fill(engine)
-    _tamper(engine, "DELETE FROM ledger_entries WHERE seq = 2",
-            "UPDATE ledger_entries SET seq = seq - 1 WHERE seq > 2")
+    _tamper(
+        engine,
+        "DELETE FROM ledger_entries WHERE seq = 2",
+        "UPDATE ledger_entries SET seq = seq - 1 WHERE seq > 2",
+    )
     problem = _chain(engine).problem
     assert problem is not None
     assert (problem.seq, problem.check) == (2, "link")
@@ -124,13 +137,15 @@ def test_deleted_tail_with_renumbering_is_caught_by_the_link(engine: Engine) -> 
 
 def test_inserted_entry_is_named(engine: Engine) -> None:
     _fill(engine)
-    _tamper(engine,
-            "UPDATE ledger_entries SET seq = seq + 100 WHERE seq >= 3",
-            "UPDATE ledger_entries SET seq = seq - 99 WHERE seq >= 103",
-            "INSERT INTO ledger_entries (seq, entry_at, event_type, actor_issuer, actor_subject, actor_name, "
-            "subject_kind, subject_id, payload, prev_hash, entry_hash) SELECT 3, entry_at, 'grant.issued', "
-            "actor_issuer, actor_subject, actor_name, 'grant', 'grt_fake', '{}', entry_hash, "
-            "'0000000000000000000000000000000000000000000000000000000000000000' FROM ledger_entries WHERE seq = 2")
+    _tamper(
+        engine,
+        "UPDATE ledger_entries SET seq = seq + 100 WHERE seq >= 3",
+        "UPDATE ledger_entries SET seq = seq - 99 WHERE seq >= 103",
+        "INSERT INTO ledger_entries (seq, entry_at, event_type, actor_issuer, actor_subject, actor_name, "
+        "subject_kind, subject_id, payload, prev_hash, entry_hash) SELECT 3, entry_at, 'grant.issued', "
+        "actor_issuer, actor_subject, actor_name, 'grant', 'grt_fake', '{}', entry_hash, "
+        "'0000000000000000000000000000000000000000000000000000000000000000' FROM ledger_entries WHERE seq = 2",
+    )
     problem = _chain(engine).problem
     assert problem is not None
     assert (problem.seq, problem.check) == (3, "hash")
@@ -138,9 +153,12 @@ def test_inserted_entry_is_named(engine: Engine) -> None:
 
 def test_reordered_entries_are_named(engine: Engine) -> None:
     _fill(engine)
-    _tamper(engine, "UPDATE ledger_entries SET seq = 1000 WHERE seq = 2",
-            "UPDATE ledger_entries SET seq = 2 WHERE seq = 3",
-            "UPDATE ledger_entries SET seq = 3 WHERE seq = 1000")
+    _tamper(
+        engine,
+        "UPDATE ledger_entries SET seq = 1000 WHERE seq = 2",
+        "UPDATE ledger_entries SET seq = 2 WHERE seq = 3",
+        "UPDATE ledger_entries SET seq = 3 WHERE seq = 1000",
+    )
     problem = _chain(engine).problem
     assert problem is not None
     assert (problem.seq, problem.check) == (2, "link")
@@ -153,8 +171,10 @@ def test_audit_verify_names_state_rows_that_disagree_with_the_ledger(amber: Ambe
         assert audit.verify(session).ok
     # A DBA quietly extends the grant: the state row no longer matches what the ledger says.
     with engine.begin() as conn:
-        conn.execute(text("UPDATE grants SET expires_at = :at WHERE id = :id"),
-                     {"at": amber.clock.now() + timedelta(days=30), "id": body["grant"]["id"]})
+        conn.execute(
+            text("UPDATE grants SET expires_at = :at WHERE id = :id"),
+            {"at": amber.clock.now() + timedelta(days=30), "id": body["grant"]["id"]},
+        )
     with make_unit_of_work(engine)() as session:
         report = audit.verify(session)
     assert not report.ok
@@ -168,8 +188,8 @@ def test_audit_verify_names_state_rows_without_events(amber: Amber) -> None:
     with make_unit_of_work(amber.rt.engine)() as session:
         report = audit.verify(session)
     assert report.problems == [
-        f"request {body['id']}: status is 'approved' in the state table but the ledger (up to entry 2) "
-        "says 'pending'"]
+        f"request {body['id']}: status is 'approved' in the state table but the ledger (up to entry 2) says 'pending'"
+    ]
 
 
 def test_submitted_request_is_immutable(amber: Amber) -> None:
@@ -184,15 +204,28 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
     import sys
 
     amber.request("alice", "engineering", "oncall")
-    env = {**os.environ, "AMBER_DATABASE_URL": str(amber.rt.engine.url.render_as_string(hide_password=False)),
-           "AMBER_STATE_DIR": str(tmp_path / "state")}
-    ok = subprocess.run([sys.executable, "-m", "amber", "audit", "verify"], env=env, capture_output=True, text=True,
-                        check=False)
+    env = {
+        **os.environ,
+        "AMBER_DATABASE_URL": str(amber.rt.engine.url.render_as_string(hide_password=False)),
+        "AMBER_STATE_DIR": str(tmp_path / "state"),
+    }
+    ok = subprocess.run(
+        [sys.executable, "-m", "amber", "audit", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "ledger OK: 6 entries" in ok.stdout
-    _tamper(amber.rt.engine, "UPDATE ledger_entries SET payload = '{\"outcome\":\"deny\"}' WHERE seq = 2")
-    bad = subprocess.run([sys.executable, "-m", "amber", "audit", "verify"], env=env, capture_output=True,
-                         text=True, check=False)
+    _tamper(amber.rt.engine, 'UPDATE ledger_entries SET payload = \'{"outcome":"deny"}\' WHERE seq = 2')
+    bad = subprocess.run(
+        [sys.executable, "-m", "amber", "audit", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 1
     assert "entry 2: hash: the entry's content does not match its hash" in bad.stdout
     assert "Traceback" not in bad.stderr

@@ -8,16 +8,34 @@ import pytest
 
 from amber.policy import ApprovalInput, LevelRules, PolicyInput, Subject, decide, may_approve
 
-RULES = LevelRules(requesters=frozenset({"engineering"}), auto_approve=frozenset({"oncall"}), approvals_required=1,
-                   approver_groups=frozenset({"leads"}), owners_approve=True, max_ttl=timedelta(hours=8),
-                   min_reason_length=3)
+RULES = LevelRules(
+    requesters=frozenset({"engineering"}),
+    auto_approve=frozenset({"oncall"}),
+    approvals_required=1,
+    approver_groups=frozenset({"leads"}),
+    owners_approve=True,
+    max_ttl=timedelta(hours=8),
+    min_reason_length=3,
+)
 
 
-def inp(*groups: str, ttl: timedelta = timedelta(hours=1), reason: str = "INC-1", rules: LevelRules = RULES,
-        sub: str = "u1") -> PolicyInput:
-    return PolicyInput(requester=Subject("iss", sub, "user", frozenset(groups)), resource="db", level="ro",
-                       resource_owners=frozenset({"owners"}), rules=rules, requested_ttl=ttl, reason=reason,
-                       policy_hash="h")
+def inp(
+    *groups: str,
+    ttl: timedelta = timedelta(hours=1),
+    reason: str = "INC-1",
+    rules: LevelRules = RULES,
+    sub: str = "u1",
+) -> PolicyInput:
+    return PolicyInput(
+        requester=Subject("iss", sub, "user", frozenset(groups)),
+        resource="db",
+        level="ro",
+        resource_owners=frozenset({"owners"}),
+        rules=rules,
+        requested_ttl=ttl,
+        reason=reason,
+        policy_hash="h",
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,8 +75,14 @@ def test_reason_and_ttl_required() -> None:
 
 
 def test_no_requester_list_means_anyone_and_zero_approvals_auto_approves() -> None:
-    rules = LevelRules(requesters=None, auto_approve=frozenset(), approvals_required=0,
-                       approver_groups=frozenset(), owners_approve=False, max_ttl=timedelta(hours=1))
+    rules = LevelRules(
+        requesters=None,
+        auto_approve=frozenset(),
+        approvals_required=0,
+        approver_groups=frozenset(),
+        owners_approve=False,
+        max_ttl=timedelta(hours=1),
+    )
     assert decide(inp(rules=rules)).outcome == "auto_approve"
 
 
@@ -72,13 +96,23 @@ def test_no_requester_list_means_anyone_and_zero_approvals_auto_approves() -> No
     ],
 )
 def test_may_approve(approver_sub: str, approver_groups: set[str], allowed: bool, reason: str) -> None:
-    verdict = may_approve(ApprovalInput(request=inp("engineering", "leads"), approver_groups=frozenset({"leads"}),
-                                        approver=Subject("iss", approver_sub, "x", frozenset(approver_groups))))
+    verdict = may_approve(
+        ApprovalInput(
+            request=inp("engineering", "leads"),
+            approver_groups=frozenset({"leads"}),
+            approver=Subject("iss", approver_sub, "x", frozenset(approver_groups)),
+        )
+    )
     assert verdict.allowed is allowed
     assert reason in verdict.reason
 
 
 def test_same_subject_at_another_issuer_is_another_person() -> None:
-    verdict = may_approve(ApprovalInput(request=inp("engineering"), approver_groups=frozenset({"leads"}),
-                                        approver=Subject("other-iss", "u1", "x", frozenset({"leads"}))))
+    verdict = may_approve(
+        ApprovalInput(
+            request=inp("engineering"),
+            approver_groups=frozenset({"leads"}),
+            approver=Subject("other-iss", "u1", "x", frozenset({"leads"})),
+        )
+    )
     assert verdict.allowed

@@ -111,9 +111,7 @@ def target_db() -> Iterator[TargetDb]:
             server.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {SERVER_URL} (run `bash scripts/services.sh`): {exc}")
-    target = TargetDb(
-        name=name, host=str(params.get("host") or "127.0.0.1"), port=int(params.get("port") or 5432)
-    )
+    target = TargetDb(name=name, host=str(params.get("host") or "127.0.0.1"), port=int(params.get("port") or 5432))
     try:
         with target.admin() as conn:
             conn.execute(_SEED)

@@ -97,9 +97,7 @@ def test_password_is_sent_as_a_scram_verifier(provisioner: PostgresProvisioner, 
     provisioner.provision(spec)
     provisioner.set_password(spec, PASSWORD)
     with target_db.admin() as conn:
-        row = conn.execute(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [spec.role_name]
-        ).fetchone()
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [spec.role_name]).fetchone()
     assert row is not None
     stored = str(row[0])
     assert PASSWORD not in stored
@@ -110,9 +108,7 @@ def test_scram_verifier_matches_what_postgresql_computes(target_db: TargetDb) ->
     role = target_db.new_role_name()
     with target_db.admin() as conn:
         conn.execute("SET password_encryption = 'scram-sha-256'")
-        conn.execute(
-            sql.SQL("CREATE ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(PASSWORD))
-        )
+        conn.execute(sql.SQL("CREATE ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(PASSWORD)))
         row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [role]).fetchone()
     assert row is not None
     server_side = str(row[0])
@@ -137,9 +133,7 @@ def test_unusable_passwords_are_refused_without_echoing_them(password: str) -> N
         "ALTER ROLE self SET default_transaction_read_only = off, then reconnect",
     ],
 )
-def test_every_write_fails_by_privilege(
-    provisioner: PostgresProvisioner, target_db: TargetDb, escape: str
-) -> None:
+def test_every_write_fails_by_privilege(provisioner: PostgresProvisioner, target_db: TargetDb, escape: str) -> None:
     role = _provision_with_password(provisioner, target_db)
     before = _orders(target_db)
     conn = target_db.connect_as(role, PASSWORD)
@@ -147,9 +141,7 @@ def test_every_write_fails_by_privilege(
         if escape.startswith("ALTER ROLE"):
             conn.execute("SET default_transaction_read_only = off")
             # PostgreSQL lets any role change its own defaults: the setting is a convenience, not a control.
-            conn.execute(
-                sql.SQL("ALTER ROLE {} SET default_transaction_read_only = off").format(sql.Identifier(role))
-            )
+            conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = off").format(sql.Identifier(role)))
             conn.close()
             conn = target_db.connect_as(role, PASSWORD)
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
@@ -197,9 +189,7 @@ def test_role_cannot_change_its_own_validity_limit_or_comment(
     (ours,) = [r for r in provisioner.inspect() if r.role_name == role]
     assert ours.grant_id is not None
     with target_db.admin() as conn:
-        row = conn.execute(
-            "SELECT rolvaliduntil, rolconnlimit FROM pg_roles WHERE rolname = %s", [role]
-        ).fetchone()
+        row = conn.execute("SELECT rolvaliduntil, rolconnlimit FROM pg_roles WHERE rolname = %s", [role]).fetchone()
     assert row is not None
     assert row[0] < datetime.now(UTC) + timedelta(hours=2)
     assert row[1] == 3
@@ -241,9 +231,7 @@ def test_check_on_an_unhardened_database_without_a_grantee_group(target_db: Targ
     by_code: dict[str, list[str | None]] = {}
     for finding in findings:
         by_code.setdefault(finding.code, []).append(finding.fix)
-    assert by_code["public-temporary-on-database"] == [
-        f'REVOKE TEMPORARY ON DATABASE "{target_db.name}" FROM PUBLIC'
-    ]
+    assert by_code["public-temporary-on-database"] == [f'REVOKE TEMPORARY ON DATABASE "{target_db.name}" FROM PUBLIC']
     lo_fixes = by_code["public-large-object-write"]
     for function in ("lo_from_bytea", "lo_create", "lowrite", "lo_put", "lo_unlink"):
         assert any(f'"pg_catalog"."{function}"(' in str(fix) for fix in lo_fixes), function
@@ -279,9 +267,7 @@ def test_check_flags_public_write_privileges_and_harden_revokes_them(
     assert 'REVOKE DELETE, INSERT, UPDATE ON TABLE "app"."orders" FROM PUBLIC' in fixes
     assert 'REVOKE USAGE ON SEQUENCE "app"."order_ids" FROM PUBLIC' in fixes
     assert 'REVOKE UPDATE ON TABLE "vault"."keys" FROM PUBLIC' in fixes
-    default_fix = (
-        'ALTER DEFAULT PRIVILEGES FOR ROLE "postgres" IN SCHEMA "app" REVOKE INSERT, TRUNCATE ON TABLES'
-    )
+    default_fix = 'ALTER DEFAULT PRIVILEGES FOR ROLE "postgres" IN SCHEMA "app" REVOKE INSERT, TRUNCATE ON TABLES'
     assert f"{default_fix} FROM PUBLIC" in fixes
 
     provisioner.harden()
@@ -293,9 +279,7 @@ def test_check_flags_public_write_privileges_and_harden_revokes_them(
             " has_schema_privilege('public', 'app', 'CREATE')"
         ).fetchone() == (False, False, False)
         conn.execute("CREATE TABLE app.later (a int)")
-        assert conn.execute("SELECT has_table_privilege('public', 'app.later', 'INSERT')").fetchone() == (
-            False,
-        )
+        assert conn.execute("SELECT has_table_privilege('public', 'app.later', 'INSERT')").fetchone() == (False,)
 
 
 def test_check_flags_a_grantee_group_that_holds_privileges(target_db: TargetDb) -> None:
@@ -318,7 +302,7 @@ def test_check_flags_a_grantee_group_that_holds_privileges(target_db: TargetDb) 
 
 
 def test_hba_rules_behind_a_narrow_password_rule_are_still_reachable() -> None:
-    def rule(line: int, kind: str, users: str, address: str | None, mask: str | None, method: str) -> HbaRule:  # noqa: PLR0917 (mirrors the view's columns)
+    def rule(line: int, kind: str, users: str, address: str | None, mask: str | None, method: str) -> HbaRule:
         return HbaRule(line, kind, ("all",), (users,), address, mask, method)
 
     rules = [
@@ -423,9 +407,7 @@ def test_provision_is_idempotent_and_brings_the_role_up_to_date(
         assert conn.execute("SELECT count(*) FROM app.orders").fetchone() == (2,)
 
 
-@pytest.mark.parametrize(
-    "comment", [None, "amber grant grt_someone_else owner inst_test", "owned by the dba"]
-)
+@pytest.mark.parametrize("comment", [None, "amber grant grt_someone_else owner inst_test", "owned by the dba"])
 def test_provision_never_adopts_a_foreign_role(
     provisioner: PostgresProvisioner, target_db: TargetDb, comment: str | None
 ) -> None:
@@ -433,9 +415,7 @@ def test_provision_never_adopts_a_foreign_role(
     with target_db.admin() as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 7").format(sql.Identifier(role)))
         if comment is not None:
-            conn.execute(
-                sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(role), sql.Literal(comment))
-            )
+            conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(role), sql.Literal(comment)))
     spec = target_db.spec(role_name=role)
     with pytest.raises(ProvisionerError, match="refusing to adopt"):
         provisioner.provision(spec)
@@ -457,9 +437,7 @@ def test_provision_never_adopts_a_foreign_role(
     assert row == (7, True, None, comment, True, False, False, False)
 
 
-def test_revoke_ends_live_sessions_and_drops_the_role(
-    provisioner: PostgresProvisioner, target_db: TargetDb
-) -> None:
+def test_revoke_ends_live_sessions_and_drops_the_role(provisioner: PostgresProvisioner, target_db: TargetDb) -> None:
     spec = target_db.spec()
     provisioner.provision(spec)
     provisioner.set_password(spec, PASSWORD)

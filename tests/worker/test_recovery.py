@@ -16,8 +16,9 @@ from amber.provisioners import GrantSpec
 from tests.conftest import Amber, build_runtime, connect_as
 
 
-def test_restart_with_overdue_grants_revokes_them_first(amber: Amber, state_url: str, catalog_path: Path,
-                                                       tmp_path: Path) -> None:
+def test_restart_with_overdue_grants_revokes_them_first(
+    amber: Amber, state_url: str, catalog_path: Path, tmp_path: Path
+) -> None:
     body = amber.request("alice", "engineering", "oncall", duration="5m")
     session = connect_as(body["credential"]["url"])
     amber.rt.close()  # amber goes down with a live grant and a live session
@@ -43,9 +44,15 @@ def test_restart_with_overdue_grants_revokes_them_first(amber: Amber, state_url:
 def test_role_created_but_never_committed_is_dropped_by_the_reconciler(amber: Amber) -> None:
     # A crash between CREATE ROLE and the commit of its grant leaves a role that no grant row owns.
     ghost_id = new_id("grt")
-    spec = GrantSpec(grant_id=ghost_id, role_name=role_name_for(ghost_id), owner_tag=amber.rt.installation_id,
-                     expires_at=amber.clock.now() + timedelta(hours=1), schemas=("public",),
-                     statement_timeout=timedelta(seconds=5), connection_limit=1)
+    spec = GrantSpec(
+        grant_id=ghost_id,
+        role_name=role_name_for(ghost_id),
+        owner_tag=amber.rt.installation_id,
+        expires_at=amber.clock.now() + timedelta(hours=1),
+        schemas=("public",),
+        statement_timeout=timedelta(seconds=5),
+        connection_limit=1,
+    )
     amber.rt.provisioners("orders-db").provision(spec)
     assert amber.role_exists(spec.role_name)
 
@@ -62,9 +69,15 @@ def test_role_created_but_never_committed_is_dropped_by_the_reconciler(amber: Am
 
 def test_roles_of_another_installation_are_left_alone(amber: Amber) -> None:
     foreign_id = new_id("grt")
-    spec = GrantSpec(grant_id=foreign_id, role_name=role_name_for(foreign_id), owner_tag="someone-else",
-                     expires_at=amber.clock.now() + timedelta(hours=1), schemas=("public",),
-                     statement_timeout=timedelta(seconds=5), connection_limit=1)
+    spec = GrantSpec(
+        grant_id=foreign_id,
+        role_name=role_name_for(foreign_id),
+        owner_tag="someone-else",
+        expires_at=amber.clock.now() + timedelta(hours=1),
+        schemas=("public",),
+        statement_timeout=timedelta(seconds=5),
+        connection_limit=1,
+    )
     provisioner = amber.rt.provisioners("orders-db")
     provisioner.provision(spec)
     try:
@@ -82,12 +95,14 @@ def test_provisioned_then_crashed_before_activation_is_finished_by_the_worker(am
     original = amber.rt.grants.activate
 
     def crash(grant_id: str, *, with_credential: bool) -> Activation:
-        grant = amber.rt.grants._note_failure(grant_id, "simulated crash")  # noqa: SLF001
+        grant = amber.rt.grants._note_failure(grant_id, "simulated crash")
         return Activation(grant, error="simulated crash")
 
     amber.rt.grants.activate = crash  # type: ignore[method-assign]
     try:
-        approved = amber.api.post(f"/v1/requests/{body['id']}/approve", json={}, headers=amber.headers("carol", "leads"))
+        approved = amber.api.post(
+            f"/v1/requests/{body['id']}/approve", json={}, headers=amber.headers("carol", "leads")
+        )
     finally:
         amber.rt.grants.activate = original  # type: ignore[method-assign]
     grant_id = approved.json()["grant"]["id"]
@@ -117,8 +132,9 @@ def test_target_down_fails_closed_and_retries(amber: Amber, monkeypatch: pytest.
     assert grant["status"] == "active"
 
 
-def test_grant_expiring_while_never_provisioned_is_expired_cleanly(amber: Amber,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grant_expiring_while_never_provisioned_is_expired_cleanly(
+    amber: Amber, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AMBER_TEST_TARGET_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
     body = amber.request("alice", "engineering", "oncall", duration="1m")
     monkeypatch.setenv("AMBER_TEST_TARGET_URL", amber.target_url)

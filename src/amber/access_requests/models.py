@@ -11,8 +11,16 @@ from amber.core.db import Base
 
 # Written once at submission; the migration installs a trigger that refuses to change them.
 IMMUTABLE_COLUMNS = (
-    "requester_issuer", "requester_subject", "requester_name", "requester_groups", "resource", "level",
-    "reason", "requested_ttl_s", "submitted_at", "supersedes_id",
+    "requester_issuer",
+    "requester_subject",
+    "requester_name",
+    "requester_groups",
+    "resource",
+    "level",
+    "reason",
+    "requested_ttl_s",
+    "submitted_at",
+    "supersedes_id",
 )
 
 

@@ -72,27 +72,49 @@ class RequestOut(BaseModel):
     approvals: list[ApprovalOut] = []
     grant: GrantOut | None = None
     credential: CredentialOut | None = Field(
-        default=None, description="Present once, in the response that made the grant usable.")
+        default=None, description="Present once, in the response that made the grant usable."
+    )
 
     @classmethod
-    def of(cls, request: AccessRequest, *, approvals: list[Approval] | None = None, grant: Grant | None = None,
-           credential: CredentialOut | None = None) -> RequestOut:
+    def of(
+        cls,
+        request: AccessRequest,
+        *,
+        approvals: list[Approval] | None = None,
+        grant: Grant | None = None,
+        credential: CredentialOut | None = None,
+    ) -> RequestOut:
         return cls(
-            id=request.id, status=request.status,
-            requester=PersonOut(iss=request.requester_issuer, sub=request.requester_subject,
-                                name=request.requester_name),
-            resource=request.resource, level=request.level, reason=request.reason,
-            requested_ttl_s=request.requested_ttl_s, supersedes=request.supersedes_id,
+            id=request.id,
+            status=request.status,
+            requester=PersonOut(
+                iss=request.requester_issuer, sub=request.requester_subject, name=request.requester_name
+            ),
+            resource=request.resource,
+            level=request.level,
+            reason=request.reason,
+            requested_ttl_s=request.requested_ttl_s,
+            supersedes=request.supersedes_id,
             submitted_at=as_utc(request.submitted_at),
             closed_at=as_utc(request.closed_at) if request.closed_at else None,
             decision=DecisionOut(
-                outcome=request.outcome, reasons=json.loads(request.decision_reasons),
-                policy_ids=json.loads(request.policy_ids), policy_hash=request.policy_hash,
-                granted_ttl_s=request.granted_ttl_s, approvals_required=request.approvals_required,
-                approver_groups=json.loads(request.approver_groups)),
-            approvals=[ApprovalOut(
-                approver=PersonOut(iss=a.approver_issuer, sub=a.approver_subject, name=a.approver_name),
-                verdict=a.verdict, comment=a.comment, at=as_utc(a.decided_at)) for a in approvals or []],
+                outcome=request.outcome,
+                reasons=json.loads(request.decision_reasons),
+                policy_ids=json.loads(request.policy_ids),
+                policy_hash=request.policy_hash,
+                granted_ttl_s=request.granted_ttl_s,
+                approvals_required=request.approvals_required,
+                approver_groups=json.loads(request.approver_groups),
+            ),
+            approvals=[
+                ApprovalOut(
+                    approver=PersonOut(iss=a.approver_issuer, sub=a.approver_subject, name=a.approver_name),
+                    verdict=a.verdict,
+                    comment=a.comment,
+                    at=as_utc(a.decided_at),
+                )
+                for a in approvals or []
+            ],
             grant=GrantOut.of(grant) if grant is not None else None,
             credential=credential,
         )

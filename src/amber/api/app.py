@@ -37,8 +37,12 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
         finally:
             rt.worker.stop()
 
-    app = FastAPI(title="amber", version=__version__, lifespan=lifespan,
-                  description="Self-service, time-boxed, read-only access to production.")
+    app = FastAPI(
+        title="amber",
+        version=__version__,
+        lifespan=lifespan,
+        description="Self-service, time-boxed, read-only access to production.",
+    )
     app.state.runtime = rt
     problems.install(app)
     app.include_router(router)
@@ -47,8 +51,12 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
     def healthz() -> dict[str, Any]:
         with rt.uow() as session:
             session.execute(text("SELECT 1"))
-        return {"status": "ok", "version": __version__, "warnings": rt.warnings,
-                "catalog": {"path": str(rt.catalog().path), "hash": rt.catalog().content_hash}}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "warnings": rt.warnings,
+            "catalog": {"path": str(rt.catalog().path), "hash": rt.catalog().content_hash},
+        }
 
     @app.get("/metrics", tags=["ops"])
     def metrics() -> Response:
@@ -57,8 +65,11 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
     @app.get("/dev-issuer/.well-known/openid-configuration", tags=["dev issuer"])
     def dev_discovery() -> dict[str, Any]:
         issuer = _dev(rt)
-        return {"issuer": issuer.issuer_url, "jwks_uri": f"{issuer.issuer_url}/jwks.json",
-                "id_token_signing_alg_values_supported": ["EdDSA"]}
+        return {
+            "issuer": issuer.issuer_url,
+            "jwks_uri": f"{issuer.issuer_url}/jwks.json",
+            "id_token_signing_alg_values_supported": ["EdDSA"],
+        }
 
     @app.get("/dev-issuer/jwks.json", tags=["dev issuer"])
     def dev_jwks() -> dict[str, Any]:
@@ -67,8 +78,14 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
     @app.post("/dev-issuer/token", tags=["dev issuer"])
     def dev_token(body: DevTokenIn) -> JSONResponse:
         token = _dev(rt).mint(body.user, body.groups, ttl=timedelta(seconds=body.ttl_s))
-        return JSONResponse({"access_token": token, "token_type": "Bearer", "expires_in": body.ttl_s,
-                             "warning": rt.warnings[0] if rt.warnings else None})
+        return JSONResponse(
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": body.ttl_s,
+                "warning": rt.warnings[0] if rt.warnings else None,
+            }
+        )
 
     return app
 

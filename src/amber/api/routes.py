@@ -27,8 +27,14 @@ def _actor(principal: Principal) -> Actor:
 
 @router.post("/requests", status_code=201, response_model=RequestOut, tags=["requests"])
 def submit_request(body: RequestIn, rt: RuntimeDep, who: PrincipalDep, response: Response) -> RequestOut:
-    outcome = rt.requests.submit(who, resource=body.resource, level=body.level, reason=body.reason,
-                                 ttl=timedelta(seconds=body.ttl_seconds), supersedes=body.supersedes)
+    outcome = rt.requests.submit(
+        who,
+        resource=body.resource,
+        level=body.level,
+        reason=body.reason,
+        ttl=timedelta(seconds=body.ttl_seconds),
+        supersedes=body.supersedes,
+    )
     rt.worker.wake()
     response.headers["Location"] = f"/v1/requests/{outcome.request.id}"
     credential = credential_of(outcome.activation) if outcome.activation else None
@@ -37,8 +43,11 @@ def submit_request(body: RequestIn, rt: RuntimeDep, who: PrincipalDep, response:
 
 @router.get("/requests", response_model=list[RequestOut], tags=["requests"])
 def list_requests(
-    rt: RuntimeDep, who: PrincipalDep, scope: Literal["mine", "to_approve", "all"] = "mine",
-    status: str | None = None, limit: int = Query(default=100, ge=1, le=1000),
+    rt: RuntimeDep,
+    who: PrincipalDep,
+    scope: Literal["mine", "to_approve", "all"] = "mine",
+    status: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[RequestOut]:
     return [RequestOut.of(row) for row in rt.requests.list(who, scope=scope, status=status, limit=limit)]
 
@@ -68,7 +77,10 @@ def cancel_request(request_id: str, rt: RuntimeDep, who: PrincipalDep) -> Reques
 
 @router.get("/grants", response_model=list[GrantOut], tags=["grants"])
 def list_grants(
-    rt: RuntimeDep, who: PrincipalDep, scope: Literal["mine", "all"] = "mine", live: bool = False,
+    rt: RuntimeDep,
+    who: PrincipalDep,
+    scope: Literal["mine", "all"] = "mine",
+    live: bool = False,
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[GrantOut]:
     with rt.uow() as session:
@@ -103,22 +115,25 @@ def claim_credentials(grant_id: str, rt: RuntimeDep, who: PrincipalDep) -> Crede
 
 @router.post("/grants/{grant_id}/revoke", response_model=GrantOut, tags=["grants"])
 def revoke_grant(grant_id: str, body: RevokeIn, rt: RuntimeDep, who: PrincipalDep) -> GrantOut:
-    grant = rt.grants.revoke(grant_id, actor=_actor(who), reason=body.reason or "revoked",
-                             is_admin=is_admin(rt.catalog(), who))
+    grant = rt.grants.revoke(
+        grant_id, actor=_actor(who), reason=body.reason or "revoked", is_admin=is_admin(rt.catalog(), who)
+    )
     with rt.uow() as session:
         return GrantOut.of(get(session, grant.id))
 
 
 @router.get("/ledger", tags=["ledger"])
 def read_ledger(
-    rt: RuntimeDep, who: PrincipalDep, after: int = Query(default=0, ge=0),
-    limit: int = Query(default=100, ge=1, le=1000), subject: str | None = None,
+    rt: RuntimeDep,
+    who: PrincipalDep,
+    after: int = Query(default=0, ge=0),
+    limit: int = Query(default=100, ge=1, le=1000),
+    subject: str | None = None,
 ) -> dict[str, Any]:
     if not is_auditor(rt.catalog(), who):
         raise Forbidden("reading the ledger needs the auditor or admin role")
     with rt.uow() as session:
-        items = [entry.as_dict() for entry in ledger.entries(session, after_seq=after, limit=limit,
-                                                               subject_id=subject)]
+        items = [entry.as_dict() for entry in ledger.entries(session, after_seq=after, limit=limit, subject_id=subject)]
         seq, head = ledger.head(session)
     return {"entries": items, "head": {"seq": seq, "hash": head}}
 
@@ -129,23 +144,45 @@ def verify_ledger(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
         raise Forbidden("verifying the ledger needs the auditor or admin role")
     with rt.uow() as session:
         report = audit.verify(session)
-    return {"ok": report.ok, "entries": report.entries, "head_hash": report.head_hash,
-            "problems": report.problems}
+    return {
+        "ok": report.ok,
+        "entries": report.entries,
+        "head_hash": report.head_hash,
+        "problems": report.problems,
+    }
 
 
 @router.get("/me", tags=["identity"])
 def whoami(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
     catalog = rt.catalog()
-    return {"iss": who.issuer, "sub": who.subject, "name": who.name, "groups": sorted(who.groups),
-            "admin": is_admin(catalog, who), "auditor": is_auditor(catalog, who)}
+    return {
+        "iss": who.issuer,
+        "sub": who.subject,
+        "name": who.name,
+        "groups": sorted(who.groups),
+        "admin": is_admin(catalog, who),
+        "auditor": is_auditor(catalog, who),
+    }
 
 
 @router.get("/resources", tags=["catalog"])
 def list_resources(rt: RuntimeDep, who: PrincipalDep) -> list[dict[str, Any]]:
     return [
-        {"name": r.name, "kind": r.kind, "description": r.description, "environment": r.environment,
-         "tags": r.tags, "owners": r.owners,
-         "levels": {name: {"schemas": lvl.schemas, "max_ttl_s": int(lvl.max_ttl.total_seconds()),
-                           "access": lvl.access} for name, lvl in r.levels.items()}}
+        {
+            "name": r.name,
+            "kind": r.kind,
+            "description": r.description,
+            "environment": r.environment,
+            "tags": r.tags,
+            "owners": r.owners,
+            "levels": {
+                name: {
+                    "schemas": lvl.schemas,
+                    "max_ttl_s": int(lvl.max_ttl.total_seconds()),
+                    "access": lvl.access,
+                }
+                for name, lvl in r.levels.items()
+            },
+        }
         for r in rt.catalog().resources.values()
     ]

@@ -74,8 +74,10 @@ class Runtime:
         if identity.dev_issuer and settings.env == "production":
             raise ConfigError(f"{settings.catalog}: identity.dev_issuer is refused when AMBER_ENV=production")
         if not identity.dev_issuer and not identity.issuers:
-            raise ConfigError(f"{settings.catalog}: identity: configure at least one issuer (or dev_issuer "
-                              "for local development); amber accepts no unauthenticated calls")
+            raise ConfigError(
+                f"{settings.catalog}: identity: configure at least one issuer (or dev_issuer "
+                "for local development); amber accepts no unauthenticated calls"
+            )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url)
         if migrate:
@@ -85,9 +87,14 @@ class Runtime:
             install_id = installation_id(session)
         metrics = Metrics()
         issuers = [
-            TrustedIssuer(issuer=i.issuer, audience=i.audience,
-                          keys=RemoteKeys(i.jwks_uri or f"{i.issuer.rstrip('/')}/.well-known/jwks.json"),
-                          algorithms=tuple(i.algorithms), groups_claim=i.groups_claim, name_claim=i.name_claim)
+            TrustedIssuer(
+                issuer=i.issuer,
+                audience=i.audience,
+                keys=RemoteKeys(i.jwks_uri or f"{i.issuer.rstrip('/')}/.well-known/jwks.json"),
+                algorithms=tuple(i.algorithms),
+                groups_claim=i.groups_claim,
+                name_claim=i.name_claim,
+            )
             for i in identity.issuers
         ]
         dev_issuer = None
@@ -102,20 +109,41 @@ class Runtime:
             current = catalog()
             resource = current.resource(resource_name)
             dsn = current.resolve_connection(resource_name)
-            fingerprint = hashlib.sha256(
-                f"{resource.kind}\0{dsn}\0{resource.grantee_group}".encode()).hexdigest()
+            fingerprint = hashlib.sha256(f"{resource.kind}\0{dsn}\0{resource.grantee_group}".encode()).hexdigest()
             return resource.kind, dsn, resource.grantee_group, fingerprint
 
         provisioners = ProvisionerRegistry(describe)
-        grants = GrantService(uow=uow, clock=clock, catalog=catalog, provisioners=provisioners,
-                              installation_id=install_id, metrics=metrics)
-        requests = AccessRequestService(uow=uow, clock=clock, catalog=catalog, grant_service=grants,
-                                        metrics=metrics)
-        worker = Worker(grants, metrics, interval_s=settings.worker_interval_s,
-                        reconcile_interval_s=settings.reconcile_interval_s)
-        return cls(settings=settings, clock=clock, engine=engine, uow=uow, catalog=catalog, metrics=metrics,
-                   verifier=verifier, dev_issuer=dev_issuer, provisioners=provisioners, grants=grants,
-                   requests=requests, worker=worker, installation_id=install_id, warnings=warnings)
+        grants = GrantService(
+            uow=uow,
+            clock=clock,
+            catalog=catalog,
+            provisioners=provisioners,
+            installation_id=install_id,
+            metrics=metrics,
+        )
+        requests = AccessRequestService(uow=uow, clock=clock, catalog=catalog, grant_service=grants, metrics=metrics)
+        worker = Worker(
+            grants,
+            metrics,
+            interval_s=settings.worker_interval_s,
+            reconcile_interval_s=settings.reconcile_interval_s,
+        )
+        return cls(
+            settings=settings,
+            clock=clock,
+            engine=engine,
+            uow=uow,
+            catalog=catalog,
+            metrics=metrics,
+            verifier=verifier,
+            dev_issuer=dev_issuer,
+            provisioners=provisioners,
+            grants=grants,
+            requests=requests,
+            worker=worker,
+            installation_id=install_id,
+            warnings=warnings,
+        )
 
     def close(self) -> None:
         self.worker.stop()

@@ -67,12 +67,22 @@ def _replay(rows: Iterator[LedgerEntry]) -> tuple[dict[str, _RequestState], dict
             state.seq = row.seq
             f = state.fields
             if event == "submitted":
-                f.update(requester=(row.actor_issuer, row.actor_subject), resource=payload["resource"],
-                         level=payload["level"], reason=payload["reason"],
-                         requested_ttl_s=payload["requested_ttl_s"], submitted_at=at, status="submitted")
+                f.update(
+                    requester=(row.actor_issuer, row.actor_subject),
+                    resource=payload["resource"],
+                    level=payload["level"],
+                    reason=payload["reason"],
+                    requested_ttl_s=payload["requested_ttl_s"],
+                    submitted_at=at,
+                    status="submitted",
+                )
             elif event == "decided":
-                f.update(outcome=payload["outcome"], policy_hash=payload["policy_hash"],
-                         granted_ttl_s=payload["granted_ttl_s"], approvals_required=payload["approvals_required"])
+                f.update(
+                    outcome=payload["outcome"],
+                    policy_hash=payload["policy_hash"],
+                    granted_ttl_s=payload["granted_ttl_s"],
+                    approvals_required=payload["approvals_required"],
+                )
                 if payload["outcome"] == "require_approval":
                     f["status"] = "pending"
             elif event in ("approved", "denied", "cancelled"):
@@ -82,9 +92,16 @@ def _replay(rows: Iterator[LedgerEntry]) -> tuple[dict[str, _RequestState], dict
             state.seq = row.seq
             f = state.fields
             if event == "issued":
-                f.update(request_id=payload["request_id"], resource=payload["resource"], level=payload["level"],
-                         role_name=payload["role"], expires_at=payload["expires_at"], status="issued",
-                         grantee=(payload["grantee"]["iss"], payload["grantee"]["sub"]), deprovisioned=False)
+                f.update(
+                    request_id=payload["request_id"],
+                    resource=payload["resource"],
+                    level=payload["level"],
+                    role_name=payload["role"],
+                    expires_at=payload["expires_at"],
+                    status="issued",
+                    grantee=(payload["grantee"]["iss"], payload["grantee"]["sub"]),
+                    deprovisioned=False,
+                )
             elif event == "activated":
                 f["status"] = "active"
             elif event in ("expired", "revoked"):
@@ -111,16 +128,23 @@ def _compare_requests(session: Session, replayed: dict[str, _RequestState], repo
             report.problems.append(f"request {row.id}: the state row has no ledger events (inserted outside amber?)")
             continue
         actual = {
-            "requester": (row.requester_issuer, row.requester_subject), "resource": row.resource,
-            "level": row.level, "reason": row.reason, "requested_ttl_s": row.requested_ttl_s,
-            "submitted_at": _ts(row.submitted_at), "status": row.status, "outcome": row.outcome,
-            "policy_hash": row.policy_hash, "granted_ttl_s": row.granted_ttl_s,
+            "requester": (row.requester_issuer, row.requester_subject),
+            "resource": row.resource,
+            "level": row.level,
+            "reason": row.reason,
+            "requested_ttl_s": row.requested_ttl_s,
+            "submitted_at": _ts(row.submitted_at),
+            "status": row.status,
+            "outcome": row.outcome,
+            "policy_hash": row.policy_hash,
+            "granted_ttl_s": row.granted_ttl_s,
             "approvals_required": row.approvals_required,
         }
         _diff(report, f"request {row.id}", state, actual)
     for missing in sorted(set(replayed) - seen):
         report.problems.append(
-            f"request {missing}: the ledger (entry {replayed[missing].seq}) records it but the state row is gone")
+            f"request {missing}: the ledger (entry {replayed[missing].seq}) records it but the state row is gone"
+        )
 
 
 def _compare_grants(session: Session, replayed: dict[str, _RequestState], report: AuditReport) -> None:
@@ -132,16 +156,22 @@ def _compare_grants(session: Session, replayed: dict[str, _RequestState], report
             report.problems.append(f"grant {row.id}: the state row has no ledger events (inserted outside amber?)")
             continue
         actual = {
-            "request_id": row.request_id, "resource": row.resource, "level": row.level,
-            "role_name": row.role_name, "expires_at": _ts(row.expires_at), "status": row.status,
-            "grantee": (row.grantee_issuer, row.grantee_subject), "deprovisioned": row.deprovisioned_at is not None,
+            "request_id": row.request_id,
+            "resource": row.resource,
+            "level": row.level,
+            "role_name": row.role_name,
+            "expires_at": _ts(row.expires_at),
+            "status": row.status,
+            "grantee": (row.grantee_issuer, row.grantee_subject),
+            "deprovisioned": row.deprovisioned_at is not None,
         }
         if "credential_shown" in state.fields:
             actual["credential_shown"] = row.credential_shown_at is not None
         _diff(report, f"grant {row.id}", state, actual)
     for missing in sorted(set(replayed) - seen):
         report.problems.append(
-            f"grant {missing}: the ledger (entry {replayed[missing].seq}) records it but the state row is gone")
+            f"grant {missing}: the ledger (entry {replayed[missing].seq}) records it but the state row is gone"
+        )
 
 
 def _diff(report: AuditReport, label: str, state: _RequestState, actual: dict[str, Any]) -> None:
@@ -150,4 +180,5 @@ def _diff(report: AuditReport, label: str, state: _RequestState, actual: dict[st
         if expected != value:
             report.problems.append(
                 f"{label}: {key} is {value!r} in the state table but the ledger (up to entry {state.seq}) "
-                f"says {expected!r}")
+                f"says {expected!r}"
+            )

@@ -11,7 +11,6 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -45,9 +44,7 @@ class Catalog:
             return resource.levels[level_name]
         except KeyError:
             known = ", ".join(sorted(resource.levels))
-            raise NotFound(
-                f"resource {resource_name!r} has no access level {level_name!r} (known: {known})"
-            ) from None
+            raise NotFound(f"resource {resource_name!r} has no access level {level_name!r} (known: {known})") from None
 
     def where(self, loc: Loc) -> str:
         """`file:line` of the closest YAML node to a path, for messages about a resolved value."""

@@ -83,9 +83,7 @@ class PostgresLevel(_Strict):
     def _only_select(cls, value: list[str]) -> list[str]:
         for privilege in value:
             if privilege.strip().lower() in _WRITE_WORDS or privilege.strip().upper() != "SELECT":
-                raise ValueError(
-                    f"amber never grants a write: privilege {privilege!r} is not allowed, only SELECT"
-                )
+                raise ValueError(f"amber never grants a write: privilege {privilege!r} is not allowed, only SELECT")
         return value
 
     @field_validator("max_ttl")

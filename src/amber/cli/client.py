@@ -60,19 +60,26 @@ class Client:
         token = os.environ.get("AMBER_TOKEN") or saved.get("access_token")
         return cls(url or os.environ.get("AMBER_URL") or saved.get("url") or default_url(), token)
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             params: dict[str, Any] | None = None, *, auth: bool = True) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        *,
+        auth: bool = True,
+    ) -> Any:
         headers = {"accept": "application/json"}
         if auth:
             if not self._token:
                 raise NotAuthenticated("not signed in: run `amber login` first")
             headers["authorization"] = f"Bearer {self._token}"
         try:
-            response = httpx.request(method, self.url + path, json=body, params=params, headers=headers,
-                                     timeout=30)
+            response = httpx.request(method, self.url + path, json=body, params=params, headers=headers, timeout=30)
         except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach amber at {self.url}: {type(exc).__name__}; is `amber serve` "
-                              "running (make run)?") from None
+            raise Unavailable(
+                f"cannot reach amber at {self.url}: {type(exc).__name__}; is `amber serve` running (make run)?"
+            ) from None
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail") or response.text

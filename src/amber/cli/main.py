@@ -16,8 +16,12 @@ from amber.cli.client import Client, default_url, save_token
 from amber.core.durations import format_duration, parse_duration
 from amber.core.errors import AmberError, InvalidInput
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="amber: self-service, time-boxed, read-only access to production.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="amber: self-service, time-boxed, read-only access to production.",
+)
 audit_app = typer.Typer(no_args_is_help=True, help="Verify and read the ledger.")
 resource_app = typer.Typer(no_args_is_help=True, help="Inspect and harden catalog resources.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Validate catalog files.")
@@ -64,13 +68,15 @@ def _print_credential(credential: dict[str, Any]) -> None:
 
 def _describe_request(data: dict[str, Any]) -> str:
     decision = data["decision"]
-    lines = [f"request {data['id']}: {data['status']}  ({data['resource']}/{data['level']}, "
-             f"by {data['requester']['name']})"]
+    lines = [
+        f"request {data['id']}: {data['status']}  ({data['resource']}/{data['level']}, by {data['requester']['name']})"
+    ]
     lines += [f"  - {reason}" for reason in decision["reasons"]]
     grant = data.get("grant")
     if grant:
-        lines.append(f"  grant {grant['id']}: {grant['status']}, role {grant['role']}, "
-                     f"expires {_when(grant['expires_at'])}")
+        lines.append(
+            f"  grant {grant['id']}: {grant['status']}, role {grant['role']}, expires {_when(grant['expires_at'])}"
+        )
         if grant.get("last_error"):
             lines.append(f"  provisioning is being retried: {grant['last_error']}")
     return "\n".join(lines)
@@ -104,8 +110,10 @@ def serve(
     configure_logging(settings.log_level)
     rt = Runtime.build(settings)
     url = settings.resolved_public_url
-    print(f"amber is starting on {url}  (state: {settings.resolved_database_url.split('://')[0]}, "
-          f"catalog: {settings.catalog})")
+    print(
+        f"amber is starting on {url}  (state: {settings.resolved_database_url.split('://')[0]}, "
+        f"catalog: {settings.catalog})"
+    )
     for warning in rt.warnings:
         print(f"WARNING: {warning}")
     print(f"  API docs: {url}/docs    health: {url}/healthz    metrics: {url}/metrics")
@@ -117,8 +125,7 @@ def serve(
         first = next(iter(rt.catalog().resources.values()), None)
         if first is not None:
             level = next(iter(first.levels))
-            print(f"    .venv/bin/amber request {first.name} --level {level} --for 2m "
-                  "--reason 'investigate INC-1234'")
+            print(f"    .venv/bin/amber request {first.name} --level {level} --for 2m --reason 'investigate INC-1234'")
     sys.stdout.flush()
     uvicorn.run(create_app(rt), host=settings.host, port=settings.port, log_level="warning")
 
@@ -149,8 +156,11 @@ def login(
         raise InvalidInput("use `amber login --dev USER --groups a,b` (development) or `--token TOKEN`")
     me = Client(base, access_token).call("GET", "/v1/me")
     path = save_token(profile, base, access_token, me["name"])
-    _out(me, as_json, f"signed in as {me['name']} ({me['iss']}), groups: {', '.join(me['groups']) or '-'}\n"
-                      f"token cached in {path}")
+    _out(
+        me,
+        as_json,
+        f"signed in as {me['name']} ({me['iss']}), groups: {', '.join(me['groups']) or '-'}\ntoken cached in {path}",
+    )
 
 
 @app.command()
@@ -178,8 +188,9 @@ def request(
     """Ask for access. Auto-approved requests print how to connect, once."""
     parse_duration(duration)
     client = _client(profile, url)
-    data = client.call("POST", "/v1/requests", {"resource": resource, "level": level, "reason": reason,
-                                                 "duration": duration})
+    data = client.call(
+        "POST", "/v1/requests", {"resource": resource, "level": level, "reason": reason, "duration": duration}
+    )
     if wait and data["status"] == "pending":
         if not as_json:
             print(_describe_request(data))
@@ -217,8 +228,10 @@ def list_requests(
     scope = "to_approve" if to_approve else "all" if all_ else "mine"
     params = {"scope": scope, **({"status": status} if status else {})}
     rows = _client(profile, url).call("GET", "/v1/requests", params=params)
-    lines = [f"{r['id']}  {r['status']:<9} {r['resource']}/{r['level']:<12} {r['requester']['name']:<12} "
-             f"{r['reason'][:40]}" for r in rows]
+    lines = [
+        f"{r['id']}  {r['status']:<9} {r['resource']}/{r['level']:<12} {r['requester']['name']:<12} {r['reason'][:40]}"
+        for r in rows
+    ]
     _out(rows, as_json, "\n".join(lines) or "no requests")
 
 
@@ -228,15 +241,25 @@ def _review(verb: str, request_id: str, comment: str, profile: str, url: str | N
 
 
 @app.command()
-def approve(request_id: str, comment: Annotated[str, typer.Option(help="Recorded with your approval.")] = "",
-            profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def approve(
+    request_id: str,
+    comment: Annotated[str, typer.Option(help="Recorded with your approval.")] = "",
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Approve a pending request."""
     _review("approve", request_id, comment, profile, url, as_json)
 
 
 @app.command()
-def deny(request_id: str, comment: Annotated[str, typer.Option(help="Recorded with your denial.")] = "",
-         profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def deny(
+    request_id: str,
+    comment: Annotated[str, typer.Option(help="Recorded with your denial.")] = "",
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Deny a pending request."""
     _review("deny", request_id, comment, profile, url, as_json)
 
@@ -262,14 +285,15 @@ def list_grants(
     """List your grants."""
     params = {"scope": "all" if all_ else "mine", "live": live}
     rows = _client(profile, url).call("GET", "/v1/grants", params=params)
-    lines = [f"{g['id']}  {g['status']:<8} {g['resource']}/{g['level']:<12} {g['role']}  "
-             f"expires {_when(g['expires_at'])}" for g in rows]
+    lines = [
+        f"{g['id']}  {g['status']:<8} {g['resource']}/{g['level']:<12} {g['role']}  expires {_when(g['expires_at'])}"
+        for g in rows
+    ]
     _out(rows, as_json, "\n".join(lines) or "no grants")
 
 
 @app.command()
-def credentials(grant_id: str, profile: ProfileOpt = "default", url: UrlOpt = None,
-                as_json: JsonOpt = False) -> None:
+def credentials(grant_id: str, profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Get an approved grant's connection string. It is shown exactly once."""
     data = _client(profile, url).call("POST", f"/v1/grants/{grant_id}/credentials")
     _out(data, as_json, f"grant {grant_id}: role {data['user']}")
@@ -278,8 +302,13 @@ def credentials(grant_id: str, profile: ProfileOpt = "default", url: UrlOpt = No
 
 
 @app.command()
-def revoke(grant_id: str, reason: Annotated[str, typer.Option(help="Recorded with the revocation.")] = "",
-           profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def revoke(
+    grant_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded with the revocation.")] = "",
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """End a grant now (your own, or any as an admin). Live sessions are cut."""
     data = _client(profile, url).call("POST", f"/v1/grants/{grant_id}/revoke", {"reason": reason})
     _out(data, as_json, f"grant {data['id']}: {data['status']} ({data.get('end_reason') or '-'})")
@@ -298,9 +327,17 @@ def audit_verify(as_json: JsonOpt = False) -> None:
     engine = make_engine(Settings().resolved_database_url)
     with make_unit_of_work(engine)() as session:
         report = audit.verify(session)
-    data = {"ok": report.ok, "entries": report.entries, "head_hash": report.head_hash, "problems": report.problems}
-    human = (f"ledger OK: {report.entries} entries, head {report.head_hash}" if report.ok else
-             "ledger verification FAILED:\n  " + "\n  ".join(report.problems))
+    data = {
+        "ok": report.ok,
+        "entries": report.entries,
+        "head_hash": report.head_hash,
+        "problems": report.problems,
+    }
+    human = (
+        f"ledger OK: {report.entries} entries, head {report.head_hash}"
+        if report.ok
+        else "ledger verification FAILED:\n  " + "\n  ".join(report.problems)
+    )
     _out(data, as_json, human)
     if not report.ok:
         raise typer.Exit(1)
@@ -328,9 +365,11 @@ def audit_tail(
             if as_json:
                 print(json.dumps(entry.as_dict(), sort_keys=True, default=str))
             else:
-                print(f"{entry.seq:>6} {entry.at.strftime('%H:%M:%S.%f')[:-3]} {entry.event_type:<24} "
-                      f"{entry.subject_kind}:{entry.subject_id} by {entry.actor.name}  "
-                      f"{json.dumps(entry.payload, sort_keys=True)[:120]}")
+                print(
+                    f"{entry.seq:>6} {entry.at.strftime('%H:%M:%S.%f')[:-3]} {entry.event_type:<24} "
+                    f"{entry.subject_kind}:{entry.subject_id} by {entry.actor.name}  "
+                    f"{json.dumps(entry.payload, sort_keys=True)[:120]}"
+                )
             after = entry.seq
         if not follow:
             return
@@ -364,8 +403,11 @@ def resource_check(name: str, as_json: JsonOpt = False) -> None:
 
 
 @resource_app.command("harden")
-def resource_harden(name: str, yes: Annotated[bool, typer.Option("--yes", help="Apply without asking.")] = False,
-                    as_json: JsonOpt = False) -> None:
+def resource_harden(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Apply without asking.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Apply the REVOKE statements `amber resource check` proposes."""
     provisioner = _resource_provisioner(name)
     if not yes:

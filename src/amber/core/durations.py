@@ -14,7 +14,7 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
     if isinstance(text, timedelta):
         return text
     if isinstance(text, bool):
-        raise ValueError(f"not a duration: {text!r}")
+        raise ValueError(f"not a duration: {text!r}")  # noqa: TRY004 - validators turn ValueError into messages
     if isinstance(text, int | float):
         if text <= 0:
             raise ValueError(f"duration must be positive, got {text!r}")

@@ -54,15 +54,23 @@ class GrantOut(BaseModel):
     def of(cls, grant: Grant) -> GrantOut:
         info = connection_info(grant)
         return cls(
-            id=grant.id, request_id=grant.request_id, status=grant.status, resource=grant.resource,
-            level=grant.level, role=grant.role_name,
+            id=grant.id,
+            request_id=grant.request_id,
+            status=grant.status,
+            resource=grant.resource,
+            level=grant.level,
+            role=grant.role_name,
             grantee=PersonOut(iss=grant.grantee_issuer, sub=grant.grantee_subject, name=grant.grantee_name),
-            issued_at=as_utc(grant.issued_at), expires_at=as_utc(grant.expires_at),
+            issued_at=as_utc(grant.issued_at),
+            expires_at=as_utc(grant.expires_at),
             activated_at=as_utc(grant.activated_at) if grant.activated_at else None,
-            ended_at=as_utc(grant.ended_at) if grant.ended_at else None, end_reason=grant.end_reason,
+            ended_at=as_utc(grant.ended_at) if grant.ended_at else None,
+            end_reason=grant.end_reason,
             connection=ConnectionOut(host=info.host, port=info.port, database=info.database, user=info.user)
-            if info else None,
-            credential_shown=grant.credential_shown_at is not None, last_error=grant.last_error,
+            if info
+            else None,
+            credential_shown=grant.credential_shown_at is not None,
+            last_error=grant.last_error,
         )
 
 
@@ -70,8 +78,7 @@ def credential_of(activation: Activation) -> CredentialOut | None:
     url = activation.connection_url
     if url is None or activation.password is None:
         return None
-    return CredentialOut(user=activation.grant.role_name, password=activation.password, url=url,
-                         psql=f"psql '{url}'")
+    return CredentialOut(user=activation.grant.role_name, password=activation.password, url=url, psql=f"psql '{url}'")
 
 
 class RevokeIn(BaseModel):

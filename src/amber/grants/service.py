@@ -66,25 +66,52 @@ def role_name_for(grant_id: str) -> str:
 
 
 def issue(
-    session: Session, *, catalog: Catalog, request_id: str, grantee: Actor, resource: str, level: str,
-    ttl: timedelta, now: datetime, actor: Actor,
+    session: Session,
+    *,
+    catalog: Catalog,
+    request_id: str,
+    grantee: Actor,
+    resource: str,
+    level: str,
+    ttl: timedelta,
+    now: datetime,
+    actor: Actor,
 ) -> Grant:
     """Create a grant for an approved request. Expiry is fixed here: now + min(ttl, the level's max TTL)."""
     level_spec = catalog.level(resource, level)
     grant_id = new_id("grt")
     grant = Grant(
-        id=grant_id, request_id=request_id, grantee_issuer=grantee.issuer, grantee_subject=grantee.subject,
-        grantee_name=grantee.name, resource=resource, level=level, role_name=role_name_for(grant_id),
-        issued_at=now, expires_at=now + min(ttl, level_spec.max_ttl), status="issued", attempts=0,
+        id=grant_id,
+        request_id=request_id,
+        grantee_issuer=grantee.issuer,
+        grantee_subject=grantee.subject,
+        grantee_name=grantee.name,
+        resource=resource,
+        level=level,
+        role_name=role_name_for(grant_id),
+        issued_at=now,
+        expires_at=now + min(ttl, level_spec.max_ttl),
+        status="issued",
+        attempts=0,
         next_attempt_at=now,
     )
     session.add(grant)
     session.flush()
-    _record(session, grant, "grant.issued", actor, now, {
-        "request_id": request_id, "grantee": {"iss": grantee.issuer, "sub": grantee.subject},
-        "resource": resource, "level": level, "role": grant.role_name,
-        "expires_at": ledger_time(grant.expires_at),
-    })
+    _record(
+        session,
+        grant,
+        "grant.issued",
+        actor=actor,
+        now=now,
+        payload={
+            "request_id": request_id,
+            "grantee": {"iss": grantee.issuer, "sub": grantee.subject},
+            "resource": resource,
+            "level": level,
+            "role": grant.role_name,
+            "expires_at": ledger_time(grant.expires_at),
+        },
+    )
     return grant
 
 
@@ -102,13 +129,21 @@ def ledger_time(at: datetime) -> str:
     return ledger.chain.format_at(as_utc(at))
 
 
-def _record(session: Session, grant: Grant, event: str, actor: Actor, now: datetime,
-            payload: dict[str, object]) -> None:
-    ledger.append(session, at=now, event_type=event, actor=actor, subject_kind="grant", subject_id=grant.id,
-                  payload=payload)
+def _record(
+    session: Session, grant: Grant, event: str, *, actor: Actor, now: datetime, payload: dict[str, object]
+) -> None:
+    ledger.append(
+        session,
+        at=now,
+        event_type=event,
+        actor=actor,
+        subject_kind="grant",
+        subject_id=grant.id,
+        payload=payload,
+    )
 
 
-def _move(session: Session, grant: Grant, target: str, actor: Actor, now: datetime, reason: str) -> None:
+def _move(session: Session, grant: Grant, target: str, *, actor: Actor, now: datetime, reason: str) -> None:
     check_move(grant.id, grant.status, target)
     grant.status = target
     grant.ended_at = now
@@ -116,7 +151,7 @@ def _move(session: Session, grant: Grant, target: str, actor: Actor, now: dateti
     grant.ended_by = f"{actor.issuer}#{actor.subject}"
     grant.next_attempt_at = now
     grant.attempts = 0
-    _record(session, grant, f"grant.{target}", actor, now, {"reason": reason})
+    _record(session, grant, f"grant.{target}", actor=actor, now=now, payload={"reason": reason})
 
 
 # -- orchestration: one transaction per step, external effects after commit ------------------------------
@@ -124,8 +159,14 @@ def _move(session: Session, grant: Grant, target: str, actor: Actor, now: dateti
 
 class GrantService:
     def __init__(
-        self, *, uow: UnitOfWork, clock: Clock, catalog: Callable[[], Catalog],
-        provisioners: ProvisionerLookup, installation_id: str, metrics: Metrics,
+        self,
+        *,
+        uow: UnitOfWork,
+        clock: Clock,
+        catalog: Callable[[], Catalog],
+        provisioners: ProvisionerLookup,
+        installation_id: str,
+        metrics: Metrics,
     ) -> None:
         self._uow = uow
         self._clock = clock
@@ -137,9 +178,13 @@ class GrantService:
     def spec(self, grant: Grant) -> GrantSpec:
         level = self._catalog().level(grant.resource, grant.level)
         return GrantSpec(
-            grant_id=grant.id, role_name=grant.role_name, owner_tag=self._installation_id,
-            expires_at=as_utc(grant.expires_at), schemas=tuple(level.schemas),
-            statement_timeout=level.statement_timeout, connection_limit=level.connection_limit,
+            grant_id=grant.id,
+            role_name=grant.role_name,
+            owner_tag=self._installation_id,
+            expires_at=as_utc(grant.expires_at),
+            schemas=tuple(level.schemas),
+            statement_timeout=level.statement_timeout,
+            connection_limit=level.connection_limit,
         )
 
     def activate(self, grant_id: str, *, with_credential: bool) -> Activation:
@@ -176,18 +221,35 @@ class GrantService:
                     grant.status = "active"
                     grant.activated_at = now
                     grant.connect_host, grant.connect_port, grant.connect_database = (
-                        info.host, info.port, info.database)
+                        info.host,
+                        info.port,
+                        info.database,
+                    )
                     grant.last_error = None
-                    _record(session, grant, "grant.activated", SYSTEM, now, {
-                        "role": grant.role_name, "target": f"{info.host}:{info.port}/{info.database}",
-                        "provision_ms": round((now - started).total_seconds() * 1000, 3),
-                    })
+                    _record(
+                        session,
+                        grant,
+                        "grant.activated",
+                        actor=SYSTEM,
+                        now=now,
+                        payload={
+                            "role": grant.role_name,
+                            "target": f"{info.host}:{info.port}/{info.database}",
+                            "provision_ms": round((now - started).total_seconds() * 1000, 3),
+                        },
+                    )
                 if password is not None:
                     # Only the submit path asks for a credential here, right after issuing the grant;
                     # a claim needs an active grant, so nobody can have been shown one before.
                     grant.credential_shown_at = now
-                    _record(session, grant, "grant.credential_issued", SYSTEM, now,
-                            {"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}})
+                    _record(
+                        session,
+                        grant,
+                        "grant.credential_issued",
+                        actor=SYSTEM,
+                        now=now,
+                        payload={"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}},
+                    )
         if ended is not None:
             self.deprovision([grant_id])
             return Activation(ended, error=f"grant is {ended.status}")
@@ -204,11 +266,18 @@ class GrantService:
             if grant.credential_shown_at is not None:
                 raise Conflict(
                     f"the credential for grant {grant_id} was already shown; it is shown exactly once "
-                    "(revoke the grant and request again if it was lost)")
+                    "(revoke the grant and request again if it was lost)"
+                )
             now = self._clock.now()
             grant.credential_shown_at = now
-            _record(session, grant, "grant.credential_issued", SYSTEM, now,
-                    {"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}})
+            _record(
+                session,
+                grant,
+                "grant.credential_issued",
+                actor=SYSTEM,
+                now=now,
+                payload={"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}},
+            )
             spec = self.spec(grant)
         password = new_secret("pg")
         try:
@@ -217,8 +286,14 @@ class GrantService:
             with self._uow() as session:
                 grant = get(session, grant_id, for_update=True)
                 grant.credential_shown_at = None
-                _record(session, grant, "grant.credential_failed", SYSTEM, self._clock.now(),
-                        {"error": str(exc)})
+                _record(
+                    session,
+                    grant,
+                    "grant.credential_failed",
+                    actor=SYSTEM,
+                    now=self._clock.now(),
+                    payload={"error": str(exc)},
+                )
             raise
         return Activation(grant, password=password)
 
@@ -230,7 +305,7 @@ class GrantService:
                 raise Forbidden("only the grantee or an admin can revoke this grant")
             if grant.status in ENDED:
                 raise Conflict(f"grant {grant_id} already {grant.status}")
-            _move(session, grant, "revoked", actor, self._clock.now(), reason or "revoked")
+            _move(session, grant, "revoked", actor=actor, now=self._clock.now(), reason=reason or "revoked")
         self._metrics.grants_ended.labels("revoked").inc()
         self.deprovision([grant_id])
         return grant
@@ -239,13 +314,17 @@ class GrantService:
         """Move every live grant whose expiry has passed to `expired`, then take its access away."""
         with self._uow() as session:
             now = self._clock.now()
-            query = (select(Grant).where(Grant.status.in_(LIVE), Grant.expires_at <= now)
-                     .order_by(Grant.expires_at).limit(limit))
+            query = (
+                select(Grant)
+                .where(Grant.status.in_(LIVE), Grant.expires_at <= now)
+                .order_by(Grant.expires_at)
+                .limit(limit)
+            )
             if is_postgres(session):
                 query = query.with_for_update(skip_locked=True)
             due = list(session.scalars(query))
             for grant in due:
-                _move(session, grant, "expired", SYSTEM, now, "expired")
+                _move(session, grant, "expired", actor=SYSTEM, now=now, reason="expired")
         if due:
             self._metrics.grants_ended.labels("expired").inc(len(due))
             self.deprovision([grant.id for grant in due])
@@ -278,16 +357,35 @@ class GrantService:
                     row = get(session, grant.id)
                     row.deprovisioned_at = now
                     row.last_error = None
-                    _record(session, row, "grant.deprovisioned", SYSTEM, now, {"role": row.role_name})
+                    _record(
+                        session,
+                        row,
+                        "grant.deprovisioned",
+                        actor=SYSTEM,
+                        now=now,
+                        payload={"role": row.role_name},
+                    )
 
     def retry_due(self) -> None:
         """Finish provisioning or deprovisioning that failed earlier, when its back-off has passed."""
         with self._uow() as session:
             now = self._clock.now()
-            pending = list(session.scalars(select(Grant.id).where(
-                Grant.status == "issued", Grant.next_attempt_at <= now, Grant.expires_at > now)))
-            leftovers = list(session.scalars(select(Grant.id).where(
-                Grant.status.in_(ENDED), Grant.deprovisioned_at.is_(None), Grant.next_attempt_at <= now)))
+            pending = list(
+                session.scalars(
+                    select(Grant.id).where(
+                        Grant.status == "issued", Grant.next_attempt_at <= now, Grant.expires_at > now
+                    )
+                )
+            )
+            leftovers = list(
+                session.scalars(
+                    select(Grant.id).where(
+                        Grant.status.in_(ENDED),
+                        Grant.deprovisioned_at.is_(None),
+                        Grant.next_attempt_at <= now,
+                    )
+                )
+            )
         for grant_id in pending:
             self.activate(grant_id, with_credential=False)
         if leftovers:
@@ -310,8 +408,13 @@ class GrantService:
             if not ours:
                 continue
             with self._uow() as session:
-                live = set(session.scalars(select(Grant.role_name).where(
-                    Grant.role_name.in_([role.role_name for role in ours]), Grant.status.in_(LIVE))))
+                live = set(
+                    session.scalars(
+                        select(Grant.role_name).where(
+                            Grant.role_name.in_([role.role_name for role in ours]), Grant.status.in_(LIVE)
+                        )
+                    )
+                )
             orphans = [role for role in ours if role.role_name not in live]
             if not orphans:
                 continue
@@ -325,9 +428,15 @@ class GrantService:
             with self._uow() as session:
                 now = self._clock.now()
                 for role in orphans:
-                    ledger.append(session, at=now, event_type="role.orphan_dropped", actor=SYSTEM,
-                                  subject_kind="role", subject_id=role.role_name,
-                                  payload={"resource": resource, "grant_id": role.grant_id})
+                    ledger.append(
+                        session,
+                        at=now,
+                        event_type="role.orphan_dropped",
+                        actor=SYSTEM,
+                        subject_kind="role",
+                        subject_id=role.role_name,
+                        payload={"resource": resource, "grant_id": role.grant_id},
+                    )
         self._metrics.foreign_roles.set(foreign)
         return dropped
 

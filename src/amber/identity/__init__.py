@@ -4,4 +4,12 @@ from amber.identity.dev_issuer import DevIssuer
 from amber.identity.principals import Principal
 from amber.identity.tokens import KeySource, RemoteKeys, StaticKeys, TokenVerifier, TrustedIssuer
 
-__all__ = ["DevIssuer", "KeySource", "Principal", "RemoteKeys", "StaticKeys", "TokenVerifier", "TrustedIssuer"]
+__all__ = [
+    "DevIssuer",
+    "KeySource",
+    "Principal",
+    "RemoteKeys",
+    "StaticKeys",
+    "TokenVerifier",
+    "TrustedIssuer",
+]

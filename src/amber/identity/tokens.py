@@ -150,8 +150,12 @@ class TokenVerifier:
                 audience=issuer.audience,
                 issuer=issuer.issuer,
                 # Time claims are checked below against amber's injected clock.
-                options={"require": ["iss", "aud", "sub", "exp", "iat"], "verify_exp": False,
-                         "verify_nbf": False, "verify_iat": False},
+                options={
+                    "require": ["iss", "aud", "sub", "exp", "iat"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.InvalidAudienceError:
             raise NotAuthenticated("the token is not meant for amber (wrong audience)") from None

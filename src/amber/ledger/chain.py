@@ -35,8 +35,15 @@ def format_at(at: datetime) -> str:
 
 
 def entry_body(
-    *, seq: int, at: datetime, event_type: str, actor: Actor, subject_kind: str, subject_id: str,
-    payload: dict[str, Any], prev_hash: str,
+    *,
+    seq: int,
+    at: datetime,
+    event_type: str,
+    actor: Actor,
+    subject_kind: str,
+    subject_id: str,
+    payload: dict[str, Any],
+    prev_hash: str,
 ) -> dict[str, Any]:
     return {
         "v": FORMAT_VERSION,
@@ -61,5 +68,5 @@ def payload_text(payload: dict[str, Any]) -> str:
 def parse_payload(text: str) -> dict[str, Any]:
     value = json.loads(text)
     if not isinstance(value, dict):
-        raise ValueError("payload is not a JSON object")
+        raise ValueError("payload is not a JSON object")  # noqa: TRY004 - callers treat it as bad data
     return value

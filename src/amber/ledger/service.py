@@ -23,6 +23,7 @@ from amber.ledger.models import LedgerEntry
 
 _LOCK_KEY = 0x616D626572  # "amber"
 
+
 @dataclass(frozen=True)
 class EntryView:
     seq: int
@@ -49,7 +50,13 @@ class EntryView:
 
 
 def append(
-    session: Session, *, at: datetime, event_type: str, actor: Actor, subject_kind: str, subject_id: str,
+    session: Session,
+    *,
+    at: datetime,
+    event_type: str,
+    actor: Actor,
+    subject_kind: str,
+    subject_id: str,
     payload: dict[str, Any],
 ) -> EntryView:
     if is_postgres(session):
@@ -58,29 +65,56 @@ def append(
         select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
     ).first()
     seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
-    body = entry_body(seq=seq, at=at, event_type=event_type, actor=actor, subject_kind=subject_kind,
-                      subject_id=subject_id, payload=payload, prev_hash=prev_hash)
+    body = entry_body(
+        seq=seq,
+        at=at,
+        event_type=event_type,
+        actor=actor,
+        subject_kind=subject_kind,
+        subject_id=subject_id,
+        payload=payload,
+        prev_hash=prev_hash,
+    )
     entry_hash = hash_body(body)
-    session.add(LedgerEntry(
-        seq=seq, entry_at=at, event_type=event_type, actor_issuer=actor.issuer, actor_subject=actor.subject,
-        actor_name=actor.name, subject_kind=subject_kind, subject_id=subject_id,
-        payload=payload_text(payload), prev_hash=prev_hash, entry_hash=entry_hash,
-    ))
+    session.add(
+        LedgerEntry(
+            seq=seq,
+            entry_at=at,
+            event_type=event_type,
+            actor_issuer=actor.issuer,
+            actor_subject=actor.subject,
+            actor_name=actor.name,
+            subject_kind=subject_kind,
+            subject_id=subject_id,
+            payload=payload_text(payload),
+            prev_hash=prev_hash,
+            entry_hash=entry_hash,
+        )
+    )
     session.flush()
     return EntryView(seq, at, event_type, actor, subject_kind, subject_id, payload, prev_hash, entry_hash)
 
 
 def to_view(row: LedgerEntry) -> EntryView:
     return EntryView(
-        seq=row.seq, at=as_utc(row.entry_at), event_type=row.event_type,
-        actor=Actor(row.actor_issuer, row.actor_subject, row.actor_name), subject_kind=row.subject_kind,
-        subject_id=row.subject_id, payload=parse_payload(row.payload), prev_hash=row.prev_hash,
+        seq=row.seq,
+        at=as_utc(row.entry_at),
+        event_type=row.event_type,
+        actor=Actor(row.actor_issuer, row.actor_subject, row.actor_name),
+        subject_kind=row.subject_kind,
+        subject_id=row.subject_id,
+        payload=parse_payload(row.payload),
+        prev_hash=row.prev_hash,
         entry_hash=row.entry_hash,
     )
 
 
 def entries(
-    session: Session, *, after_seq: int = 0, limit: int | None = None, subject_id: str | None = None,
+    session: Session,
+    *,
+    after_seq: int = 0,
+    limit: int | None = None,
+    subject_id: str | None = None,
 ) -> list[EntryView]:
     query = select(LedgerEntry).where(LedgerEntry.seq > after_seq).order_by(LedgerEntry.seq)
     if subject_id is not None:
@@ -94,9 +128,9 @@ def iter_raw(session: Session, batch: int = 5000) -> Iterator[LedgerEntry]:
     """Every row in seq order, streamed in batches (for verification of large ledgers)."""
     after = 0
     while True:
-        rows = list(session.scalars(
-            select(LedgerEntry).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(batch)
-        ))
+        rows = list(
+            session.scalars(select(LedgerEntry).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(batch))
+        )
         if not rows:
             return
         yield from rows

@@ -42,24 +42,47 @@ def verify_chain(rows: Iterable[LedgerEntry]) -> ChainReport:
     for row in rows:
         if row.seq != expected_seq:
             what = "missing (deleted?)" if row.seq > expected_seq else "out of order"
-            return ChainReport(count, prev, ChainProblem(
-                expected_seq, "sequence", f"expected entry {expected_seq} but found {row.seq}: entry {what}"))
+            return ChainReport(
+                count,
+                prev,
+                ChainProblem(
+                    expected_seq,
+                    "sequence",
+                    f"expected entry {expected_seq} but found {row.seq}: entry {what}",
+                ),
+            )
         if row.prev_hash != prev:
-            return ChainReport(count, prev, ChainProblem(
-                row.seq, "link", "prev_hash does not match the previous entry's hash "
-                "(an entry before it was changed, removed or inserted)"))
+            return ChainReport(
+                count,
+                prev,
+                ChainProblem(
+                    row.seq,
+                    "link",
+                    "prev_hash does not match the previous entry's hash "
+                    "(an entry before it was changed, removed or inserted)",
+                ),
+            )
         try:
             payload = parse_payload(row.payload)
         except ValueError:
             return ChainReport(count, prev, ChainProblem(row.seq, "payload", "payload is not a JSON object"))
         body = entry_body(
-            seq=row.seq, at=as_utc(row.entry_at), event_type=row.event_type,
-            actor=Actor(row.actor_issuer, row.actor_subject, row.actor_name), subject_kind=row.subject_kind,
-            subject_id=row.subject_id, payload=payload, prev_hash=row.prev_hash)
+            seq=row.seq,
+            at=as_utc(row.entry_at),
+            event_type=row.event_type,
+            actor=Actor(row.actor_issuer, row.actor_subject, row.actor_name),
+            subject_kind=row.subject_kind,
+            subject_id=row.subject_id,
+            payload=payload,
+            prev_hash=row.prev_hash,
+        )
         computed = hash_body(body)
         if computed != row.entry_hash:
-            return ChainReport(count, prev, ChainProblem(
-                row.seq, "hash", "the entry's content does not match its hash (it was edited)"))
+            return ChainReport(
+                count,
+                prev,
+                ChainProblem(row.seq, "hash", "the entry's content does not match its hash (it was edited)"),
+            )
         prev = row.entry_hash
         expected_seq += 1
         count += 1

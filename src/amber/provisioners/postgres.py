@@ -92,9 +92,7 @@ _HBA_TYPES = frozenset({"local", "host", "hostssl", "hostnossl", "hostgssenc", "
 _NON_SYSTEM_SCHEMA = "n.nspname <> 'information_schema' AND NOT starts_with(n.nspname, 'pg_')"
 
 
-def scram_sha256_verifier(
-    password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS
-) -> str:
+def scram_sha256_verifier(password: str, *, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
     """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / RFC 7677).
 
     Sending the verifier instead of the password keeps the password out of server logs and statistics.
@@ -161,16 +159,12 @@ class PostgresProvisioner:
 
     kind = "postgres"
 
-    def __init__(
-        self, admin_dsn: str, *, grantee_group: str | None = None, connect_timeout_s: float = 5.0
-    ) -> None:
+    def __init__(self, admin_dsn: str, *, grantee_group: str | None = None, connect_timeout_s: float = 5.0) -> None:
         try:
             params = conninfo_to_dict(admin_dsn)
         except psycopg.Error:
             # The driver's message may quote part of the DSN, which may hold a password.
-            raise ProvisionerError(
-                "the PostgreSQL admin DSN is not a valid libpq connection string"
-            ) from None
+            raise ProvisionerError("the PostgreSQL admin DSN is not a valid libpq connection string") from None
         dbname = str(params.get("dbname") or "")
         if not dbname:
             raise ProvisionerError("the PostgreSQL admin DSN must name the target database (dbname)")
@@ -244,9 +238,7 @@ class PostgresProvisioner:
         """
         _check_role_name(spec.role_name)
         verifier = scram_sha256_verifier(password)
-        statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(spec.role_name), sql.Literal(verifier)
-        )
+        statement = sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(spec.role_name), sql.Literal(verifier))
         comment = role_comment(spec.grant_id, spec.owner_tag)
 
         def action(conn: _Conn) -> None:
@@ -254,8 +246,7 @@ class PostgresProvisioner:
                 existing = self._role_comment(conn, spec.role_name)
                 if existing is None:
                     raise ProvisionerError(
-                        f"PostgreSQL at {self._where}: role {spec.role_name} does not exist; "
-                        "provision it first"
+                        f"PostgreSQL at {self._where}: role {spec.role_name} does not exist; provision it first"
                     )
                 if existing[0] != comment:
                     raise ProvisionerError(
@@ -298,9 +289,7 @@ class PostgresProvisioner:
                 for name, comment in rows:
                     parsed = parse_role_comment(comment)
                     if parsed is None or parsed[0] != wanted[name]:
-                        problems.append(
-                            f"role {name} is not amber's role for grant {wanted[name]}; left alone"
-                        )
+                        problems.append(f"role {name} is not amber's role for grant {wanted[name]}; left alone")
                     else:
                         ours.append(name)
                 if ours:
@@ -315,9 +304,7 @@ class PostgresProvisioner:
         lingering = self._end_sessions(ours)
         for name in ours:
             if name in lingering:
-                problems.append(
-                    f"sessions of role {name} did not end within {_SESSION_END_WAIT_S:g} s; not dropped"
-                )
+                problems.append(f"sessions of role {name} did not end within {_SESSION_END_WAIT_S:g} s; not dropped")
                 continue
             drop = sql.SQL("DROP OWNED BY {0}; DROP ROLE IF EXISTS {0}").format(sql.Identifier(name))
 
@@ -440,9 +427,7 @@ class PostgresProvisioner:
             create = sql.SQL("{} IN ROLE {}").format(create, group)
             update.append(sql.SQL("GRANT {} TO {}").format(group, role))
         common: list[sql.Composable] = [
-            sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                role, sql.Literal(role_comment(spec.grant_id, spec.owner_tag))
-            ),
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(role_comment(spec.grant_id, spec.owner_tag))),
             sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role),
             sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(role, sql.Literal(f"{timeout_ms}ms")),
             sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
@@ -452,9 +437,7 @@ class PostgresProvisioner:
         ]
         for schema in dict.fromkeys(spec.schemas):
             common.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-            common.append(
-                sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role)
-            )
+            common.append(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role))
         return _Statements(create=[create], update=update, common=common)
 
     @staticmethod
@@ -481,9 +464,7 @@ class PostgresProvisioner:
             signalled.update(int(pid) for pid, _ in rows)
 
         def live(conn: _Conn) -> list[tuple[int, str]]:
-            rows = conn.execute(
-                "SELECT pid, usename FROM pg_stat_activity WHERE usename = ANY(%s)", [roles]
-            ).fetchall()
+            rows = conn.execute("SELECT pid, usename FROM pg_stat_activity WHERE usename = ANY(%s)", [roles]).fetchall()
             return [(int(pid), str(name)) for pid, name in rows]
 
         self._run(terminate)
@@ -506,9 +487,7 @@ class PostgresProvisioner:
         """Findings that have (or lack) an SQL fix, each with the fix as a statement `harden` can run."""
         plan: list[tuple[Finding, sql.Composed | None]] = []
 
-        def add(
-            code: str, severity: Literal["danger", "warning"], message: str, fix: sql.Composed | None
-        ) -> None:
+        def add(code: str, severity: Literal["danger", "warning"], message: str, fix: sql.Composed | None) -> None:
             plan.append((Finding(code, severity, message, fix.as_string(conn) if fix else None), fix))
 
         database = sql.Identifier(self._dbname)
@@ -526,9 +505,7 @@ class PostgresProvisioner:
                 f"PUBLIC may create {what} in database {self._dbname}, so every granted role can write there "
                 "(after switching off default_transaction_read_only, which any role may do); grant "
                 f"{privilege} back by name to roles that need it",
-                sql.SQL("REVOKE {} ON DATABASE {} FROM PUBLIC").format(
-                    sql.SQL(_keyword(privilege)), database
-                ),
+                sql.SQL("REVOKE {} ON DATABASE {} FROM PUBLIC").format(sql.SQL(_keyword(privilege)), database),
             )
 
         for name, arguments in conn.execute(
@@ -679,11 +656,8 @@ class PostgresProvisioner:
         if powerful:
             add(
                 "grantee-group-attributes",
-                f"the grantee group {group_name} has SUPERUSER, CREATEDB, CREATEROLE, REPLICATION or "
-                "BYPASSRLS",
-                sql.SQL("ALTER ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(
-                    group
-                ),
+                f"the grantee group {group_name} has SUPERUSER, CREATEDB, CREATEROLE, REPLICATION or BYPASSRLS",
+                sql.SQL("ALTER ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(group),
             )
         for (parent,) in conn.execute(
             "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
@@ -817,8 +791,7 @@ class PostgresProvisioner:
 def _check_role_name(role_name: str) -> None:
     if not _ROLE_NAME_RE.match(role_name):
         raise ProvisionerError(
-            f"{role_name!r} is not an amber role name "
-            f"({ROLE_PREFIX} followed by lowercase letters, digits and _)"
+            f"{role_name!r} is not an amber role name ({ROLE_PREFIX} followed by lowercase letters, digits and _)"
         )
 
 
@@ -921,10 +894,7 @@ def _hba_finding(rule: HbaRule, grantee_group: str | None) -> Finding | None:
         line = f"local all {group_token} scram-sha-256"
     else:
         line = f"{rule.type} all {group_token} {_hba_address(rule)} scram-sha-256"
-    fix = (
-        "edit pg_hba.conf (a file edit, then SELECT pg_reload_conf()): "
-        f"add ahead of line {rule.line_number}: {line}"
-    )
+    fix = f"edit pg_hba.conf (a file edit, then SELECT pg_reload_conf()): add ahead of line {rule.line_number}: {line}"
     if grantee_group is None:
         fix = f"configure grantee_group (CREATE ROLE {group} NOLOGIN), then {fix}"
     where = f"pg_hba.conf line {rule.line_number} ({rule.type}, {method})"
@@ -932,8 +902,7 @@ def _hba_finding(rule: HbaRule, grantee_group: str | None) -> Finding | None:
         return Finding(
             "hba-passwordless",
             "danger",
-            f"{where}: granted roles can log in without a password; VALID UNTIL is only enforced on "
-            "password logins",
+            f"{where}: granted roles can log in without a password; VALID UNTIL is only enforced on password logins",
             fix,
         )
     return Finding(

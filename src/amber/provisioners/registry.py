@@ -41,7 +41,7 @@ class ProvisionerRegistry:
 
 def build(kind: str, dsn: str, grantee_group: str | None) -> Provisioner:
     if kind == "postgres":
-        from amber.provisioners.postgres import PostgresProvisioner
+        from amber.provisioners.postgres import PostgresProvisioner  # noqa: PLC0415 - driver loaded on first use
 
         return PostgresProvisioner(dsn, grantee_group=grantee_group)
     raise ProvisionerError(f"no provisioner for resource kind {kind!r}")

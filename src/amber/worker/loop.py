@@ -18,8 +18,14 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, grants: GrantService, metrics: Metrics, *, interval_s: float = 0.1,
-                 reconcile_interval_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        grants: GrantService,
+        metrics: Metrics,
+        *,
+        interval_s: float = 0.1,
+        reconcile_interval_s: float = 30.0,
+    ) -> None:
         self._grants = grants
         self._metrics = metrics
         self._interval_s = interval_s

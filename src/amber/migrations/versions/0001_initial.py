@@ -14,8 +14,16 @@ down_revision = None
 
 TS = sa.DateTime(timezone=True)
 IMMUTABLE_REQUEST_COLUMNS = (
-    "requester_issuer", "requester_subject", "requester_name", "requester_groups", "resource", "level",
-    "reason", "requested_ttl_s", "submitted_at", "supersedes_id",
+    "requester_issuer",
+    "requester_subject",
+    "requester_name",
+    "requester_groups",
+    "resource",
+    "level",
+    "reason",
+    "requested_ttl_s",
+    "submitted_at",
+    "supersedes_id",
 )
 
 
@@ -58,8 +66,12 @@ def upgrade() -> None:
     op.create_table(
         "approvals",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("request_id", sa.String(40), sa.ForeignKey("access_requests.id",
-                  name="fk_approvals_request_id_access_requests"), nullable=False),
+        sa.Column(
+            "request_id",
+            sa.String(40),
+            sa.ForeignKey("access_requests.id", name="fk_approvals_request_id_access_requests"),
+            nullable=False,
+        ),
         sa.Column("approver_issuer", sa.String(512), nullable=False),
         sa.Column("approver_subject", sa.String(512), nullable=False),
         sa.Column("approver_name", sa.String(512), nullable=False),
@@ -72,8 +84,12 @@ def upgrade() -> None:
     op.create_table(
         "grants",
         sa.Column("id", sa.String(40), nullable=False),
-        sa.Column("request_id", sa.String(40), sa.ForeignKey("access_requests.id",
-                  name="fk_grants_request_id_access_requests"), nullable=False),
+        sa.Column(
+            "request_id",
+            sa.String(40),
+            sa.ForeignKey("access_requests.id", name="fk_grants_request_id_access_requests"),
+            nullable=False,
+        ),
         sa.Column("grantee_issuer", sa.String(512), nullable=False),
         sa.Column("grantee_subject", sa.String(512), nullable=False),
         sa.Column("grantee_name", sa.String(512), nullable=False),
@@ -146,10 +162,14 @@ def _postgres_triggers() -> None:
         BEGIN
             RAISE EXCEPTION 'amber ledger entries are append-only' USING ERRCODE = 'insufficient_privilege';
         END $$""")
-    op.execute("CREATE TRIGGER ledger_entries_no_update_delete BEFORE UPDATE OR DELETE ON ledger_entries "
-               "FOR EACH ROW EXECUTE FUNCTION amber_ledger_append_only()")
-    op.execute("CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries "
-               "FOR EACH STATEMENT EXECUTE FUNCTION amber_ledger_append_only()")
+    op.execute(
+        "CREATE TRIGGER ledger_entries_no_update_delete BEFORE UPDATE OR DELETE ON ledger_entries "
+        "FOR EACH ROW EXECUTE FUNCTION amber_ledger_append_only()"
+    )
+    op.execute(
+        "CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries "
+        "FOR EACH STATEMENT EXECUTE FUNCTION amber_ledger_append_only()"
+    )
     changed = " OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in IMMUTABLE_REQUEST_COLUMNS)
     op.execute(f"""
         CREATE FUNCTION amber_requests_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -159,10 +179,14 @@ def _postgres_triggers() -> None:
             END IF;
             RETURN NEW;
         END $$""")
-    op.execute("CREATE TRIGGER access_requests_immutable BEFORE UPDATE ON access_requests "
-               "FOR EACH ROW EXECUTE FUNCTION amber_requests_immutable()")
-    op.execute("CREATE TRIGGER access_requests_no_delete BEFORE DELETE ON access_requests "
-               "FOR EACH ROW EXECUTE FUNCTION amber_ledger_append_only()")
+    op.execute(
+        "CREATE TRIGGER access_requests_immutable BEFORE UPDATE ON access_requests "
+        "FOR EACH ROW EXECUTE FUNCTION amber_requests_immutable()"
+    )
+    op.execute(
+        "CREATE TRIGGER access_requests_no_delete BEFORE DELETE ON access_requests "
+        "FOR EACH ROW EXECUTE FUNCTION amber_ledger_append_only()"
+    )
 
 
 def downgrade() -> None:
