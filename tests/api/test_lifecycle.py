@@ -236,6 +236,7 @@ def test_ledger_records_every_transition_and_verifies(amber: Amber) -> None:
     assert response.status_code == 200
     types = [entry["type"] for entry in response.json()["entries"]]
     assert types == [
+        "catalog.loaded",
         "request.submitted",
         "request.decided",
         "request.approved",
@@ -246,10 +247,12 @@ def test_ledger_records_every_transition_and_verifies(amber: Amber) -> None:
         "grant.deprovisioned",
     ]
     entries = response.json()["entries"]
+    assert entries[0]["payload"]["policy_hash"] == amber.rt.catalog().policy_hash
+    entries = entries[1:]
     assert entries[0]["actor"]["sub"] == "dev:alice"
     assert entries[0]["actor"]["iss"] == "http://amber.test/dev-issuer"
     assert entries[1]["payload"]["policy_hash"] == amber.rt.catalog().policy_hash
     assert entries[3]["subject"]["id"] == body["grant"]["id"]
     verified = amber.api.get("/v1/ledger/verify", headers=amber.headers("sue", "security")).json()
-    assert verified == {"ok": True, "entries": 8, "head_hash": entries[-1]["entry_hash"], "problems": []}
+    assert verified == {"ok": True, "entries": 9, "head_hash": entries[-1]["entry_hash"], "problems": []}
     assert amber.api.get("/v1/ledger", headers=amber.headers("bob", "engineering")).status_code == 403

@@ -157,3 +157,40 @@ def test_catalog_validate_reports_line(cli: Cli, tmp_path: Path) -> None:
     result = cli.run("catalog", "validate", str(bad), ok=False)
     assert result.returncode == 1
     assert f"{bad}:5: resources[0].connection: the admin connection must be a reference" in result.stderr
+
+
+def test_resource_check_and_harden(tmp_path: Path) -> None:
+    from tests.conftest import create_database, drop_database
+
+    name = create_database("amber_check")
+    try:
+        catalog = tmp_path / "check.yaml"
+        catalog.write_text(
+            "version: 1\nidentity: {dev_issuer: true}\nresources:\n  - name: fresh\n    kind: postgres\n"
+            "    connection: env:AMBER_CHECK_URL\n    grantee_group: amber_grantees\n"
+            "    levels: {read-only: {schemas: [public]}}\n"
+        )
+        env = {
+            **os.environ,
+            "AMBER_CATALOG": str(catalog),
+            "AMBER_CHECK_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+        }
+
+        def amber(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "amber", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+
+        before = amber("resource", "check", "fresh")
+        assert before.returncode == 1, before.stderr
+        assert "[DANGER]" in before.stdout
+        assert f'REVOKE TEMPORARY ON DATABASE "{name}" FROM PUBLIC' in before.stdout
+        assert "lo_from_bytea" in before.stdout
+        hardened = amber("resource", "harden", "fresh", "--yes")
+        assert hardened.returncode == 0, hardened.stderr
+        assert "applied: REVOKE" in hardened.stdout
+        after = amber("resource", "check", "fresh")
+        assert after.returncode == 0, after.stdout
+        assert "[DANGER]" not in after.stdout
+    finally:
+        drop_database(name)

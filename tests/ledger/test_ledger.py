@@ -188,7 +188,7 @@ def test_audit_verify_names_state_rows_without_events(amber: Amber) -> None:
     with make_unit_of_work(amber.rt.engine)() as session:
         report = audit.verify(session)
     assert report.problems == [
-        f"request {body['id']}: status is 'approved' in the state table but the ledger (up to entry 2) says 'pending'"
+        f"request {body['id']}: status is 'approved' in the state table but the ledger (up to entry 3) says 'pending'"
     ]
 
 
@@ -217,8 +217,8 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "ledger OK: 6 entries" in ok.stdout
-    _tamper(amber.rt.engine, 'UPDATE ledger_entries SET payload = \'{"outcome":"deny"}\' WHERE seq = 2')
+    assert "ledger OK: 7 entries" in ok.stdout
+    _tamper(amber.rt.engine, 'UPDATE ledger_entries SET payload = \'{"outcome":"deny"}\' WHERE seq = 3')
     bad = subprocess.run(
         [sys.executable, "-m", "amber", "audit", "verify"],
         env=env,
@@ -227,5 +227,5 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
         check=False,
     )
     assert bad.returncode == 1
-    assert "entry 2: hash: the entry's content does not match its hash" in bad.stdout
+    assert "entry 3: hash: the entry's content does not match its hash" in bad.stdout
     assert "Traceback" not in bad.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from amber import ledger
 from amber.access_requests import AccessRequestService
 from amber.catalog import Catalog, load_catalog
 from amber.core.clock import Clock, SystemClock
@@ -128,7 +129,7 @@ class Runtime:
             interval_s=settings.worker_interval_s,
             reconcile_interval_s=settings.reconcile_interval_s,
         )
-        return cls(
+        runtime = cls(
             settings=settings,
             clock=clock,
             engine=engine,
@@ -144,6 +145,42 @@ class Runtime:
             installation_id=install_id,
             warnings=warnings,
         )
+        runtime.record_catalog()
+        return runtime
+
+    def record_catalog(self, actor: ledger.Actor = ledger.SYSTEM) -> bool:
+        """Append `catalog.loaded` when the running catalog differs from the last one on record.
+
+        Every decision carries the policy hash; this entry ties that hash to a catalog file and a time.
+        """
+        current = self.catalog()
+        with self.uow() as session:
+            last = ledger.latest(session, event_type="catalog.loaded")
+            previous = last.payload.get("content_hash") if last else None
+            if previous == current.content_hash:
+                return False
+            ledger.append(
+                session,
+                at=self.clock.now(),
+                event_type="catalog.loaded",
+                actor=actor,
+                subject_kind="catalog",
+                subject_id=current.content_hash[:16],
+                payload={
+                    "path": str(current.path),
+                    "content_hash": current.content_hash,
+                    "policy_hash": current.policy_hash,
+                    "previous_content_hash": previous,
+                    "resources": sorted(current.resources),
+                },
+            )
+        return True
+
+    def reload_catalog(self) -> Catalog:
+        """Load the catalog file again. On any error the running catalog stays and the error is raised."""
+        catalog = self.catalog.reload()
+        self.record_catalog()
+        return catalog
 
     def close(self) -> None:
         self.worker.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -91,7 +93,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
 ) -> None:
-    """Run amber: API, worker and dev issuer (if enabled) in one process."""
+    """Run amber: API, worker and dev issuer (if enabled) in one process. SIGHUP reloads the catalog."""
     import uvicorn
 
     from amber.api.app import create_app
@@ -127,6 +129,18 @@ def serve(
             level = next(iter(first.levels))
             print(f"    .venv/bin/amber request {first.name} --level {level} --for 2m --reason 'investigate INC-1234'")
     sys.stdout.flush()
+
+    def reload(_signum: int, _frame: object) -> None:
+        try:
+            catalog = rt.reload_catalog()
+        except AmberError as exc:
+            logging.getLogger("amber").error(  # noqa: TRY400 - the message is the whole story; no traceback
+                "catalog reload refused; still running the previous one: %s", exc
+            )
+        else:
+            logging.getLogger("amber").info("catalog reloaded: %s (policy %s)", catalog.path, catalog.policy_hash[:12])
+
+    signal.signal(signal.SIGHUP, reload)
     uvicorn.run(create_app(rt), host=settings.host, port=settings.port, log_level="warning")
 
 

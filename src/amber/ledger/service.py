@@ -137,6 +137,13 @@ def iter_raw(session: Session, batch: int = 5000) -> Iterator[LedgerEntry]:
         after = rows[-1].seq
 
 
+def latest(session: Session, *, event_type: str) -> EntryView | None:
+    row = session.scalar(
+        select(LedgerEntry).where(LedgerEntry.event_type == event_type).order_by(LedgerEntry.seq.desc()).limit(1)
+    )
+    return to_view(row) if row is not None else None
+
+
 def head(session: Session) -> tuple[int, str]:
     row = session.execute(
         select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
