@@ -91,7 +91,7 @@ class Runtime:
             TrustedIssuer(
                 issuer=i.issuer,
                 audience=i.audience,
-                keys=RemoteKeys(i.jwks_uri or f"{i.issuer.rstrip('/')}/.well-known/jwks.json"),
+                keys=RemoteKeys(i.issuer, i.jwks_uri),
                 algorithms=tuple(i.algorithms),
                 groups_claim=i.groups_claim,
                 name_claim=i.name_claim,

@@ -62,9 +62,16 @@ class StaticKeys(KeySource):
 
 
 class RemoteKeys(KeySource):
-    """A JWKS fetched over HTTP, cached, refreshed on an unknown kid at most once per `min_refresh_s`."""
+    """A JWKS fetched over HTTP, cached, refreshed on an unknown kid at most once per `min_refresh_s`.
 
-    def __init__(self, jwks_uri: str, *, min_refresh_s: float = 30.0, timeout_s: float = 5.0) -> None:
+    Without a `jwks_uri`, the issuer's OpenID discovery document names it. What this does NOT check: TLS
+    policy beyond httpx's defaults (use https issuers in production).
+    """
+
+    def __init__(
+        self, issuer: str, jwks_uri: str | None = None, *, min_refresh_s: float = 30.0, timeout_s: float = 5.0
+    ) -> None:
+        self._issuer = issuer.rstrip("/")
         self._uri = jwks_uri
         self._min_refresh_s = min_refresh_s
         self._timeout_s = timeout_s
@@ -76,8 +83,7 @@ class RemoteKeys(KeySource):
         with self._lock:
             if self._keys is None:
                 self._fetch()
-            assert self._keys is not None  # noqa: S101 - _fetch either sets it or raises
-            return _pick(self._keys, kid)
+            return _pick(self._keys, kid) if self._keys is not None else None
 
     def refresh(self) -> None:
         with self._lock:
@@ -86,12 +92,23 @@ class RemoteKeys(KeySource):
 
     def _fetch(self) -> None:
         try:
-            response = httpx.get(self._uri, timeout=self._timeout_s)
-            response.raise_for_status()
-            self._keys = PyJWKSet.from_dict(response.json())
+            if self._uri is None:
+                discovery = self._get_json(f"{self._issuer}/.well-known/openid-configuration")
+                if discovery.get("issuer", "").rstrip("/") != self._issuer or "jwks_uri" not in discovery:
+                    raise NotAuthenticated("the identity provider's discovery document does not match its issuer")
+                self._uri = str(discovery["jwks_uri"])
+            self._keys = PyJWKSet.from_dict(self._get_json(self._uri))
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
             raise NotAuthenticated(f"cannot fetch the identity provider's keys: {type(exc).__name__}") from None
         self._fetched_at = time.monotonic()
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        response = httpx.get(url, timeout=self._timeout_s)
+        response.raise_for_status()
+        value = response.json()
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")  # noqa: TRY004 - handled with the other bad-response errors
+        return value
 
 
 def _pick(keys: PyJWKSet, kid: str | None) -> PyJWK | None:
