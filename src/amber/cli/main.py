@@ -71,7 +71,8 @@ def _print_credential(credential: dict[str, Any]) -> None:
 def _describe_request(data: dict[str, Any]) -> str:
     decision = data["decision"]
     lines = [
-        f"request {data['id']}: {data['status']}  ({data['resource']}/{data['level']}, by {data['requester']['name']})"
+        f"request {data['id']}: {data['status']}  ({data['resource']}/{data['level']}, "
+        f"requested by {data['requester']['name']})"
     ]
     lines += [f"  - {reason}" for reason in decision["reasons"]]
     grant = data.get("grant")
