@@ -101,6 +101,9 @@ identity:
   dev_issuer: true
   admins: [platform]
   auditors: [security]
+policy:
+  bundle: policies
+  security_groups: [security]
 resources:
   - name: orders-db
     kind: postgres
@@ -114,18 +117,31 @@ resources:
         statement_timeout: 5s
         connection_limit: 3
         max_ttl: 8h
-        policy:
-          requesters: [engineering]
-          auto_approve: [oncall]
-          approvals: 1
-          approvers: [leads]
       two-approvals:
         schemas: [public]
         max_ttl: 1h
-        policy:
-          approvals: 2
-          approvers: [leads]
-          owners_approve: false
+"""
+
+POLICIES = """
+@id("engineers-read-only")
+@approvals("1")
+@approvers("leads, owners")
+permit (principal in Amber::Group::"engineering", action == Amber::Action::"request",
+        resource == Amber::Level::"orders-db/read-only");
+
+@id("oncall-at-once")
+@auto_approve
+permit (principal in Amber::Group::"oncall", action == Amber::Action::"request",
+        resource == Amber::Level::"orders-db/read-only")
+when { principal in Amber::Group::"engineering" };
+
+@id("two-leads")
+@approvals("2")
+@approvers("leads")
+permit (principal, action == Amber::Action::"request", resource == Amber::Level::"orders-db/two-approvals");
+
+@id("approvers-approve")
+permit (principal, action == Amber::Action::"approve", resource);
 """
 
 
@@ -133,6 +149,8 @@ resources:
 def catalog_path(tmp_path: Path) -> Path:
     path = tmp_path / "amber.yaml"
     path.write_text(textwrap.dedent(CATALOG))
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "main.cedar").write_text(POLICIES)
     return path
 
 

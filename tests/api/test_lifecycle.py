@@ -108,7 +108,8 @@ def test_policy_denies_someone_outside_the_requester_groups(amber: Amber) -> Non
     assert response.status_code == 201
     body = response.json()
     assert body["status"] == "denied"
-    assert "not in a group that may request" in body["decision"]["reasons"][0]
+    assert body["decision"]["reasons"] == ["no policy permits eve to request orders-db/read-only"]
+    assert body["decision"]["policy_ids"] == ["default:deny"]
     assert body["grant"] is None
 
 
@@ -236,6 +237,7 @@ def test_ledger_records_every_transition_and_verifies(amber: Amber) -> None:
     assert response.status_code == 200
     types = [entry["type"] for entry in response.json()["entries"]]
     assert types == [
+        "policy.loaded",
         "catalog.loaded",
         "request.submitted",
         "request.decided",
@@ -247,12 +249,13 @@ def test_ledger_records_every_transition_and_verifies(amber: Amber) -> None:
         "grant.deprovisioned",
     ]
     entries = response.json()["entries"]
-    assert entries[0]["payload"]["policy_hash"] == amber.rt.catalog().policy_hash
-    entries = entries[1:]
+    assert entries[0]["payload"]["policy_hash"] == amber.rt.catalog.policies().hash
+    entries = entries[2:]
     assert entries[0]["actor"]["sub"] == "dev:alice"
     assert entries[0]["actor"]["iss"] == "http://amber.test/dev-issuer"
-    assert entries[1]["payload"]["policy_hash"] == amber.rt.catalog().policy_hash
+    assert entries[1]["payload"]["policy_hash"] == amber.rt.catalog.policies().hash
+    assert entries[1]["payload"]["policy_ids"] == ["oncall-at-once"]
     assert entries[3]["subject"]["id"] == body["grant"]["id"]
     verified = amber.api.get("/v1/ledger/verify", headers=amber.headers("sue", "security")).json()
-    assert verified == {"ok": True, "entries": 9, "head_hash": entries[-1]["entry_hash"], "problems": []}
+    assert verified == {"ok": True, "entries": 10, "head_hash": entries[-1]["entry_hash"], "problems": []}
     assert amber.api.get("/v1/ledger", headers=amber.headers("bob", "engineering")).status_code == 403

@@ -49,16 +49,15 @@ def test_good_catalog_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert level.statement_timeout == timedelta(seconds=45)
     assert level.max_ttl == timedelta(hours=4)
     assert level.connection_limit == 2
-    assert len(catalog.policy_hash) == 64
+    assert catalog.bundle_path == tmp_path / "policies"
     monkeypatch.setenv("ORDERS_URL", "postgresql://db.internal/orders")
     assert catalog.resolve_connection("orders-db") == "postgresql://db.internal/orders"
 
 
-def test_policy_hash_changes_with_policy_not_with_comments(tmp_path: Path) -> None:
-    base = load_catalog(write(tmp_path, GOOD)).policy_hash
-    assert load_catalog(write(tmp_path, "# a comment\n" + GOOD)).policy_hash == base
-    changed = GOOD + "        policy:\n          auto_approve: [oncall]\n"
-    assert load_catalog(write(tmp_path, changed)).policy_hash != base
+def test_content_hash_changes_with_the_file(tmp_path: Path) -> None:
+    base = load_catalog(write(tmp_path, GOOD)).content_hash
+    assert load_catalog(write(tmp_path, GOOD)).content_hash == base
+    assert load_catalog(write(tmp_path, "# a comment\n" + GOOD)).content_hash != base
 
 
 @pytest.mark.parametrize(
@@ -149,17 +148,26 @@ def test_unknown_names(tmp_path: Path) -> None:
         catalog.level("orders-db", "admin")
 
 
-def test_approvals_without_approvers_rejected(tmp_path: Path) -> None:
-    text = GOOD + "        policy:\n          approvals: 1\n          owners_approve: false\n"
-    with pytest.raises(ConfigError, match="nobody may approve"):
-        load_catalog(write(tmp_path, text))
+def test_justification_and_policy_settings(tmp_path: Path) -> None:
+    text = GOOD.replace("identity:", "policy:\n  timezone: Europe/Berlin\n  pending_ttl: 2h\nidentity:") + (
+        "        justification:\n          min_length: 12\n          pattern: '(INC|CHG)-[0-9]+'\n")
+    catalog = load_catalog(write(tmp_path, text))
+    assert catalog.policy.timezone == "Europe/Berlin"
+    assert catalog.policy.pending_ttl == timedelta(hours=2)
+    assert catalog.level("orders-db", "read-only").justification.min_length == 12
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Base'"):
+        load_catalog(write(tmp_path, text.replace("Europe/Berlin", "Mars/Base")))
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        load_catalog(write(tmp_path, text.replace("(INC|CHG)-[0-9]+", "(INC")))
 
 
 def test_reload_keeps_running_catalog_on_error(tmp_path: Path) -> None:
-    from amber.api.runtime import CatalogHolder
+    from amber.api.runtime import CatalogHolder, load_policies
 
     path = write(tmp_path, GOOD)
-    holder = CatalogHolder(load_catalog(path))
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.cedar").write_text('@id("p")\npermit (principal, action, resource);\n')
+    holder = CatalogHolder(load_catalog(path), load_policies(load_catalog(path)))
     path.write_text(GOOD.replace("max_ttl: 4h", "max_ttl: nope"))
     with pytest.raises(ConfigError):
         holder.reload()

@@ -124,7 +124,7 @@ def test_auto_approved_request_prints_connection_once_and_waits(cli: Cli) -> Non
     out = cli.run("request", "orders-db", "-l", "read-only", "--for", "5m", "-r", "INC-9").stdout
     assert "approved" in out
     assert out.count("psql 'postgresql://amber_g_") == 1
-    assert "auto-approved: member of oncall" in out
+    assert "auto-approved by oncall-at-once" in out
 
 
 def test_cli_errors_are_one_line_without_traceback(cli: Cli) -> None:

@@ -35,8 +35,9 @@ REQUEST_ALLOWED = {
     ("pending", "approved"),
     ("pending", "denied"),
     ("pending", "cancelled"),
+    ("pending", "expired"),
 }
-REQUEST_STATES = ["submitted", "pending", "approved", "denied", "cancelled"]
+REQUEST_STATES = ["submitted", "pending", "approved", "denied", "cancelled", "expired"]
 
 
 @pytest.mark.parametrize("current", REQUEST_STATES)

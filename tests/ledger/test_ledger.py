@@ -187,8 +187,10 @@ def test_audit_verify_names_state_rows_without_events(amber: Amber) -> None:
         conn.execute(text("UPDATE access_requests SET status = 'approved' WHERE id = :id"), {"id": body["id"]})
     with make_unit_of_work(amber.rt.engine)() as session:
         report = audit.verify(session)
+        last = ledger.entries(session, subject_id=body["id"])[-1].seq
     assert report.problems == [
-        f"request {body['id']}: status is 'approved' in the state table but the ledger (up to entry 3) says 'pending'"
+        f"request {body['id']}: status is 'approved' in the state table but the ledger (up to entry {last}) says "
+        "'pending'"
     ]
 
 
@@ -204,6 +206,10 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
     import sys
 
     amber.request("alice", "engineering", "oncall")
+    with make_unit_of_work(amber.rt.engine)() as session:
+        total = ledger.count(session)
+        decided = ledger.latest(session, event_type="request.decided")
+    assert decided is not None
     env = {
         **os.environ,
         "AMBER_DATABASE_URL": str(amber.rt.engine.url.render_as_string(hide_password=False)),
@@ -217,8 +223,8 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
         check=False,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "ledger OK: 7 entries" in ok.stdout
-    _tamper(amber.rt.engine, 'UPDATE ledger_entries SET payload = \'{"outcome":"deny"}\' WHERE seq = 3')
+    assert f"ledger OK: {total} entries" in ok.stdout
+    _tamper(amber.rt.engine, f"UPDATE ledger_entries SET payload = '{{\"outcome\":\"deny\"}}' WHERE seq = {decided.seq}")
     bad = subprocess.run(
         [sys.executable, "-m", "amber", "audit", "verify"],
         env=env,
@@ -227,5 +233,5 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
         check=False,
     )
     assert bad.returncode == 1
-    assert "entry 3: hash: the entry's content does not match its hash" in bad.stdout
+    assert f"entry {decided.seq}: hash: the entry's content does not match its hash" in bad.stdout
     assert "Traceback" not in bad.stderr

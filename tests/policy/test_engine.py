@@ -1,118 +1,251 @@
-"""Policy v0 decisions, table-tested. Pure: no database, no clock."""
+"""Cedar decisions, pure: a bundle compiled from text, inputs in, a Decision out."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from amber.policy import ApprovalInput, LevelRules, PolicyInput, Subject, decide, may_approve
-
-RULES = LevelRules(
-    requesters=frozenset({"engineering"}),
-    auto_approve=frozenset({"oncall"}),
-    approvals_required=1,
-    approver_groups=frozenset({"leads"}),
-    owners_approve=True,
-    max_ttl=timedelta(hours=8),
-    min_reason_length=3,
+from amber.policy import (
+    ApprovalDecision,
+    ApprovalInput,
+    Decision,
+    History,
+    LevelInfo,
+    PolicyInput,
+    ResourceInfo,
+    Subject,
+    WorkflowSettings,
+    approvals_satisfied,
+    compile_bundle,
+    decide,
+    may_approve,
 )
 
+POLICIES = """
+@id("eng-with-approval")
+@approvals("1")
+@approvers("leads, owners")
+@message("engineers need a lead or an owner")
+permit (principal in Amber::Group::"engineering", action == Amber::Action::"request",
+        resource == Amber::Level::"db/ro");
 
-def inp(
+@id("oncall-at-once")
+@auto_approve
+@max_ttl("2h")
+permit (principal in Amber::Group::"oncall", action == Amber::Action::"request", resource in Amber::Resource::"db")
+when { principal in Amber::Group::"engineering" };
+
+@id("auditors-need-two-sets")
+@approvals("2")
+@approvers_all("security, owners")
+@single_use
+permit (principal in Amber::Group::"auditors", action == Amber::Action::"request",
+        resource == Amber::Level::"db/ro");
+
+@id("contractors-office-hours")
+@approvals("1")
+@approvers("leads")
+@business_hours("09:00-17:00")
+permit (principal in Amber::Group::"contractors", action == Amber::Action::"request",
+        resource == Amber::Level::"db/ro");
+
+@id("no-weekends-for-contractors")
+@message("contractors: weekdays only")
+forbid (principal in Amber::Group::"contractors", action == Amber::Action::"request", resource)
+when { context.weekday >= 5 };
+
+@id("cool-down")
+@message("too many denials today")
+forbid (principal, action == Amber::Action::"request", resource) when { context.denials_last_24h >= 3 };
+
+@id("sre-break-glass")
+@max_ttl("1h")
+permit (principal in Amber::Group::"sre", action == Amber::Action::"break_glass", resource);
+
+@id("approve")
+permit (principal, action == Amber::Action::"approve", resource);
+
+@id("interns-never-approve")
+@message("interns do not approve")
+forbid (principal in Amber::Group::"interns", action == Amber::Action::"approve", resource);
+"""
+
+BUNDLE = compile_bundle({"main.cedar": POLICIES}, WorkflowSettings(timezone="Europe/Berlin"))
+DB = ResourceInfo(
+    name="db", kind="postgres", environment="production", tags=frozenset({"pii"}), owners=frozenset({"owners"})
+)
+RO = LevelInfo(name="ro", max_ttl=timedelta(hours=8), min_reason_length=3, reason_pattern=None)
+THURSDAY_10 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)  # 10:00 in Berlin
+SATURDAY_10 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+def who(*groups: str, sub: str = "u1") -> Subject:
+    return Subject("https://idp", sub, sub, frozenset(groups))
+
+
+def ask(
     *groups: str,
     ttl: timedelta = timedelta(hours=1),
-    reason: str = "INC-1",
-    rules: LevelRules = RULES,
-    sub: str = "u1",
-) -> PolicyInput:
-    return PolicyInput(
-        requester=Subject("iss", sub, "user", frozenset(groups)),
-        resource="db",
-        level="ro",
-        resource_owners=frozenset({"owners"}),
-        rules=rules,
-        requested_ttl=ttl,
-        reason=reason,
-        policy_hash="h",
-    )
-
-
-@pytest.mark.parametrize(
-    ("groups", "outcome", "policy_id"),
-    [
-        ((), "deny", "db/ro#requesters"),
-        (("marketing",), "deny", "db/ro#requesters"),
-        (("engineering",), "require_approval", "db/ro#approvals"),
-        (("engineering", "oncall"), "auto_approve", "db/ro#auto_approve"),
-        (("oncall",), "deny", "db/ro#requesters"),  # auto-approve does not bypass who may ask
-    ],
-)
-def test_outcomes(groups: tuple[str, ...], outcome: str, policy_id: str) -> None:
-    decision = decide(inp(*groups))
-    assert decision.outcome == outcome
-    assert decision.policy_ids[-1] == policy_id
-    assert decision.policy_hash == "h"
-    assert decision.reasons
-
-
-def test_approvers_include_owners_when_allowed() -> None:
-    assert decide(inp("engineering")).approver_groups == ("leads", "owners")
-    rules = LevelRules(**{**RULES.__dict__, "owners_approve": False})
-    assert decide(inp("engineering", rules=rules)).approver_groups == ("leads",)
-
-
-def test_ttl_capped_and_explained() -> None:
-    decision = decide(inp("engineering", "oncall", ttl=timedelta(hours=12)))
-    assert decision.ttl == timedelta(hours=8)
-    assert "db/ro#max_ttl" in decision.policy_ids
-    assert decide(inp("engineering", "oncall", ttl=timedelta(hours=2))).ttl == timedelta(hours=2)
-
-
-def test_reason_and_ttl_required() -> None:
-    assert decide(inp("engineering", reason="  ")).outcome == "deny"
-    assert decide(inp("engineering", ttl=timedelta(0))).outcome == "deny"
-
-
-def test_no_requester_list_means_anyone_and_zero_approvals_auto_approves() -> None:
-    rules = LevelRules(
-        requesters=None,
-        auto_approve=frozenset(),
-        approvals_required=0,
-        approver_groups=frozenset(),
-        owners_approve=False,
-        max_ttl=timedelta(hours=1),
-    )
-    assert decide(inp(rules=rules)).outcome == "auto_approve"
-
-
-@pytest.mark.parametrize(
-    ("approver_sub", "approver_groups", "allowed", "reason"),
-    [
-        ("u1", {"leads"}, False, "nobody approves their own request"),
-        ("u2", {"leads"}, True, "member of leads"),
-        ("u2", {"engineering"}, False, "not in an approver group"),
-        ("u2", set(), False, "not in an approver group"),
-    ],
-)
-def test_may_approve(approver_sub: str, approver_groups: set[str], allowed: bool, reason: str) -> None:
-    verdict = may_approve(
-        ApprovalInput(
-            request=inp("engineering", "leads"),
-            approver_groups=frozenset({"leads"}),
-            approver=Subject("iss", approver_sub, "x", frozenset(approver_groups)),
+    reason: str = "INC-1 look",
+    at: datetime = THURSDAY_10,
+    level: LevelInfo = RO,
+    history: History | None = None,
+    action: str = "request",
+    starts_at: datetime | None = None,
+) -> Decision:
+    return decide(
+        PolicyInput(
+            bundle=BUNDLE,
+            requester=who(*groups),
+            resource=DB,
+            level=level,
+            requested_ttl=ttl,
+            reason=reason,
+            at=at,
+            history=history or History(),
+            action=action,  # type: ignore[arg-type]
+            starts_at=starts_at,
         )
     )
-    assert verdict.allowed is allowed
-    assert reason in verdict.reason
+
+
+def test_default_deny_names_no_policy() -> None:
+    decision = ask("marketing")
+    assert decision.outcome == "deny"
+    assert decision.policy_ids == ("default:deny",)
+    assert "no policy permits u1 to request db/ro" in decision.reasons[0]
+    assert decision.policy_hash == BUNDLE.hash
+
+
+def test_require_approval_from_any_of_several_groups_and_owners() -> None:
+    decision = ask("engineering")
+    assert decision.outcome == "require_approval"
+    assert decision.approvals_required == 1
+    assert decision.approver_groups == ("leads", "owners")
+    assert decision.policy_ids == ("eng-with-approval",)
+    assert "engineers need a lead or an owner" in decision.reasons[-1]
+
+
+def test_auto_approve_wins_over_approval_and_caps_ttl() -> None:
+    decision = ask("engineering", "oncall", ttl=timedelta(hours=5))
+    assert decision.outcome == "auto_approve"
+    assert decision.policy_ids == ("oncall-at-once",)
+    assert decision.ttl == timedelta(hours=2)
+    assert "shortened" in decision.reasons[0]
+
+
+def test_all_of_several_groups_and_single_use() -> None:
+    decision = ask("auditors")
+    assert decision.outcome == "require_approval"
+    assert decision.approver_all_groups == ("owners", "security")
+    assert decision.approvals_required == 2
+    assert decision.single_use
+
+
+def test_approvals_satisfied_needs_count_and_each_required_group() -> None:
+    sets = frozenset({"security", "owners"})
+    assert not approvals_satisfied(2, sets, [frozenset({"security"}), frozenset({"security"})])
+    assert approvals_satisfied(2, sets, [frozenset({"security"}), frozenset({"owners", "x"})])
+    assert not approvals_satisfied(2, frozenset(), [frozenset({"leads"})])
+    assert approvals_satisfied(1, frozenset(), [frozenset({"leads"})])
+
+
+def test_business_hours_window_in_the_bundle_timezone() -> None:
+    decision = ask("contractors")
+    assert decision.outcome == "require_approval"
+    assert decision.window_end_at is not None
+    assert decision.window_end_at.astimezone(UTC) == datetime(2026, 11, 26, 16, 0, tzinfo=UTC)
+    evening = ask("contractors", at=datetime(2026, 11, 26, 17, 30, tzinfo=UTC))
+    assert evening.outcome == "deny"
+    assert "business hours 09:00-17:00 (Europe/Berlin)" in evening.reasons[0]
+
+
+def test_weekday_window_forbid_with_message() -> None:
+    decision = ask("contractors", at=SATURDAY_10)
+    assert decision.outcome == "deny"
+    assert decision.policy_ids == ("no-weekends-for-contractors",)
+    assert decision.reasons == ("contractors: weekdays only",)
+
+
+def test_recent_history_feeds_policy() -> None:
+    assert ask("engineering", history=History(denials_last_24h=2)).outcome == "require_approval"
+    decision = ask("engineering", history=History(denials_last_24h=3))
+    assert decision.policy_ids == ("cool-down",)
+
+
+@pytest.mark.parametrize(
+    ("level", "reason", "policy_id"),
+    [
+        (LevelInfo("ro", timedelta(hours=8), min_reason_length=20), "too short", "workflow:db/ro:min_reason_length"),
+        (
+            LevelInfo("ro", timedelta(hours=8), reason_pattern=r"(INC|CHG)-\d+"),
+            "just looking",
+            "workflow:db/ro:reason_pattern",
+        ),
+    ],
+)
+def test_mandatory_justification(level: LevelInfo, reason: str, policy_id: str) -> None:
+    decision = ask("engineering", "oncall", reason=reason, level=level)
+    assert decision.outcome == "deny"
+    assert decision.policy_ids == (policy_id,)
+    good = ask("engineering", "oncall", reason="see INC-42 for details", level=level)
+    assert good.outcome == "auto_approve"
+
+
+def test_break_glass_is_its_own_action() -> None:
+    assert ask("sre", action="break_glass").outcome == "auto_approve"
+    decision = ask("sre", action="break_glass", ttl=timedelta(hours=4))
+    assert decision.break_glass
+    assert decision.ttl == timedelta(hours=1)
+    assert ask("engineering", action="break_glass").outcome == "deny"
+    assert ask("sre").outcome == "deny"  # break-glass rights are not request rights
+
+
+def test_scheduled_start_in_the_past_is_refused() -> None:
+    decision = ask("engineering", starts_at=THURSDAY_10 - timedelta(hours=1))
+    assert decision.outcome == "deny"
+
+
+def approval(
+    approver: Subject, requester: Subject, *, any_of: set[str], all_of: set[str] | None = None
+) -> ApprovalDecision:
+    return may_approve(
+        ApprovalInput(
+            bundle=BUNDLE,
+            requester=requester,
+            approver=approver,
+            resource=DB,
+            level=RO,
+            approver_groups=frozenset(any_of),
+            approver_all_groups=frozenset(all_of or set()),
+            at=THURSDAY_10,
+        )
+    )
+
+
+def test_nobody_approves_their_own_request_whatever_the_policy_says() -> None:
+    alice = who("engineering", "leads", sub="alice")
+    verdict = approval(alice, alice, any_of={"leads"})
+    assert not verdict.allowed
+    assert verdict.reason == "nobody approves their own request"
+
+
+def test_approver_sharing_the_requesters_groups_may_approve() -> None:
+    verdict = approval(who("engineering", "leads", sub="bob"), who("engineering", sub="alice"), any_of={"leads"})
+    assert verdict.allowed
+    assert verdict.counts_for == {"leads"}
+
+
+def test_approver_outside_the_sets_or_forbidden_by_policy() -> None:
+    alice = who("engineering", sub="alice")
+    assert not approval(who("engineering", sub="bob"), alice, any_of={"leads"}).allowed
+    verdict = approval(who("leads", "interns", sub="bob"), alice, any_of={"leads"})
+    assert not verdict.allowed
+    assert verdict.reason == "interns do not approve"
 
 
 def test_same_subject_at_another_issuer_is_another_person() -> None:
-    verdict = may_approve(
-        ApprovalInput(
-            request=inp("engineering"),
-            approver_groups=frozenset({"leads"}),
-            approver=Subject("other-iss", "u1", "x", frozenset({"leads"})),
-        )
-    )
-    assert verdict.allowed
+    alice = who("engineering", "leads", sub="alice")
+    other = Subject("https://other-idp", "alice", "alice", frozenset({"leads"}))
+    assert approval(other, alice, any_of={"leads"}).allowed

@@ -4,7 +4,8 @@ submitted ──policy──> denied
     ├─────────────> approved (auto)
     └─────────────> pending ──approvals──> approved
                        ├──> denied
-                       └──> cancelled (by the requester)
+                       ├──> cancelled (by the requester)
+                       └──> expired (nobody decided within the pending TTL)
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from amber.core.errors import Conflict
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "submitted": frozenset({"denied", "approved", "pending"}),
-    "pending": frozenset({"approved", "denied", "cancelled"}),
+    "pending": frozenset({"approved", "denied", "cancelled", "expired"}),
     "approved": frozenset(),
     "denied": frozenset(),
     "cancelled": frozenset(),
+    "expired": frozenset(),
 }
 OUTCOME_STATUS = {"deny": "denied", "auto_approve": "approved", "require_approval": "pending"}
 

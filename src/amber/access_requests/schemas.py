@@ -22,6 +22,19 @@ class RequestIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
     duration: str | int = Field(description="How long, e.g. 30m, 2h, 1h30m, or seconds")
     supersedes: str | None = Field(default=None, max_length=40)
+    start: datetime | None = Field(default=None, description="Scheduled access: when it should begin (RFC 3339).")
+    break_glass: bool = Field(
+        default=False,
+        description="Emergency access: granted at once if policy allows, "
+        "owners and security are notified, and a review is required afterwards.",
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give the start with a time zone, e.g. 2026-11-27T09:00:00Z")
+        return value
 
     @field_validator("duration")
     @classmethod
@@ -48,6 +61,9 @@ class DecisionOut(BaseModel):
     granted_ttl_s: int
     approvals_required: int
     approver_groups: list[str]
+    approver_all_groups: list[str]
+    single_use: bool
+    window_end_at: datetime | None
 
 
 class ApprovalOut(BaseModel):
@@ -68,6 +84,10 @@ class RequestOut(BaseModel):
     supersedes: str | None
     submitted_at: datetime
     closed_at: datetime | None
+    requested_start_at: datetime | None
+    pending_expires_at: datetime | None
+    break_glass: bool
+    review_status: str | None
     decision: DecisionOut
     approvals: list[ApprovalOut] = []
     grant: GrantOut | None = None
@@ -97,6 +117,10 @@ class RequestOut(BaseModel):
             supersedes=request.supersedes_id,
             submitted_at=as_utc(request.submitted_at),
             closed_at=as_utc(request.closed_at) if request.closed_at else None,
+            requested_start_at=as_utc(request.requested_start_at) if request.requested_start_at else None,
+            pending_expires_at=as_utc(request.pending_expires_at) if request.pending_expires_at else None,
+            break_glass=request.break_glass,
+            review_status=request.review_status,
             decision=DecisionOut(
                 outcome=request.outcome,
                 reasons=json.loads(request.decision_reasons),
@@ -105,6 +129,9 @@ class RequestOut(BaseModel):
                 granted_ttl_s=request.granted_ttl_s,
                 approvals_required=request.approvals_required,
                 approver_groups=json.loads(request.approver_groups),
+                approver_all_groups=json.loads(request.approver_all_groups),
+                single_use=request.single_use,
+                window_end_at=as_utc(request.window_end_at) if request.window_end_at else None,
             ),
             approvals=[
                 ApprovalOut(

@@ -1,42 +1,52 @@
-"""Access requests: submit, approve, deny, cancel. The orchestration layer of the lifecycle.
+"""Access requests: submit, approve, deny, cancel, expire, review. The orchestration of the lifecycle.
 
 Invariants:
 - A submitted request is immutable; changing anything means a new request that supersedes the old one.
 - Every transition is appended to the ledger in the same transaction as the state it changes.
-- Nobody approves their own request, and each approver counts once.
-- Policy is consulted with the identity verified for *this* action (groups as the token says now).
+- A request keeps the decision of the policy version that made it (hash and policy ids on record); each
+  approval is checked against the policy version running *now*, with the approver's groups as their token
+  says now. Nobody approves their own request, and each approver counts once.
 - Provisioning runs after the decision has committed (grants.GrantService.activate).
+- Break-glass access is granted at once, its notice is queued in the same transaction (delivered at least
+  once), and it stays `review: required` until an owner, a security reviewer or an admin completes it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from amber import grants, ledger, policy
 from amber.access_requests.lifecycle import OUTCOME_STATUS, check_move
-from amber.access_requests.models import AccessRequest, Approval
+from amber.access_requests.models import AccessRequest, Approval, Notification
+from amber.access_requests.notify import LogNotifier, Notifier, NotifyError
 from amber.catalog import Catalog
-from amber.core.clock import Clock
+from amber.core.clock import Clock, as_utc
 from amber.core.db import UnitOfWork, is_postgres
 from amber.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from amber.core.ids import new_id
 from amber.core.observability import Metrics
+from amber.grants.lifecycle import LIVE
 from amber.grants.models import Grant
 from amber.grants.service import Activation, GrantService
 from amber.identity import Principal
-from amber.ledger import Actor
+from amber.ledger import SYSTEM, Actor
 
-POLICY_ACTOR = Actor(issuer="amber", subject="policy", name="policy v0")
+log = logging.getLogger(__name__)
+
+POLICY_ACTOR = Actor(issuer="amber", subject="policy", name="policy")
 MAX_REASON = 2000
+MAX_NOTIFY_BACKOFF = timedelta(minutes=5)
 
-Scope = Literal["mine", "to_approve", "all"]
+Scope = Literal["mine", "to_approve", "to_review", "all"]
+PolicySource = Callable[[], policy.PolicyBundle]
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,9 @@ def actor_of(principal: Principal) -> Actor:
 
 
 def subject_of(principal: Principal) -> policy.Subject:
-    return policy.Subject(principal.issuer, principal.subject, principal.name, principal.groups)
+    return policy.Subject(
+        principal.issuer, principal.subject, principal.name, principal.groups, oncall="oncall" in principal.groups
+    )
 
 
 def is_admin(catalog: Catalog, principal: Principal) -> bool:
@@ -62,6 +74,11 @@ def is_auditor(catalog: Catalog, principal: Principal) -> bool:
     return principal.in_any(catalog.identity.auditors) or is_admin(catalog, principal)
 
 
+def _json_list(text: str) -> list[str]:
+    value = json.loads(text)
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 class AccessRequestService:
     def __init__(
         self,
@@ -69,14 +86,98 @@ class AccessRequestService:
         uow: UnitOfWork,
         clock: Clock,
         catalog: Callable[[], Catalog],
+        policies: PolicySource,
         grant_service: GrantService,
         metrics: Metrics,
+        notifier: Notifier | None = None,
     ) -> None:
         self._uow = uow
         self._clock = clock
         self._catalog = catalog
+        self._policies = policies
         self._grants = grant_service
         self._metrics = metrics
+        self._notifier = notifier or LogNotifier()
+
+    # -- policy inputs -------------------------------------------------------------------------------------
+
+    def _resource_info(self, resource: str) -> policy.ResourceInfo:
+        spec = self._catalog().resource(resource)
+        return policy.ResourceInfo(
+            name=spec.name,
+            kind=spec.kind,
+            environment=spec.environment,
+            tags=frozenset(spec.tags),
+            owners=frozenset(spec.owners),
+        )
+
+    def _level_info(self, resource: str, level: str) -> policy.LevelInfo:
+        spec = self._catalog().level(resource, level)
+        return policy.LevelInfo(
+            name=level,
+            max_ttl=spec.max_ttl,
+            min_reason_length=spec.justification.min_length,
+            reason_pattern=spec.justification.pattern,
+        )
+
+    def _history(self, session: Session, principal: Principal, now: datetime) -> policy.History:
+        since = now - timedelta(hours=24)
+        mine = (
+            AccessRequest.requester_issuer == principal.issuer,
+            AccessRequest.requester_subject == principal.subject,
+            AccessRequest.submitted_at >= since,
+        )
+        requests = session.scalar(select(func.count()).select_from(AccessRequest).where(*mine)) or 0
+        denials = (
+            session.scalar(
+                select(func.count()).select_from(AccessRequest).where(*mine, AccessRequest.status == "denied")
+            )
+            or 0
+        )
+        active = (
+            session.scalar(
+                select(func.count())
+                .select_from(Grant)
+                .where(
+                    Grant.grantee_issuer == principal.issuer,
+                    Grant.grantee_subject == principal.subject,
+                    Grant.status.in_(LIVE),
+                )
+            )
+            or 0
+        )
+        return policy.History(requests_last_24h=requests, denials_last_24h=denials, active_grants=active)
+
+    def decide(
+        self,
+        principal: Principal,
+        *,
+        resource: str,
+        level: str,
+        reason: str,
+        ttl: timedelta,
+        starts_at: datetime | None = None,
+        break_glass: bool = False,
+        history: policy.History | None = None,
+        at: datetime | None = None,
+    ) -> policy.Decision:
+        """Ask the running policy bundle. Used by submit and by `amber policy test`."""
+        return policy.decide(
+            policy.PolicyInput(
+                bundle=self._policies(),
+                requester=subject_of(principal),
+                resource=self._resource_info(resource),
+                level=self._level_info(resource, level),
+                requested_ttl=ttl,
+                reason=reason,
+                at=at or self._clock.now(),
+                starts_at=starts_at,
+                history=history or policy.History(),
+                action="break_glass" if break_glass else "request",
+            )
+        )
+
+    # -- submit --------------------------------------------------------------------------------------------
 
     def submit(
         self,
@@ -86,6 +187,8 @@ class AccessRequestService:
         level: str,
         reason: str,
         ttl: timedelta,
+        starts_at: datetime | None = None,
+        break_glass: bool = False,
         supersedes: str | None = None,
     ) -> Outcome:
         reason = reason.strip()
@@ -95,30 +198,24 @@ class AccessRequestService:
             raise InvalidInput("the duration must be positive")
         catalog = self._catalog()
         resource_spec = catalog.resource(resource)
-        level_spec = catalog.level(resource, level)
-        rules = level_spec.policy
-        inp = policy.PolicyInput(
-            requester=subject_of(principal),
-            resource=resource,
-            level=level,
-            resource_owners=frozenset(resource_spec.owners),
-            rules=policy.LevelRules(
-                requesters=frozenset(rules.requesters) if rules.requesters is not None else None,
-                auto_approve=frozenset(rules.auto_approve),
-                approvals_required=rules.approvals,
-                approver_groups=frozenset(rules.approvers),
-                owners_approve=rules.owners_approve,
-                max_ttl=level_spec.max_ttl,
-                min_reason_length=level_spec.min_reason_length,
-            ),
-            requested_ttl=ttl,
-            reason=reason,
-            policy_hash=catalog.policy_hash,
-        )
-        decision = policy.decide(inp)
+        catalog.level(resource, level)
         actor = actor_of(principal)
         with self._uow() as session:
             now = self._clock.now()
+            if starts_at is not None and starts_at <= now:
+                starts_at = None
+            history = self._history(session, principal, now)
+            decision = self.decide(
+                principal,
+                resource=resource,
+                level=level,
+                reason=reason,
+                ttl=ttl,
+                starts_at=starts_at,
+                break_glass=break_glass,
+                history=history,
+                at=now,
+            )
             if supersedes is not None:
                 old = self._get(session, supersedes)
                 if (old.requester_issuer, old.requester_subject) != principal.key:
@@ -133,6 +230,8 @@ class AccessRequestService:
                 level=level,
                 reason=reason,
                 requested_ttl_s=int(ttl.total_seconds()),
+                requested_start_at=starts_at,
+                break_glass=break_glass,
                 supersedes_id=supersedes,
                 submitted_at=now,
                 status="submitted",
@@ -143,7 +242,12 @@ class AccessRequestService:
                 granted_ttl_s=int(decision.ttl.total_seconds()),
                 approvals_required=decision.approvals_required,
                 approver_groups=json.dumps(list(decision.approver_groups)),
+                approver_all_groups=json.dumps(list(decision.approver_all_groups)),
+                single_use=decision.single_use,
+                window_end_at=decision.window_end_at,
             )
+            if decision.outcome == "require_approval":
+                request.pending_expires_at = now + self._policies().settings.pending_ttl
             session.add(request)
             session.flush()
             self._record(
@@ -158,6 +262,13 @@ class AccessRequestService:
                     "requested_ttl_s": request.requested_ttl_s,
                     "groups": sorted(principal.groups),
                     "supersedes": supersedes,
+                    "break_glass": break_glass,
+                    "starts_at": ledger.chain.format_at(starts_at) if starts_at else None,
+                    "history": {
+                        "requests_last_24h": history.requests_last_24h,
+                        "denials_last_24h": history.denials_last_24h,
+                        "active_grants": history.active_grants,
+                    },
                 },
                 now=now,
             )
@@ -174,16 +285,55 @@ class AccessRequestService:
                     "granted_ttl_s": request.granted_ttl_s,
                     "approvals_required": decision.approvals_required,
                     "approver_groups": list(decision.approver_groups),
+                    "conditions": decision.conditions,
+                    "pending_expires_at": ledger.chain.format_at(request.pending_expires_at)
+                    if request.pending_expires_at
+                    else None,
                 },
                 now=now,
             )
-            target = OUTCOME_STATUS[decision.outcome]
-            grant = self._move(session, request, target, POLICY_ACTOR, {"by": "policy"}, now=now)
+            grant = self._move(
+                session, request, OUTCOME_STATUS[decision.outcome], POLICY_ACTOR, {"by": "policy"}, now=now
+            )
+            if break_glass and grant is not None:
+                self._break_glass(session, request, resource_spec.owners, now=now)
         self._metrics.requests.labels(decision.outcome).inc()
         if grant is None:
             return Outcome(request)
+        if starts_at is not None:
+            return Outcome(request, grant)  # scheduled: the worker provisions it when it starts
         activation = self._grants.activate(grant.id, with_credential=True)
         return Outcome(request, activation.grant, activation)
+
+    def _break_glass(self, session: Session, request: AccessRequest, owners: list[str], *, now: datetime) -> None:
+        config = self._catalog().policy
+        recipients = sorted(set(owners) | set(config.security_groups))
+        request.review_status = "required"
+        message = (
+            f"BREAK-GLASS: {request.requester_name} took {request.level} access to {request.resource} "
+            f"at once ({request.reason!r}); a review is required (request {request.id})."
+        )
+        session.add(
+            Notification(
+                created_at=now,
+                request_id=request.id,
+                kind="break_glass",
+                recipients=json.dumps(recipients),
+                message=message,
+                attempts=0,
+                next_attempt_at=now,
+            )
+        )
+        self._record(
+            session,
+            request,
+            "request.break_glass",
+            POLICY_ACTOR,
+            {"notified": recipients, "review": "required"},
+            now=now,
+        )
+
+    # -- review by approvers -------------------------------------------------------------------------------
 
     def approve(self, request_id: str, principal: Principal, *, comment: str = "") -> Outcome:
         return self._review(request_id, principal, "approve", comment)
@@ -191,20 +341,37 @@ class AccessRequestService:
     def deny(self, request_id: str, principal: Principal, *, comment: str = "") -> Outcome:
         return self._review(request_id, principal, "deny", comment)
 
+    def check_approver(self, request: AccessRequest, principal: Principal, now: datetime) -> policy.ApprovalDecision:
+        requester = policy.Subject(
+            request.requester_issuer,
+            request.requester_subject,
+            request.requester_name,
+            frozenset(_json_list(request.requester_groups)),
+        )
+        return policy.may_approve(
+            policy.ApprovalInput(
+                bundle=self._policies(),
+                requester=requester,
+                approver=subject_of(principal),
+                resource=self._resource_info(request.resource),
+                level=self._level_info(request.resource, request.level),
+                approver_groups=frozenset(_json_list(request.approver_groups)),
+                approver_all_groups=frozenset(_json_list(request.approver_all_groups)),
+                at=now,
+            )
+        )
+
     def _review(self, request_id: str, principal: Principal, verdict: str, comment: str) -> Outcome:
         with self._uow() as session:
             request = self._get(session, request_id, for_update=True)
+            now = self._clock.now()
             if request.status != "pending":
                 raise Conflict(f"request {request_id} is {request.status}; only pending requests can be reviewed")
-            verdict_check = policy.may_approve(
-                policy.ApprovalInput(
-                    request=self._policy_view(request),
-                    approver=subject_of(principal),
-                    approver_groups=frozenset(json.loads(request.approver_groups)),
-                )
-            )
-            if not verdict_check.allowed:
-                raise Forbidden(f"you cannot review request {request_id}: {verdict_check.reason}")
+            if request.pending_expires_at is not None and as_utc(request.pending_expires_at) <= now:
+                raise Conflict(f"request {request_id} expired while pending; ask again")
+            check = self.check_approver(request, principal, now)
+            if not check.allowed:
+                raise Forbidden(f"you cannot review request {request_id}: {check.reason}")
             already = session.scalar(
                 select(Approval.id).where(
                     Approval.request_id == request_id,
@@ -214,7 +381,6 @@ class AccessRequestService:
             )
             if already is not None:
                 raise Conflict(f"you already reviewed request {request_id}; each approver counts once")
-            now = self._clock.now()
             session.add(
                 Approval(
                     request_id=request_id,
@@ -224,6 +390,7 @@ class AccessRequestService:
                     verdict=verdict,
                     comment=comment,
                     decided_at=now,
+                    approver_groups=json.dumps(sorted(principal.groups)),
                 )
             )
             actor = actor_of(principal)
@@ -235,7 +402,9 @@ class AccessRequestService:
                 {
                     "verdict": verdict,
                     "comment": comment,
-                    "via": verdict_check.reason,
+                    "via": check.reason,
+                    "policy_ids": list(check.policy_ids),
+                    "policy_hash": self._policies().hash,
                     "groups": sorted(principal.groups),
                 },
                 now=now,
@@ -245,24 +414,24 @@ class AccessRequestService:
                 self._move(session, request, "denied", actor, {"by": "approver"}, now=now)
             else:
                 session.flush()
-                approvals = len(
-                    list(
-                        session.scalars(
-                            select(Approval.id).where(Approval.request_id == request_id, Approval.verdict == "approve")
+                approvals = [
+                    frozenset(_json_list(groups))
+                    for groups in session.scalars(
+                        select(Approval.approver_groups).where(
+                            Approval.request_id == request_id, Approval.verdict == "approve"
                         )
                     )
-                )
-                if approvals >= request.approvals_required:
+                ]
+                if policy.approvals_satisfied(
+                    request.approvals_required, frozenset(_json_list(request.approver_all_groups)), approvals
+                ):
                     grant = self._move(
-                        session,
-                        request,
-                        "approved",
-                        actor,
-                        {"by": "approvals", "approvals": approvals},
-                        now=now,
+                        session, request, "approved", actor, {"by": "approvals", "approvals": len(approvals)}, now=now
                     )
         if grant is None:
             return Outcome(request)
+        if grant.starts_at is not None and as_utc(grant.starts_at) > self._clock.now():
+            return Outcome(request, grant)
         activation = self._grants.activate(grant.id, with_credential=False)
         return Outcome(request, activation.grant, activation)
 
@@ -276,6 +445,98 @@ class AccessRequestService:
             self._move(session, request, "cancelled", actor_of(principal), {}, now=self._clock.now())
         return Outcome(request)
 
+    def complete_review(self, request_id: str, principal: Principal, *, comment: str) -> AccessRequest:
+        """Close the post-hoc review of a break-glass access. Owners, reviewers and admins; never the requester."""
+        catalog = self._catalog()
+        with self._uow() as session:
+            request = self._get(session, request_id, for_update=True)
+            if request.review_status != "required":
+                raise Conflict(f"request {request_id} has no open review")
+            if (request.requester_issuer, request.requester_subject) == principal.key:
+                raise Forbidden("nobody reviews their own break-glass access")
+            allowed = (
+                set(catalog.resource(request.resource).owners)
+                | set(catalog.policy.reviewers)
+                | set(catalog.policy.security_groups)
+            )
+            if not (principal.groups & allowed or is_admin(catalog, principal)):
+                raise Forbidden(f"break-glass reviews are for {', '.join(sorted(allowed)) or 'admins'}")
+            if len(comment.strip()) < 3:
+                raise InvalidInput("a review needs a comment saying what was checked")
+            now = self._clock.now()
+            request.review_status = "done"
+            request.reviewed_at = now
+            request.reviewed_by = f"{principal.issuer}#{principal.subject}"
+            self._record(
+                session, request, "request.review_completed", actor_of(principal), {"comment": comment.strip()}, now=now
+            )
+        return request
+
+    # -- worker tasks --------------------------------------------------------------------------------------
+
+    def expire_pending(self) -> list[str]:
+        with self._uow() as session:
+            now = self._clock.now()
+            query = (
+                select(AccessRequest)
+                .where(AccessRequest.status == "pending", AccessRequest.pending_expires_at <= now)
+                .limit(500)
+            )
+            if is_postgres(session):
+                query = query.with_for_update(skip_locked=True)
+            due = list(session.scalars(query))
+            for request in due:
+                self._move(session, request, "expired", SYSTEM, {"by": "pending_ttl"}, now=now)
+        return [request.id for request in due]
+
+    def deliver_notifications(self, *, limit: int = 50) -> int:
+        with self._uow() as session:
+            now = self._clock.now()
+            due = list(
+                session.scalars(
+                    select(Notification)
+                    .where(Notification.delivered_at.is_(None), Notification.next_attempt_at <= now)
+                    .order_by(Notification.id)
+                    .limit(limit)
+                )
+            )
+            notices = [
+                (
+                    n.id,
+                    {
+                        "kind": n.kind,
+                        "request_id": n.request_id,
+                        "recipients": _json_list(n.recipients),
+                        "message": n.message,
+                        "id": n.id,
+                    },
+                )
+                for n in due
+            ]
+        delivered = 0
+        for notice_id, notice in notices:
+            error = None
+            try:
+                self._notifier.send(notice)
+            except NotifyError as exc:
+                error = str(exc)
+            with self._uow() as session:
+                row = session.get(Notification, notice_id)
+                if row is None or row.delivered_at is not None:
+                    continue
+                now = self._clock.now()
+                row.attempts += 1
+                if error is None:
+                    row.delivered_at = now
+                    delivered += 1
+                else:
+                    row.last_error = error
+                    row.next_attempt_at = now + min(MAX_NOTIFY_BACKOFF, timedelta(seconds=2 ** min(row.attempts, 8)))
+                    log.warning("notification %d for %s not delivered: %s", notice_id, notice["request_id"], error)
+        return delivered
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
     def get(self, request_id: str, principal: Principal) -> tuple[AccessRequest, list[Approval], Grant | None]:
         with self._uow() as session:
             request = self._get(session, request_id)
@@ -287,9 +548,54 @@ class AccessRequestService:
             grant = session.scalar(select(Grant).where(Grant.request_id == request_id))
             return request, approvals, grant
 
+    def explain(self, request_id: str, principal: Principal) -> dict[str, Any]:
+        """Why a request got its decision: the policies, where they are, and whether they still run."""
+        request, approvals, grant = self.get(request_id, principal)
+        bundle = self._policies()
+        current = bundle.hash == request.policy_hash
+        policies = []
+        for policy_id in _json_list(request.policy_ids):
+            statement = bundle.by_id(policy_id) if current else None
+            policies.append(
+                {
+                    "id": policy_id,
+                    "where": statement.where if statement else None,
+                    "message": statement.message if statement else None,
+                    "text": statement.text if statement else None,
+                }
+            )
+        approved_groups = [frozenset(_json_list(a.approver_groups)) for a in approvals if a.verdict == "approve"]
+        return {
+            "request_id": request.id,
+            "status": request.status,
+            "outcome": request.outcome,
+            "reasons": _json_list(request.decision_reasons),
+            "policy_hash": request.policy_hash,
+            "decided_by_running_bundle": current,
+            "running_policy_hash": bundle.hash,
+            "policies": policies,
+            "approvals": {
+                "required": request.approvals_required,
+                "received": len(approved_groups),
+                "from_any_of": _json_list(request.approver_groups),
+                "one_from_each_of": _json_list(request.approver_all_groups),
+                "satisfied": policy.approvals_satisfied(
+                    request.approvals_required, frozenset(_json_list(request.approver_all_groups)), approved_groups
+                ),
+            },
+            "conditions": {
+                "single_use": request.single_use,
+                "break_glass": request.break_glass,
+                "window_end_at": as_utc(request.window_end_at).isoformat() if request.window_end_at else None,
+                "review": request.review_status,
+            },
+            "grant": {"id": grant.id, "status": grant.status} if grant else None,
+        }
+
     def list(
         self, principal: Principal, *, scope: Scope = "mine", status: str | None = None, limit: int = 100
     ) -> list[AccessRequest]:
+        catalog = self._catalog()
         with self._uow() as session:
             query = select(AccessRequest).order_by(AccessRequest.submitted_at.desc())
             if status:
@@ -307,47 +613,32 @@ class AccessRequestService:
                         AccessRequest.requester_subject != principal.subject,
                     ),
                 )
-            elif not is_auditor(self._catalog(), principal):
+            elif scope == "to_review":
+                query = query.where(AccessRequest.review_status == "required")
+            elif not is_auditor(catalog, principal):
                 raise Forbidden("listing every request needs the auditor or admin role")
-            rows = list(session.scalars(query.limit(limit * 5 if scope == "to_approve" else limit)))
+            rows = list(session.scalars(query.limit(limit if scope in ("mine", "all") else limit * 5)))
         if scope == "to_approve":
-            rows = [row for row in rows if principal.groups & set(json.loads(row.approver_groups))][:limit]
+            rows = [row for row in rows if principal.groups & (set(_json_list(row.approver_groups)))][:limit]
+        elif scope == "to_review":
+            reviewers = set(catalog.policy.reviewers) | set(catalog.policy.security_groups)
+            rows = [
+                row
+                for row in rows
+                if is_admin(catalog, principal)
+                or principal.groups
+                & (reviewers | set(catalog.resources[row.resource].owners if row.resource in catalog.resources else []))
+            ][:limit]
         return rows
 
-    # -- helpers ----------------------------------------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------------------------------
 
     def _may_see(self, request: AccessRequest, principal: Principal) -> bool:
         if (request.requester_issuer, request.requester_subject) == principal.key:
             return True
-        if principal.groups & set(json.loads(request.approver_groups)):
+        if principal.groups & set(_json_list(request.approver_groups)):
             return True
         return is_auditor(self._catalog(), principal)
-
-    def _policy_view(self, request: AccessRequest) -> policy.PolicyInput:
-        requester = policy.Subject(
-            request.requester_issuer,
-            request.requester_subject,
-            request.requester_name,
-            frozenset(json.loads(request.requester_groups)),
-        )
-        rules = policy.LevelRules(
-            requesters=None,
-            auto_approve=frozenset(),
-            approvals_required=request.approvals_required,
-            approver_groups=frozenset(json.loads(request.approver_groups)),
-            owners_approve=False,
-            max_ttl=timedelta(seconds=request.granted_ttl_s),
-        )
-        return policy.PolicyInput(
-            requester=requester,
-            resource=request.resource,
-            level=request.level,
-            resource_owners=frozenset(),
-            rules=rules,
-            requested_ttl=timedelta(seconds=request.requested_ttl_s),
-            reason=request.reason,
-            policy_hash=request.policy_hash,
-        )
 
     def _get(self, session: Session, request_id: str, *, for_update: bool = False) -> AccessRequest:
         query = select(AccessRequest).where(AccessRequest.id == request_id)
@@ -390,10 +681,9 @@ class AccessRequestService:
     ) -> Grant | None:
         check_move(request.id, request.status, target)
         request.status = target
-        if target != "pending":
-            request.closed_at = now
         if target == "pending":
             return None
+        request.closed_at = now
         self._record(session, request, f"request.{target}", actor, payload, now=now)
         if target != "approved":
             return None
@@ -407,4 +697,7 @@ class AccessRequestService:
             ttl=timedelta(seconds=request.granted_ttl_s),
             now=now,
             actor=actor,
+            starts_at=as_utc(request.requested_start_at) if request.requested_start_at else None,
+            window_end_at=as_utc(request.window_end_at) if request.window_end_at else None,
+            single_use=request.single_use,
         )

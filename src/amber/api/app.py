@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from amber import __version__
 from amber.api import problems
+from amber.api.ledger_routes import router as ledger_router
 from amber.api.routes import router
 from amber.api.runtime import Runtime
 from amber.core.errors import NotFound
@@ -46,6 +47,7 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
     app.state.runtime = rt
     problems.install(app)
     app.include_router(router)
+    app.include_router(ledger_router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

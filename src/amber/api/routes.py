@@ -12,7 +12,7 @@ from amber import audit, ledger
 from amber.access_requests import is_admin, is_auditor
 from amber.access_requests.schemas import RequestIn, RequestOut, ReviewIn
 from amber.api.auth import PrincipalDep, RuntimeDep
-from amber.core.errors import Forbidden, NotFound
+from amber.core.errors import ConfigError, Forbidden, InvalidInput, NotFound
 from amber.grants import LIVE, Grant, get
 from amber.grants.schemas import CredentialOut, GrantOut, RevokeIn, credential_of
 from amber.identity import Principal
@@ -33,6 +33,8 @@ def submit_request(body: RequestIn, rt: RuntimeDep, who: PrincipalDep, response:
         level=body.level,
         reason=body.reason,
         ttl=timedelta(seconds=body.ttl_seconds),
+        starts_at=body.start,
+        break_glass=body.break_glass,
         supersedes=body.supersedes,
     )
     rt.worker.wake()
@@ -45,7 +47,7 @@ def submit_request(body: RequestIn, rt: RuntimeDep, who: PrincipalDep, response:
 def list_requests(
     rt: RuntimeDep,
     who: PrincipalDep,
-    scope: Literal["mine", "to_approve", "all"] = "mine",
+    scope: Literal["mine", "to_approve", "to_review", "all"] = "mine",
     status: str | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[RequestOut]:
@@ -73,6 +75,50 @@ def deny_request(request_id: str, body: ReviewIn, rt: RuntimeDep, who: Principal
 @router.post("/requests/{request_id}/cancel", response_model=RequestOut, tags=["requests"])
 def cancel_request(request_id: str, rt: RuntimeDep, who: PrincipalDep) -> RequestOut:
     return RequestOut.of(rt.requests.cancel(request_id, who).request)
+
+
+@router.get("/requests/{request_id}/explain", tags=["requests"])
+def explain_request(request_id: str, rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    return rt.requests.explain(request_id, who)
+
+
+@router.post("/requests/{request_id}/review", response_model=RequestOut, tags=["approvals"])
+def complete_review(request_id: str, body: ReviewIn, rt: RuntimeDep, who: PrincipalDep) -> RequestOut:
+    """Complete the post-hoc review of a break-glass access."""
+    return RequestOut.of(rt.requests.complete_review(request_id, who, comment=body.comment))
+
+
+@router.get("/policy", tags=["policy"])
+def show_policy(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    bundle = rt.catalog.policies()
+    return {
+        "policy_hash": bundle.hash,
+        "source": bundle.source,
+        "timezone": bundle.settings.timezone,
+        "pending_ttl_s": int(bundle.settings.pending_ttl.total_seconds()),
+        "policies": [
+            {"id": s.id, "effect": s.effect, "where": s.where, "message": s.message} for s in bundle.statements
+        ],
+    }
+
+
+@router.post("/policy/reload", tags=["policy"])
+def reload_policy(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    """Reload the catalog and its policy bundle (admins). A bad file is refused and nothing changes."""
+    if not is_admin(rt.catalog(), who):
+        raise Forbidden("reloading policy needs the admin role")
+    before = rt.catalog.policies().hash
+    try:
+        rt.reload_catalog(_actor(who))
+    except ConfigError as exc:
+        raise InvalidInput(
+            f"the new catalog or policy bundle was refused; still running {before[:12]}: {exc.message}"
+        ) from None
+    return {
+        "previous_policy_hash": before,
+        "policy_hash": rt.catalog.policies().hash,
+        "changed": before != rt.catalog.policies().hash,
+    }
 
 
 @router.get("/grants", response_model=list[GrantOut], tags=["grants"])

@@ -9,12 +9,14 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from amber import ledger
 from amber.access_requests import AccessRequestService
+from amber.access_requests.notify import Notifier, WebhookNotifier
 from amber.catalog import Catalog, load_catalog
 from amber.core.clock import Clock, SystemClock
 from amber.core.db import UnitOfWork, make_engine, make_unit_of_work
@@ -26,26 +28,59 @@ from amber.core.settings import Settings
 from amber.grants import GrantService
 from amber.identity import DevIssuer, RemoteKeys, TokenVerifier, TrustedIssuer
 from amber.identity.dev_issuer import WARNING as DEV_WARNING
+from amber.ledger.checkpoints import LEDGER_DEV_KEY_WARNING, Checkpointer, dev_signer, load_signer
+from amber.policy import PolicyBundle, WorkflowSettings, load_bundle
 from amber.provisioners.registry import ProvisionerRegistry
 from amber.worker import Worker
 
 log = logging.getLogger("amber")
 
 
-class CatalogHolder:
-    """The running catalog. A reload that fails leaves the running catalog in place."""
+def load_policies(catalog: Catalog) -> PolicyBundle:
+    settings = WorkflowSettings(timezone=catalog.policy.timezone, pending_ttl=catalog.policy.pending_ttl)
+    return load_bundle(catalog.bundle_path, settings)
 
-    def __init__(self, catalog: Catalog) -> None:
+
+def build_checkpointer(
+    settings: Settings, uow: UnitOfWork, clock: Clock, install_id: str, warnings: list[str]
+) -> Checkpointer:
+    """The ledger's checkpoint signer. Production refuses to start without a configured signing key."""
+    if settings.ledger_signing_key:
+        signer = load_signer(settings.ledger_signing_key)
+    elif settings.env == "production":
+        raise ConfigError("AMBER_LEDGER_SIGNING_KEY is required when AMBER_ENV=production (file:/path or env:NAME)")
+    else:
+        signer = dev_signer(settings.state_dir)
+        warnings.append(LEDGER_DEV_KEY_WARNING)
+    return Checkpointer(
+        uow=uow,
+        clock=clock,
+        signer=signer,
+        origin=settings.ledger_origin or f"amber/{install_id}",
+        every_entries=settings.ledger_checkpoint_every_entries,
+        every=timedelta(seconds=settings.ledger_checkpoint_interval_s),
+    )
+
+
+class CatalogHolder:
+    """The running catalog and its policy bundle. A reload that fails leaves both in place."""
+
+    def __init__(self, catalog: Catalog, bundle: PolicyBundle) -> None:
         self._catalog = catalog
+        self._bundle = bundle
         self._lock = threading.Lock()
 
     def __call__(self) -> Catalog:
         return self._catalog
 
+    def policies(self) -> PolicyBundle:
+        return self._bundle
+
     def reload(self, path: Path | None = None) -> Catalog:
         new = load_catalog(path or self._catalog.path)  # raises ConfigError; nothing replaced
+        bundle = load_policies(new)  # raises PolicyError; nothing replaced
         with self._lock:
-            self._catalog = new
+            self._catalog, self._bundle = new, bundle
         return new
 
 
@@ -65,11 +100,13 @@ class Runtime:
     worker: Worker
     installation_id: str
     warnings: list[str] = field(default_factory=list)
+    checkpointer: Checkpointer | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
         clock = clock or SystemClock()
-        catalog = CatalogHolder(load_catalog(settings.catalog))
+        first = load_catalog(settings.catalog)
+        catalog = CatalogHolder(first, load_policies(first))
         identity = catalog().identity
         warnings: list[str] = []
         if identity.dev_issuer and settings.env == "production":
@@ -122,14 +159,28 @@ class Runtime:
             installation_id=install_id,
             metrics=metrics,
         )
-        requests = AccessRequestService(uow=uow, clock=clock, catalog=catalog, grant_service=grants, metrics=metrics)
+        notifier: Notifier | None = None
+        if settings.notify_webhook_url:
+            notifier = WebhookNotifier(settings.notify_webhook_url, settings.notify_webhook_secret)
+        requests = AccessRequestService(
+            uow=uow,
+            clock=clock,
+            catalog=catalog,
+            policies=catalog.policies,
+            grant_service=grants,
+            metrics=metrics,
+            notifier=notifier,
+        )
         worker = Worker(
             grants,
             metrics,
             interval_s=settings.worker_interval_s,
             reconcile_interval_s=settings.reconcile_interval_s,
+            requests=requests,
         )
+        checkpointer = build_checkpointer(settings, uow, clock, install_id, warnings)
         runtime = cls(
+            checkpointer=checkpointer,
             settings=settings,
             clock=clock,
             engine=engine,
@@ -149,16 +200,38 @@ class Runtime:
         return runtime
 
     def record_catalog(self, actor: ledger.Actor = ledger.SYSTEM) -> bool:
-        """Append `catalog.loaded` when the running catalog differs from the last one on record.
+        """Append `catalog.loaded` / `policy.loaded` when what runs differs from the last one on record.
 
-        Every decision carries the policy hash; this entry ties that hash to a catalog file and a time.
+        Every decision carries the policy bundle's hash; these entries tie that hash to files, a time and who.
         """
         current = self.catalog()
+        bundle = self.catalog.policies()
+        changed = False
         with self.uow() as session:
+            last_policy = ledger.latest(session, event_type="policy.loaded")
+            previous_policy = last_policy.payload.get("policy_hash") if last_policy else None
+            if previous_policy != bundle.hash:
+                changed = True
+                ledger.append(
+                    session,
+                    at=self.clock.now(),
+                    event_type="policy.loaded",
+                    actor=actor,
+                    subject_kind="policy",
+                    subject_id=bundle.hash[:16],
+                    payload={
+                        "policy_hash": bundle.hash,
+                        "previous_policy_hash": previous_policy,
+                        "source": bundle.source,
+                        "policies": [s.id for s in bundle.statements],
+                        "timezone": bundle.settings.timezone,
+                        "pending_ttl_s": int(bundle.settings.pending_ttl.total_seconds()),
+                    },
+                )
             last = ledger.latest(session, event_type="catalog.loaded")
             previous = last.payload.get("content_hash") if last else None
             if previous == current.content_hash:
-                return False
+                return changed
             ledger.append(
                 session,
                 at=self.clock.now(),
@@ -169,20 +242,22 @@ class Runtime:
                 payload={
                     "path": str(current.path),
                     "content_hash": current.content_hash,
-                    "policy_hash": current.policy_hash,
+                    "policy_hash": bundle.hash,
                     "previous_content_hash": previous,
                     "resources": sorted(current.resources),
                 },
             )
         return True
 
-    def reload_catalog(self) -> Catalog:
-        """Load the catalog file again. On any error the running catalog stays and the error is raised."""
+    def reload_catalog(self, actor: ledger.Actor = ledger.SYSTEM) -> Catalog:
+        """Load the catalog and its policy bundle again. On any error both stay as they were."""
         catalog = self.catalog.reload()
-        self.record_catalog()
+        self.record_catalog(actor)
         return catalog
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.worker.stop()
         self.provisioners.close()
         self.engine.dispose()

@@ -1,8 +1,11 @@
 """`amber audit verify`: replay the ledger and compare it with the state tables.
 
-Two checks, in order, stopping at the first problem of each:
+Three checks, in order, stopping at the first problem of each:
 1. the hash chain (ledger.verify_chain): every entry's hash, link and sequence number;
-2. the replay: rebuild every request's and grant's lifecycle state from the events and compare it with the
+2. the Merkle tree and signed checkpoints (ledger.tlog.verify_log): the stored tree's root equals the root
+   recomputed from the entries, and every checkpoint (stored, witnessed, or kept by the auditor) is signed by
+   the key in force and matches the entries (no truncation, rollback or split view);
+3. the replay: rebuild every request's and grant's lifecycle state from the events and compare it with the
    rows in `access_requests` and `grants`. A row no event explains, an event no row matches, or a field that
    differs is reported with the entry (or row) that disagrees.
 Lifecycle fields only; retry bookkeeping (attempts, last_error) is not in the ledger by design.
@@ -10,7 +13,7 @@ Lifecycle fields only; retry bookkeeping (attempts, last_error) is not in the le
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,6 +25,7 @@ from amber import ledger
 from amber.access_requests.models import AccessRequest
 from amber.core.clock import as_utc
 from amber.grants.models import Grant
+from amber.ledger import checkpoints, proofs, tlog, tree
 from amber.ledger.chain import format_at, parse_payload
 from amber.ledger.models import LedgerEntry
 
@@ -43,16 +47,62 @@ class _RequestState:
     fields: dict[str, Any]
 
 
-def verify(session: Session) -> AuditReport:
+def verify(
+    session: Session,
+    *,
+    keys: Sequence[tlog.Verifier] = (),
+    witnessed: Sequence[tuple[str, str]] = (),
+    since: tuple[str, str] | None = None,
+    origin: str | None = None,
+) -> AuditReport:
+    """Chain, then Merkle tree and checkpoints, then replay against the state tables.
+
+    `keys` are the trusted checkpoint keys (default: the first key on record, i.e. trust on first use);
+    `witnessed` are checkpoints kept outside amber; `since` is a checkpoint the auditor kept earlier.
+    """
     chain = ledger.verify_chain(ledger.iter_raw(session))
     report = AuditReport(entries=chain.entries, head_hash=chain.head_hash)
     if chain.problem is not None:
         report.problems.append(str(chain.problem))
         return report
+    report.problems += _verify_tree(session, keys, witnessed, since, origin)
+    if report.problems:
+        return report
     requests, grants = _replay(ledger.iter_raw(session))
     _compare_requests(session, requests, report)
     _compare_grants(session, grants, report)
     return report
+
+
+def _verify_tree(
+    session: Session,
+    keys: Sequence[tlog.Verifier],
+    witnessed: Sequence[tuple[str, str]],
+    since: tuple[str, str] | None,
+    origin: str | None,
+) -> list[str]:
+    """The stored Merkle tree against the entries, and every checkpoint (stored or given) against both."""
+    notes = [(f"#{cp.id}", cp.note) for cp in checkpoints.checkpoints(session)]
+    history = checkpoints.key_history(session)
+    trusted = list(keys) or ([tlog.Verifier.parse(history[0])] if history else [])
+    if (witnessed or since) and not trusted:
+        return ["signature: no trusted key: pass --key (no checkpoint was ever signed here)"]
+    result = tlog.verify_log(
+        (proofs.exported(row) for row in ledger.iter_raw(session)),
+        [*notes, *witnessed],
+        trusted,
+        origin=origin,
+        since=since,
+    )
+    problems = [str(p) for p in result.problems]
+    size, _ = ledger.head(session)
+    try:
+        stored = tree.root(session, size)
+    except tree.TreeError as exc:
+        return [*problems, f"tree: {exc.message}"]
+    if stored != result.root:
+        problems.append(f"tree: the stored Merkle tree's root at size {size} does not match the entries")
+    return problems
 
 
 def _replay(rows: Iterator[LedgerEntry]) -> tuple[dict[str, _RequestState], dict[str, _RequestState]]:

@@ -15,8 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from amber.catalog.schema import CatalogFile, IdentityConfig, PostgresLevel, Resource
-from amber.core.crypto import canonical_json, sha256_hex
+from amber.catalog.schema import CatalogFile, IdentityConfig, PolicyConfig, PostgresLevel, Resource
 from amber.core.errors import ConfigError, NotFound
 
 Loc = tuple[str | int, ...]
@@ -26,8 +25,8 @@ Loc = tuple[str | int, ...]
 class Catalog:
     path: Path
     content_hash: str
-    policy_hash: str
     identity: IdentityConfig
+    policy: PolicyConfig
     resources: dict[str, Resource]
     _lines: dict[Loc, int] = field(default_factory=dict, repr=False, compare=False)
 
@@ -45,6 +44,11 @@ class Catalog:
         except KeyError:
             known = ", ".join(sorted(resource.levels))
             raise NotFound(f"resource {resource_name!r} has no access level {level_name!r} (known: {known})") from None
+
+    @property
+    def bundle_path(self) -> Path:
+        path = Path(self.policy.bundle)
+        return path if path.is_absolute() else self.path.parent / path
 
     def where(self, loc: Loc) -> str:
         """`file:line` of the closest YAML node to a path, for messages about a resolved value."""
@@ -104,15 +108,11 @@ def load_catalog(path: Path | str) -> Catalog:
         parsed = CatalogFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc, lines)) from None
-    policies = {
-        resource.name: {name: level.policy.model_dump(mode="json") for name, level in resource.levels.items()}
-        for resource in parsed.resources
-    }
     return Catalog(
         path=path,
         content_hash=hashlib.sha256(raw).hexdigest(),
-        policy_hash=sha256_hex(canonical_json(policies)),
         identity=parsed.identity,
+        policy=parsed.policy,
         resources={resource.name: resource for resource in parsed.resources},
         _lines=lines,
     )

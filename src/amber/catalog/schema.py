@@ -33,22 +33,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LevelPolicy(_Strict):
-    """Policy v0 for one level: who may ask, who gets it at once, and who must say yes otherwise."""
+class Justification(_Strict):
+    """What a reason must look like for this level (checked before policy; a miss is a deny with its id)."""
 
-    requesters: list[str] | None = Field(
-        default=None, description="Groups allowed to request; omitted means any signed-in user."
-    )
-    auto_approve: list[str] = Field(default_factory=list, description="Groups whose requests need no approval.")
-    approvals: int = Field(default=1, ge=0, le=10, description="Distinct approvals needed otherwise.")
-    approvers: list[str] = Field(default_factory=list, description="Groups whose members may approve.")
-    owners_approve: bool = Field(default=True, description="Members of the resource's owner groups may approve.")
+    min_length: int = Field(default=3, ge=0, le=500)
+    pattern: str | None = Field(default=None, description="A regular expression the reason must contain.")
 
-    @model_validator(mode="after")
-    def _approvers_exist(self) -> LevelPolicy:
-        if self.approvals > 0 and not self.approvers and not self.owners_approve:
-            raise ValueError("approvals are required but nobody may approve (set approvers or owners_approve)")
-        return self
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
 
 class PostgresLevel(_Strict):
@@ -60,8 +59,7 @@ class PostgresLevel(_Strict):
     statement_timeout: Duration = timedelta(seconds=30)
     connection_limit: int = Field(default=2, ge=1, le=100)
     max_ttl: Duration = timedelta(hours=8)
-    min_reason_length: int = Field(default=3, ge=0, le=500)
-    policy: LevelPolicy = Field(default_factory=LevelPolicy)
+    justification: Justification = Field(default_factory=Justification)
 
     @field_validator("access", mode="before")
     @classmethod
@@ -150,9 +148,35 @@ class IdentityConfig(_Strict):
     auditors: list[str] = Field(default_factory=list, description="Groups that may read the whole ledger.")
 
 
+class PolicyConfig(_Strict):
+    """Where the Cedar policy bundle is and the workflow settings it runs with."""
+
+    bundle: str = Field(default="policies", description="Folder of .cedar files, relative to this catalog.")
+    timezone: str = Field(default="UTC", description="For hours and weekdays in policies and business hours.")
+    pending_ttl: Duration = Field(default=timedelta(hours=24), description="Pending requests expire after this.")
+    security_groups: list[str] = Field(
+        default_factory=list, description="Told about every break-glass access, with the resource's owners."
+    )
+    reviewers: list[str] = Field(
+        default_factory=list, description="Groups that may complete break-glass reviews (owners always may)."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415 - only needed here
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
 class CatalogFile(_Strict):
     version: Literal[1] = 1
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     resources: list[Resource] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -14,7 +14,9 @@ from typing import Annotated, Any
 import click
 import typer
 
+from amber.cli import ledger_cmds
 from amber.cli.client import Client, default_url, save_token
+from amber.cli.policy_cmds import policy_app, relative_start
 from amber.core.durations import format_duration, parse_duration
 from amber.core.errors import AmberError, InvalidInput
 
@@ -30,10 +32,12 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Validate catalog files.")
 db_app = typer.Typer(no_args_is_help=True, help="amber's own state store.")
 demo_app = typer.Typer(no_args_is_help=True, help="The quickstart demo.")
 app.add_typer(audit_app, name="audit")
+ledger_cmds.register(audit_app)
 app.add_typer(resource_app, name="resource")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
+app.add_typer(policy_app, name="policy")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ProfileOpt = Annotated[str, typer.Option("--profile", envvar="AMBER_PROFILE", help="Credential profile.")]
@@ -139,7 +143,9 @@ def serve(
                 "catalog reload refused; still running the previous one: %s", exc
             )
         else:
-            logging.getLogger("amber").info("catalog reloaded: %s (policy %s)", catalog.path, catalog.policy_hash[:12])
+            logging.getLogger("amber").info(
+                "catalog reloaded: %s (policy %s)", catalog.path, rt.catalog.policies().hash[:12]
+            )
 
     signal.signal(signal.SIGHUP, reload)
     uvicorn.run(create_app(rt), host=settings.host, port=settings.port, log_level="warning")
@@ -196,6 +202,12 @@ def request(
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why you need access (recorded).")],
     wait: Annotated[bool, typer.Option(help="Wait for approval, then print how to connect.")] = False,
     timeout: Annotated[str, typer.Option(help="How long --wait waits.")] = "30m",
+    start: Annotated[
+        str | None, typer.Option(help="Scheduled access: +2h, or an instant like 2026-12-01T09:00Z.")
+    ] = None,
+    break_glass: Annotated[
+        bool, typer.Option("--break-glass", help="Emergency access: at once if policy allows; owners are told.")
+    ] = False,
     profile: ProfileOpt = "default",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -203,9 +215,12 @@ def request(
     """Ask for access. Auto-approved requests print how to connect, once."""
     parse_duration(duration)
     client = _client(profile, url)
-    data = client.call(
-        "POST", "/v1/requests", {"resource": resource, "level": level, "reason": reason, "duration": duration}
-    )
+    body: dict[str, Any] = {"resource": resource, "level": level, "reason": reason, "duration": duration}
+    if start:
+        body["start"] = relative_start(start, datetime.now(UTC)).isoformat()
+    if break_glass:
+        body["break_glass"] = True
+    data = client.call("POST", "/v1/requests", body)
     if wait and data["status"] == "pending":
         if not as_json:
             print(_describe_request(data))
@@ -226,6 +241,10 @@ def request(
         _print_credential(data["credential"])
     elif not as_json and data["status"] == "pending":
         print(f"  approvers can run: amber approve {data['id']}")
+    elif not as_json and data.get("grant") and data["grant"]["status"] == "issued":
+        print(f"  when it starts, get your connection with: amber credentials {data['grant']['id']}")
+    if not as_json and data.get("review_status") == "required":
+        print("  BREAK-GLASS: the resource's owners and security have been notified; a review is required.")
     if data["status"] == "denied":
         raise typer.Exit(2)
 
@@ -233,6 +252,7 @@ def request(
 @app.command("requests")
 def list_requests(
     to_approve: Annotated[bool, typer.Option("--to-approve", help="Pending requests you may review.")] = False,
+    to_review: Annotated[bool, typer.Option("--to-review", help="Break-glass accesses awaiting review.")] = False,
     all_: Annotated[bool, typer.Option("--all", help="Every request (auditors).")] = False,
     status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
     profile: ProfileOpt = "default",
@@ -240,7 +260,7 @@ def list_requests(
     as_json: JsonOpt = False,
 ) -> None:
     """List your requests (or those waiting for you)."""
-    scope = "to_approve" if to_approve else "all" if all_ else "mine"
+    scope = "to_approve" if to_approve else "to_review" if to_review else "all" if all_ else "mine"
     params = {"scope": scope, **({"status": status} if status else {})}
     rows = _client(profile, url).call("GET", "/v1/requests", params=params)
     lines = [
@@ -277,6 +297,19 @@ def deny(
 ) -> None:
     """Deny a pending request."""
     _review("deny", request_id, comment, profile, url, as_json)
+
+
+@app.command()
+def review(
+    request_id: str,
+    comment: Annotated[str, typer.Option(help="What was checked (recorded).")],
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Complete the post-hoc review of a break-glass access."""
+    data = _client(profile, url).call("POST", f"/v1/requests/{request_id}/review", {"comment": comment})
+    _out(data, as_json, f"request {data['id']}: review {data['review_status']}")
 
 
 @app.command()
@@ -333,15 +366,30 @@ def revoke(
 
 
 @audit_app.command("verify")
-def audit_verify(as_json: JsonOpt = False) -> None:
-    """Replay the ledger's hash chain and the state tables; exit 1 naming the first problem."""
+def audit_verify(
+    as_json: JsonOpt = False,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Verify an `amber audit export` directory.")] = None,
+    key: Annotated[list[str] | None, typer.Option("--key", help="Trusted checkpoint key (name+id+key).")] = None,
+    checkpoint: Annotated[list[Path] | None, typer.Option("--checkpoint", help="A witnessed checkpoint.")] = None,
+    since: Annotated[Path | None, typer.Option("--since", help="A checkpoint you kept: the log only grew.")] = None,
+) -> None:
+    """Verify the ledger (chain, Merkle tree, checkpoints) and replay it against the state tables."""
     from amber import audit
-    from amber.core.db import make_engine, make_unit_of_work
-    from amber.core.settings import Settings
+    from amber.cli.ledger_cmds import local, verify_offline
+    from amber.ledger.tlog import Verifier
 
-    engine = make_engine(Settings().resolved_database_url)
-    with make_unit_of_work(engine)() as session:
-        report = audit.verify(session)
+    if bundle is not None:
+        verify_offline(bundle, key or [], checkpoint or [], since, as_json)
+        return
+    ctx = local()
+    with ctx.uow() as session:
+        report = audit.verify(
+            session,
+            keys=[Verifier.parse(k) for k in key or []],
+            witnessed=[(str(p), p.read_text()) for p in checkpoint or []],
+            since=(str(since), since.read_text()) if since else None,
+            origin=ctx.origin,
+        )
     data = {
         "ok": report.ok,
         "entries": report.entries,
@@ -437,11 +485,16 @@ def resource_harden(
 @catalog_app.command("validate")
 def catalog_validate(path: Annotated[Path | None, typer.Argument(help="Catalog file.")] = None) -> None:
     """Validate a catalog file without starting amber."""
+    from amber.api.runtime import load_policies
     from amber.catalog import load_catalog
     from amber.core.settings import Settings
 
     catalog = load_catalog(path or Settings().catalog)
-    print(f"{catalog.path}: OK ({len(catalog.resources)} resources, policy {catalog.policy_hash[:12]})")
+    bundle = load_policies(catalog)
+    print(
+        f"{catalog.path}: OK ({len(catalog.resources)} resources; {len(bundle.statements)} policies in "
+        f"{bundle.source}, hash {bundle.hash[:12]})"
+    )
 
 
 @db_app.command("upgrade")

@@ -26,6 +26,17 @@ class Settings(BaseSettings):
     # How often the reconciler compares target roles with live grants.
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
+    # The ledger's checkpoint signing key, by reference only: `file:/path` or `env:NAME` holding a
+    # `PRIVATE+KEY+...` Ed25519 note key (`amber audit keygen`). Unset outside production: a dev key in state_dir.
+    ledger_signing_key: str | None = None
+    # The checkpoint origin line (a log's unique name); default `amber/<installation id>`.
+    ledger_origin: str | None = None
+    # Sign a checkpoint every N entries or S seconds (whichever comes first) while `amber serve` runs.
+    ledger_checkpoint_every_entries: int = Field(default=1000, ge=1)
+    ledger_checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    # Where break-glass notices go (a chat or paging bridge); without it they are logged as warnings.
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: str | None = Field(default=None, repr=False)
 
     @property
     def resolved_database_url(self) -> str:

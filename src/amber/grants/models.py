@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amber.core.db import Base
@@ -38,6 +38,9 @@ class Grant(Base):
     connect_host: Mapped[str | None] = mapped_column(String(255))
     connect_port: Mapped[int | None] = mapped_column(Integer)
     connect_database: Mapped[str | None] = mapped_column(String(255))
+    starts_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # scheduled access begins
+    single_use: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    session_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),

@@ -76,9 +76,19 @@ def issue(
     ttl: timedelta,
     now: datetime,
     actor: Actor,
+    starts_at: datetime | None = None,
+    window_end_at: datetime | None = None,
+    single_use: bool = False,
 ) -> Grant:
-    """Create a grant for an approved request. Expiry is fixed here: now + min(ttl, the level's max TTL)."""
+    """Create a grant for an approved request. Expiry is fixed here, once:
+
+    start = max(now, requested start); expires_at = min(start + ttl, start + the level's max TTL, window end).
+    """
     level_spec = catalog.level(resource, level)
+    start = max(now, starts_at) if starts_at is not None else now
+    expires_at = start + min(ttl, level_spec.max_ttl)
+    if window_end_at is not None:
+        expires_at = min(expires_at, window_end_at)
     grant_id = new_id("grt")
     grant = Grant(
         id=grant_id,
@@ -90,10 +100,12 @@ def issue(
         level=level,
         role_name=role_name_for(grant_id),
         issued_at=now,
-        expires_at=now + min(ttl, level_spec.max_ttl),
+        starts_at=start,
+        expires_at=expires_at,
         status="issued",
         attempts=0,
-        next_attempt_at=now,
+        next_attempt_at=start,
+        single_use=single_use,
     )
     session.add(grant)
     session.flush()
@@ -109,7 +121,9 @@ def issue(
             "resource": resource,
             "level": level,
             "role": grant.role_name,
+            "starts_at": ledger_time(start),
             "expires_at": ledger_time(grant.expires_at),
+            "single_use": single_use,
         },
     )
     return grant
@@ -184,7 +198,7 @@ class GrantService:
             expires_at=as_utc(grant.expires_at),
             schemas=tuple(level.schemas),
             statement_timeout=level.statement_timeout,
-            connection_limit=level.connection_limit,
+            connection_limit=1 if grant.single_use else level.connection_limit,
         )
 
     def activate(self, grant_id: str, *, with_credential: bool) -> Activation:
@@ -196,6 +210,8 @@ class GrantService:
             grant = get(session, grant_id)
             if grant.status not in LIVE:
                 return Activation(grant, error=f"grant is {grant.status}")
+            if grant.starts_at is not None and as_utc(grant.starts_at) > self._clock.now():
+                return Activation(grant, error="scheduled: access starts at " + ledger_time(grant.starts_at))
             spec = self.spec(grant)
         provisioner = self._provisioners(grant.resource)
         password = new_secret("pg") if with_credential else None
@@ -390,6 +406,43 @@ class GrantService:
             self.activate(grant_id, with_credential=False)
         if leftovers:
             self.deprovision(leftovers)
+
+    def end_used_single_use(self) -> list[str]:
+        """Single-use grants: note the first session, and revoke once the grant has no session left.
+
+        What this does NOT catch: a disconnect and reconnect between two looks (every worker tick). The role's
+        connection limit is 1, and the gateway (which sees every session) will close this gap.
+        """
+        with self._uow() as session:
+            live = list(session.scalars(select(Grant).where(Grant.status == "active", Grant.single_use.is_(True))))
+        by_resource: dict[str, list[Grant]] = defaultdict(list)
+        for grant in live:
+            by_resource[grant.resource].append(grant)
+        ended: list[str] = []
+        for resource, grants in by_resource.items():
+            try:
+                sessions = {role.role_name: role.session_count for role in self._provisioners(resource).inspect()}
+            except ProvisionerError as exc:
+                log.warning("single-use check: cannot inspect %s: %s", resource, exc)
+                continue
+            for grant in grants:
+                count = sessions.get(grant.role_name, 0)
+                if count > 0 and grant.session_seen_at is None:
+                    with self._uow() as session:
+                        row = get(session, grant.id, for_update=True)
+                        now = self._clock.now()
+                        row.session_seen_at = now
+                        _record(
+                            session, row, "grant.session_started", actor=SYSTEM, now=now, payload={"single_use": True}
+                        )
+                elif count == 0 and grant.session_seen_at is not None:
+                    ended.append(grant.id)
+        for grant_id in ended:
+            try:
+                self.revoke(grant_id, actor=SYSTEM, reason="single-use grant: its session ended", is_admin=True)
+            except Conflict:
+                continue
+        return ended
 
     def reconcile(self) -> list[str]:
         """Drop roles of this installation that no live grant owns (e.g. a crash between create and commit)."""

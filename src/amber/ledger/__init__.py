@@ -1,7 +1,10 @@
-"""The ledger: an append-only, hash-chained event log. The only writer of the ledger table."""
+"""The ledger: an append-only, hash-chained, Merkle-tree-proved event log with signed checkpoints.
+
+The only writer of the ledger tables (entries, tree nodes, checkpoints).
+"""
 
 from amber.ledger.chain import SYSTEM, Actor
-from amber.ledger.service import EntryView, append, count, entries, head, iter_raw, latest
+from amber.ledger.service import EntryView, NewEntry, append, append_many, count, entries, head, iter_raw, latest
 from amber.ledger.verify import ChainProblem, ChainReport, verify_chain
 
 __all__ = [
@@ -10,7 +13,9 @@ __all__ = [
     "ChainProblem",
     "ChainReport",
     "EntryView",
+    "NewEntry",
     "append",
+    "append_many",
     "count",
     "entries",
     "head",

@@ -1,10 +1,11 @@
-"""The ledger table. Rows are only ever inserted: database triggers refuse UPDATE, DELETE and TRUNCATE."""
+"""The ledger tables: entries, Merkle tree nodes, signed checkpoints. Rows are only ever inserted: database
+triggers refuse UPDATE, DELETE and TRUNCATE on all three."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, String, Text
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from amber.core.db import Base
@@ -26,3 +27,32 @@ class LedgerEntry(Base):
     entry_hash: Mapped[str] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_ledger_subject", "subject_kind", "subject_id"),)
+
+
+class TreeNode(Base):
+    """A perfect subtree of the ledger's RFC 9162 Merkle tree: leaves [idx * 2**level, (idx+1) * 2**level).
+
+    Level 0 holds the leaf hashes. Rows are only ever inserted, in the same transaction as the entry that
+    completes them; the tree's right edge (its frontier) is the node per set bit of the size.
+    """
+
+    __tablename__ = "ledger_tree_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class SignedCheckpoint(Base):
+    """A C2SP checkpoint (origin, tree size, root) as the signed note that was published. Insert-only."""
+
+    __tablename__ = "ledger_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    vkey: Mapped[str] = mapped_column(String(512))  # the signer's verifier key (name+id+key)
+    note: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_ledger_checkpoints_size", "tree_size"),)

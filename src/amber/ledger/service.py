@@ -2,26 +2,28 @@
 
 Invariant: an entry is appended in the same transaction as the state change it records, so either both
 are committed or neither is. Appends are serialized (a transaction-scoped advisory lock on PostgreSQL;
-SQLite's BEGIN IMMEDIATE already serializes writers) so that seq has no gaps and each entry links to the
-one before it.
+SQLite's BEGIN IMMEDIATE already serializes writers) so that seq has no gaps, each entry links to the
+one before it, and the Merkle tree's nodes (tree.py) are extended in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from amber.core.clock import as_utc
+from amber.core.crypto import canonical_json, sha256_hex
 from amber.core.db import is_postgres
-from amber.ledger.chain import GENESIS, Actor, entry_body, hash_body, parse_payload, payload_text
+from amber.ledger import tlog, tree
+from amber.ledger.chain import GENESIS, Actor, entry_body, parse_payload, payload_text
 from amber.ledger.models import LedgerEntry
 
-_LOCK_KEY = 0x616D626572  # "amber"
+LOCK_KEY = 0x616D626572  # "amber"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,18 @@ class EntryView:
         }
 
 
+@dataclass(frozen=True)
+class NewEntry:
+    """One entry to append (see `append_many`)."""
+
+    at: datetime
+    event_type: str
+    actor: Actor
+    subject_kind: str
+    subject_id: str
+    payload: dict[str, Any]
+
+
 def append(
     session: Session,
     *,
@@ -59,40 +73,74 @@ def append(
     subject_id: str,
     payload: dict[str, Any],
 ) -> EntryView:
+    return append_many(session, [NewEntry(at, event_type, actor, subject_kind, subject_id, payload)])[0]
+
+
+def append_many(session: Session, items: Sequence[NewEntry]) -> list[EntryView]:
+    """Append entries in order in the caller's transaction, extending the hash chain and the Merkle tree.
+
+    One lock, one read of the head and of the tree's frontier, and one insert per table however many entries
+    there are: this is the group-commit path (many entries, one transaction, one durable commit).
+    """
+    if not items:
+        return []
     if is_postgres(session):
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
     last = session.execute(
         select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
     ).first()
-    seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
-    body = entry_body(
-        seq=seq,
-        at=at,
-        event_type=event_type,
-        actor=actor,
-        subject_kind=subject_kind,
-        subject_id=subject_id,
-        payload=payload,
-        prev_hash=prev_hash,
-    )
-    entry_hash = hash_body(body)
-    session.add(
-        LedgerEntry(
+    seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
+    edge = tree.frontier(session, seq)
+    rows: list[dict[str, Any]] = []
+    nodes: list[tuple[int, int, bytes]] = []
+    views: list[EntryView] = []
+    for item in items:
+        seq += 1
+        body = entry_body(
             seq=seq,
-            entry_at=at,
-            event_type=event_type,
-            actor_issuer=actor.issuer,
-            actor_subject=actor.subject,
-            actor_name=actor.name,
-            subject_kind=subject_kind,
-            subject_id=subject_id,
-            payload=payload_text(payload),
+            at=item.at,
+            event_type=item.event_type,
+            actor=item.actor,
+            subject_kind=item.subject_kind,
+            subject_id=item.subject_id,
+            payload=item.payload,
             prev_hash=prev_hash,
-            entry_hash=entry_hash,
         )
-    )
-    session.flush()
-    return EntryView(seq, at, event_type, actor, subject_kind, subject_id, payload, prev_hash, entry_hash)
+        data = canonical_json(body)
+        entry_hash = sha256_hex(data)
+        nodes += edge.append(tlog.leaf_hash(data))
+        rows.append(
+            {
+                "seq": seq,
+                "entry_at": item.at,
+                "event_type": item.event_type,
+                "actor_issuer": item.actor.issuer,
+                "actor_subject": item.actor.subject,
+                "actor_name": item.actor.name,
+                "subject_kind": item.subject_kind,
+                "subject_id": item.subject_id,
+                "payload": payload_text(item.payload),
+                "prev_hash": prev_hash,
+                "entry_hash": entry_hash,
+            }
+        )
+        views.append(
+            EntryView(
+                seq,
+                item.at,
+                item.event_type,
+                item.actor,
+                item.subject_kind,
+                item.subject_id,
+                item.payload,
+                prev_hash,
+                entry_hash,
+            )
+        )
+        prev_hash = entry_hash
+    session.execute(insert(LedgerEntry), rows)
+    tree.store(session, nodes)
+    return views
 
 
 def to_view(row: LedgerEntry) -> EntryView:

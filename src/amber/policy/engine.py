@@ -1,87 +1,279 @@
-"""Policy v0: decide on a request and on an approver. Pure functions of their inputs.
+"""Decisions, made by Cedar. Pure functions of their inputs (the compiled bundle is an input).
 
-Invariants: the default is deny; nobody approves their own request, whatever the rules say; a granted
-TTL never exceeds the level's max TTL. The full engine (Cedar) replaces the inside of these functions,
-not their signatures.
+Invariants:
+- Default deny: no satisfied `permit` means deny; any satisfied `forbid` means deny, with its @message.
+- Nobody approves their own request, whatever the policies say (checked before Cedar is asked).
+- A granted TTL never exceeds the level's max TTL nor any satisfied policy's @max_ttl.
+- Among several satisfied permits the most permissive decides the workflow: @auto_approve if any, otherwise
+  the one needing the fewest approvals (ties: the first by policy id).
+- Justification rules (minimum length, ticket pattern) are checked before Cedar and deny with their own id.
 """
 
 from __future__ import annotations
 
-from amber.policy.model import ApprovalDecision, ApprovalInput, Decision, PolicyInput
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import cedarpy
+
+from amber.core.durations import parse_duration
+from amber.policy.bundle import PolicyBundle, Statement, parse_hours
+from amber.policy.model import ApprovalDecision, ApprovalInput, Decision, PolicyInput, ResourceInfo, Subject
+
+NS = "Amber"
+
+
+def _uid(kind: str, ident: str) -> dict[str, str]:
+    return {"type": f"{NS}::{kind}", "id": ident}
+
+
+def _ref(kind: str, ident: str) -> dict[str, dict[str, str]]:
+    return {"__entity": _uid(kind, ident)}
+
+
+def _user(subject: Subject) -> dict[str, Any]:
+    return {
+        "uid": _uid("User", user_id(subject)),
+        "attrs": {"iss": subject.issuer, "sub": subject.subject, "name": subject.name, "oncall": subject.oncall},
+        "parents": [_uid("Group", g) for g in sorted(subject.groups)],
+    }
+
+
+def user_id(subject: Subject) -> str:
+    return f"{subject.issuer}#{subject.subject}"
+
+
+def entities(resource: ResourceInfo, level_name: str, max_ttl: timedelta, *people: Subject) -> list[dict[str, Any]]:
+    groups = set(resource.owners)
+    for person in people:
+        groups |= person.groups
+    out: list[dict[str, Any]] = [{"uid": _uid("Group", g), "attrs": {}, "parents": []} for g in sorted(groups)]
+    out.append(
+        {
+            "uid": _uid("Resource", resource.name),
+            "attrs": {
+                "kind": resource.kind,
+                "environment": resource.environment,
+                "tags": sorted(resource.tags),
+                "owners": [_ref("Group", g) for g in sorted(resource.owners)],
+            },
+            "parents": [],
+        }
+    )
+    out.append(
+        {
+            "uid": _uid("Level", f"{resource.name}/{level_name}"),
+            "attrs": {"name": level_name, "max_ttl_s": int(max_ttl.total_seconds())},
+            "parents": [_uid("Resource", resource.name)],
+        }
+    )
+    seen: set[str] = set()
+    for person in people:
+        if user_id(person) not in seen:
+            seen.add(user_id(person))
+            out.append(_user(person))
+    return out
+
+
+def local_time(bundle: PolicyBundle, at: datetime) -> datetime:
+    return at.astimezone(ZoneInfo(bundle.settings.timezone))
+
+
+def _ask(
+    bundle: PolicyBundle,
+    principal: Subject,
+    action: str,
+    *,
+    inp_resource: ResourceInfo,
+    level: str,
+    max_ttl: timedelta,
+    context: dict[str, Any],
+    others: tuple[Subject, ...] = (),
+) -> tuple[bool, list[Statement], list[str]]:
+    request = {
+        "principal": _uid("User", user_id(principal)),
+        "action": _uid("Action", action),
+        "resource": _uid("Level", f"{inp_resource.name}/{level}"),
+        "context": context,
+    }
+    ents = json.dumps(entities(inp_resource, level, max_ttl, principal, *others))
+    result = cedarpy.is_authorized(request, bundle.policy_set, ents, schema=bundle.schema)
+    statements = [bundle.statement(cedar_id) for cedar_id in result.diagnostics.reasons]
+    return result.allowed, statements, list(result.diagnostics.errors)
+
+
+def request_context(inp: PolicyInput) -> dict[str, Any]:
+    local = local_time(inp.bundle, inp.at)
+    starts_in = max(0, int((inp.starts_at - inp.at).total_seconds())) if inp.starts_at else 0
+    return {
+        "ttl_s": int(inp.requested_ttl.total_seconds()),
+        "starts_in_s": starts_in,
+        "reason": inp.reason,
+        "reason_length": len(inp.reason.strip()),
+        "hour": local.hour,
+        "minute": local.minute,
+        "weekday": local.weekday(),
+        "requests_last_24h": inp.history.requests_last_24h,
+        "denials_last_24h": inp.history.denials_last_24h,
+        "active_grants": inp.history.active_grants,
+    }
+
+
+def _deny(inp: PolicyInput, reasons: list[str], ids: list[str]) -> Decision:
+    return Decision(outcome="deny", reasons=tuple(reasons), policy_ids=tuple(ids), policy_hash=inp.bundle.hash)
 
 
 def decide(inp: PolicyInput) -> Decision:
-    rules = inp.rules
-    base = f"{inp.resource}/{inp.level}"
-    groups = inp.requester.groups
-    if rules.requesters is not None and not (groups & rules.requesters):
-        allowed = ", ".join(sorted(rules.requesters)) or "nobody"
-        return Decision(
-            outcome="deny",
-            reasons=(f"{inp.requester.name} is not in a group that may request {base} (allowed: {allowed})",),
-            policy_ids=(f"{base}#requesters",),
-            policy_hash=inp.policy_hash,
+    base = f"{inp.resource.name}/{inp.level.name}"
+    reason = inp.reason.strip()
+    if len(reason) < inp.level.min_reason_length:
+        return _deny(
+            inp,
+            [f"a reason of at least {inp.level.min_reason_length} characters is required for {base}"],
+            [f"workflow:{base}:min_reason_length"],
         )
-    if len(inp.reason.strip()) < rules.min_reason_length:
-        return Decision(
-            outcome="deny",
-            reasons=(f"a reason of at least {rules.min_reason_length} characters is required for {base}",),
-            policy_ids=(f"{base}#reason",),
-            policy_hash=inp.policy_hash,
+    if inp.level.reason_pattern and not re.search(inp.level.reason_pattern, reason):
+        return _deny(
+            inp,
+            [f"the reason must reference a ticket matching {inp.level.reason_pattern!r} for {base}"],
+            [f"workflow:{base}:reason_pattern"],
         )
-    if inp.requested_ttl.total_seconds() <= 0:
-        return Decision(
-            outcome="deny",
-            reasons=("the requested duration must be positive",),
-            policy_ids=(f"{base}#ttl",),
-            policy_hash=inp.policy_hash,
-        )
-    ttl = min(inp.requested_ttl, rules.max_ttl)
+    if inp.requested_ttl <= timedelta(0):
+        return _deny(inp, ["the requested duration must be positive"], ["workflow:ttl"])
+    if inp.starts_at is not None and inp.starts_at < inp.at - timedelta(minutes=1):
+        return _deny(inp, ["the requested start is in the past"], ["workflow:start"])
+    context = request_context(inp)
+    allowed, statements, errors = _ask(
+        inp.bundle,
+        inp.requester,
+        inp.action,
+        inp_resource=inp.resource,
+        level=inp.level.name,
+        max_ttl=inp.level.max_ttl,
+        context=context,
+    )
+    if errors:
+        # An evaluation error in a policy makes Cedar skip it; amber treats the whole decision as deny.
+        return _deny(inp, [f"policy evaluation failed, denying: {'; '.join(errors)}"], ["engine:error"])
+    if not allowed:
+        forbids = [s for s in statements if s.effect == "forbid"]
+        if not forbids:
+            verb = "break glass on" if inp.action == "break_glass" else "request"
+            return _deny(inp, [f"no policy permits {inp.requester.name} to {verb} {base}"], ["default:deny"])
+        return _deny(inp, [s.message or f"forbidden by {s.id}" for s in forbids], [s.id for s in forbids])
+    return _approve(inp, statements)
+
+
+def _approve(inp: PolicyInput, permits: list[Statement]) -> Decision:
+    permits = sorted(permits, key=lambda s: s.id)
+    auto = [s for s in permits if "auto_approve" in s.annotations or inp.action == "break_glass"]
+    chosen = auto[0] if auto else min(permits, key=lambda s: int(s.annotations.get("approvals", "1")))
     reasons: list[str] = []
-    policy_ids: list[str] = []
+    ttl = min(inp.requested_ttl, inp.level.max_ttl)
+    caps = [parse_duration(s.annotations["max_ttl"]) for s in [chosen] if "max_ttl" in s.annotations]
+    if caps:
+        ttl = min(ttl, *caps)
     if ttl < inp.requested_ttl:
-        reasons.append(f"duration shortened to the level's maximum of {rules.max_ttl}")
-        policy_ids.append(f"{base}#max_ttl")
-    if groups & rules.auto_approve:
-        via = ", ".join(sorted(groups & rules.auto_approve))
-        return Decision(
-            outcome="auto_approve",
-            reasons=(*reasons, f"auto-approved: member of {via}"),
-            policy_ids=(*policy_ids, f"{base}#auto_approve"),
-            policy_hash=inp.policy_hash,
-            ttl=ttl,
-        )
-    if rules.approvals_required == 0:
-        return Decision(
-            outcome="auto_approve",
-            reasons=(*reasons, "auto-approved: the level requires no approval"),
-            policy_ids=(*policy_ids, f"{base}#approvals"),
-            policy_hash=inp.policy_hash,
-            ttl=ttl,
-        )
-    approver_groups = set(rules.approver_groups)
-    if rules.owners_approve:
-        approver_groups |= inp.resource_owners
+        reasons.append(f"duration shortened to {ttl} (level maximum {inp.level.max_ttl})")
+    window_end = None
+    if "business_hours" in chosen.annotations:
+        start_min, end_min = parse_hours(chosen.annotations["business_hours"])
+        local = local_time(inp.bundle, inp.starts_at or inp.at)
+        minute = local.hour * 60 + local.minute
+        if not start_min <= minute < end_min:
+            return _deny(
+                inp,
+                [
+                    f"{chosen.id}: access is only granted during business hours "
+                    f"{chosen.annotations['business_hours']} ({inp.bundle.settings.timezone})"
+                ],
+                [chosen.id],
+            )
+        window_end = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(minutes=end_min)
+        reasons.append(f"access ends with business hours at {window_end.strftime('%H:%M')}")
+    message = chosen.message
+    common = {
+        "policy_hash": inp.bundle.hash,
+        "ttl": ttl,
+        "single_use": "single_use" in chosen.annotations,
+        "window_end_at": window_end,
+        "break_glass": inp.action == "break_glass",
+    }
+    if chosen in auto:
+        what = "break-glass access granted" if inp.action == "break_glass" else "auto-approved"
+        reasons.append(f"{what} by {chosen.id}" + (f": {message}" if message else ""))
+        return Decision(outcome="auto_approve", reasons=tuple(reasons), policy_ids=(chosen.id,), **common)  # type: ignore[arg-type]
+    approvers = _groups(chosen.annotations.get("approvers", ""), inp.resource)
+    approvers_all = _groups(chosen.annotations.get("approvers_all", ""), inp.resource)
+    k = int(chosen.annotations.get("approvals", "1"))
+    k = max(k, len(approvers_all))
+    who = ", ".join(sorted(approvers | approvers_all)) or "nobody"
+    text = f"needs {k} approval(s) from {who}"
+    if approvers_all:
+        text += f" including one from each of {', '.join(sorted(approvers_all))}"
+    reasons.append(f"{text} ({chosen.id}" + (f": {message})" if message else ")"))
     return Decision(
         outcome="require_approval",
-        reasons=(
-            *reasons,
-            f"needs {rules.approvals_required} approval(s) from {', '.join(sorted(approver_groups))}",
-        ),
-        policy_ids=(*policy_ids, f"{base}#approvals"),
-        policy_hash=inp.policy_hash,
-        ttl=ttl,
-        approvals_required=rules.approvals_required,
-        approver_groups=tuple(sorted(approver_groups)),
+        reasons=tuple(reasons),
+        policy_ids=(chosen.id,),
+        approvals_required=k,
+        approver_groups=tuple(sorted(approvers | approvers_all)),
+        approver_all_groups=tuple(sorted(approvers_all)),
+        **common,  # type: ignore[arg-type]
     )
 
 
+def _groups(value: str, resource: ResourceInfo) -> frozenset[str]:
+    out: set[str] = set()
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        if item == "owners":
+            out |= resource.owners
+        else:
+            out.add(item)
+    return frozenset(out)
+
+
 def may_approve(inp: ApprovalInput) -> ApprovalDecision:
-    """May this person approve (or deny) this request? Checked against their groups *now*."""
-    if inp.approver.key == inp.request.requester.key:
+    """May this person approve (or deny) this request now? Their groups now; the current bundle's policies."""
+    if inp.approver.key == inp.requester.key:
         return ApprovalDecision(False, "nobody approves their own request")
-    shared = inp.approver.groups & inp.approver_groups
-    if not shared:
-        allowed = ", ".join(sorted(inp.approver_groups)) or "nobody"
-        return ApprovalDecision(False, f"{inp.approver.name} is not in an approver group ({allowed})")
-    return ApprovalDecision(True, f"member of {', '.join(sorted(shared))}")
+    sets = inp.approver_groups | inp.approver_all_groups
+    counts_for = inp.approver.groups & sets
+    if not counts_for:
+        names = ", ".join(sorted(sets)) or "nobody"
+        return ApprovalDecision(False, f"{inp.approver.name} is not in an approver group ({names})")
+    local = local_time(inp.bundle, inp.at)
+    context: dict[str, Any] = {
+        "requester": _ref("User", user_id(inp.requester)),
+        "requester_groups": [_ref("Group", g) for g in sorted(inp.requester.groups)],
+        "shares_group_with_requester": bool(inp.approver.groups & inp.requester.groups),
+        "is_owner": bool(inp.approver.groups & inp.resource.owners),
+        "hour": local.hour,
+        "weekday": local.weekday(),
+    }
+    allowed, statements, errors = _ask(
+        inp.bundle,
+        inp.approver,
+        "approve",
+        inp_resource=inp.resource,
+        level=inp.level.name,
+        max_ttl=inp.level.max_ttl,
+        context=context,
+        others=(inp.requester,),
+    )
+    ids = tuple(s.id for s in statements)
+    if errors:
+        return ApprovalDecision(False, f"policy evaluation failed, refusing: {'; '.join(errors)}", ids)
+    if not allowed:
+        forbids = [s for s in statements if s.effect == "forbid"]
+        if forbids:
+            return ApprovalDecision(False, "; ".join(s.message or f"forbidden by {s.id}" for s in forbids), ids)
+        return ApprovalDecision(False, f"no policy permits {inp.approver.name} to approve this request", ids)
+    return ApprovalDecision(
+        True, f"member of {', '.join(sorted(counts_for))} ({', '.join(ids)})", ids, frozenset(counts_for)
+    )

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+from amber.access_requests import AccessRequestService
 from amber.core.observability import Metrics
 from amber.grants.service import GrantService
 
@@ -25,8 +26,10 @@ class Worker:
         *,
         interval_s: float = 0.1,
         reconcile_interval_s: float = 30.0,
+        requests: AccessRequestService | None = None,
     ) -> None:
         self._grants = grants
+        self._requests = requests
         self._metrics = metrics
         self._interval_s = interval_s
         self._reconcile_interval_s = reconcile_interval_s
@@ -50,6 +53,10 @@ class Worker:
         self._metrics.worker_ticks.inc()
         expired = self._grants.expire_due()
         self._grants.retry_due()
+        self._grants.end_used_single_use()
+        if self._requests is not None:
+            self._requests.expire_pending()
+            self._requests.deliver_notifications()
         if reconcile or time.monotonic() - self._last_reconcile >= self._reconcile_interval_s:
             self._grants.reconcile()
             self._last_reconcile = time.monotonic()

@@ -1,0 +1,174 @@
+"""HTTP routes of the tamper-evident ledger: the well-known checkpoint and keys, proofs, receipts.
+
+Thin: parse, authorize, call amber.ledger, render. Public (no token): the latest signed checkpoint and the
+verifier keys (they reveal a size and a hash, and witnesses and auditors must fetch them). Proofs need any
+verified identity (they reveal hashes only). Receipts carry an entry, so only the people involved (the
+entry's actor, whoever may see the request or grant it concerns) and auditors get one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+
+from amber.access_requests import is_admin, is_auditor
+from amber.api.auth import PrincipalDep, RuntimeDep
+from amber.api.runtime import Runtime
+from amber.core.errors import Forbidden, NotFound
+from amber.grants import get as get_grant
+from amber.identity import Principal
+from amber.ledger import checkpoints, proofs
+from amber.ledger.checkpoints import Checkpointer
+from amber.ledger.models import LedgerEntry
+
+WELL_KNOWN = "/.well-known/amber-ledger"
+TEXT = "text/plain; charset=utf-8"
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    rt: Runtime = app.state.runtime
+    # Tests (AMBER_ENV=test) sign checkpoints explicitly on a moved clock; a server signs on its own.
+    background = rt.checkpointer is not None and rt.settings.env != "test"
+    if background and rt.checkpointer is not None:
+        rt.checkpointer.start()
+    try:
+        yield
+    finally:
+        if rt.checkpointer is not None:
+            rt.checkpointer.stop()
+
+
+router = APIRouter(lifespan=_lifespan)
+
+
+def _checkpointer(rt: Runtime) -> Checkpointer:
+    if rt.checkpointer is None:
+        raise NotFound("this amber does not sign ledger checkpoints")
+    return rt.checkpointer
+
+
+@router.get(f"{WELL_KNOWN}/checkpoint", response_class=PlainTextResponse, tags=["ledger"])
+def well_known_checkpoint(rt: RuntimeDep) -> PlainTextResponse:
+    """The latest signed checkpoint as a C2SP signed note."""
+    with rt.uow() as session:
+        latest = checkpoints.latest_checkpoint(session)
+    if latest is None:
+        raise NotFound("no checkpoint has been signed yet")
+    return PlainTextResponse(latest.note, media_type=TEXT)
+
+
+@router.get(f"{WELL_KNOWN}.json", tags=["ledger"])
+def well_known(rt: RuntimeDep) -> dict[str, Any]:
+    """The log's origin, every verifier key it has used (oldest first), the key in force, the latest checkpoint."""
+    signer = _checkpointer(rt)
+    with rt.uow() as session:
+        latest = checkpoints.latest_checkpoint(session)
+        history = checkpoints.key_history(session)
+    return {
+        "origin": signer.origin,
+        "keys": history or [signer.verifier.vkey],
+        "key_in_force": history[-1] if history else signer.verifier.vkey,
+        "checkpoint": latest.note if latest else None,
+        "tree_size": latest.tree_size if latest else 0,
+    }
+
+
+@router.post("/v1/ledger/checkpoints", status_code=201, tags=["ledger"])
+def sign_checkpoint(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    if not is_admin(rt.catalog(), who):
+        raise Forbidden("only admins sign checkpoints on demand")
+    view = _checkpointer(rt).sign_now()
+    return {"id": view.id, "tree_size": view.tree_size, "root": view.root_hash, "note": view.note}
+
+
+@router.get("/v1/ledger/proofs/inclusion", tags=["ledger"])
+def inclusion_proof(
+    rt: RuntimeDep, _who: PrincipalDep, seq: int = Query(ge=1), size: int | None = Query(default=None, ge=1)
+) -> dict[str, Any]:
+    """Entry `seq` in the tree of `size` entries (default: the latest signed checkpoint, signed now if needed)."""
+    with rt.uow() as session:
+        note = None
+        if size is None:
+            latest = _covering(rt, seq)
+            size, note = latest.tree_size, latest.note
+        body = proofs.inclusion(session, seq, size).as_dict()
+    return {**body, "checkpoint": note}
+
+
+@router.get("/v1/ledger/proofs/consistency", tags=["ledger"])
+def consistency_proof(
+    rt: RuntimeDep, _who: PrincipalDep, old: int = Query(ge=0), new: int | None = Query(default=None, ge=0)
+) -> dict[str, Any]:
+    """The tree of `new` entries (default: the latest) extends the tree of `old` entries, append-only."""
+    with rt.uow() as session:
+        return proofs.consistency(session, old, new).as_dict()
+
+
+def _covering(rt: Runtime, seq: int) -> checkpoints.CheckpointView:
+    with rt.uow() as session:
+        latest = checkpoints.latest_checkpoint(session)
+    if latest is not None and latest.tree_size >= seq:
+        return latest
+    return _checkpointer(rt).sign_now()
+
+
+def _may_see(rt: Runtime, who: Principal, row: LedgerEntry) -> bool:
+    if is_auditor(rt.catalog(), who):
+        return True
+    if (row.actor_issuer, row.actor_subject) == (who.issuer, who.subject):
+        return True
+    request_id = None
+    if row.subject_kind == "request":
+        request_id = row.subject_id
+    elif row.subject_kind == "grant":
+        with rt.uow() as session:
+            try:
+                request_id = get_grant(session, row.subject_id).request_id
+            except NotFound:
+                return False
+    if request_id is None:
+        return False
+    try:
+        rt.requests.get(request_id, who)
+    except NotFound:
+        return False
+    return True
+
+
+@router.get("/v1/ledger/receipts/{seq}", response_class=PlainTextResponse, tags=["ledger"])
+def receipt(seq: int, rt: RuntimeDep, who: PrincipalDep) -> PlainTextResponse:
+    """Entry + checkpoint + inclusion proof in one c2sp.org/tlog-proof@v1 file that verifies offline."""
+    with rt.uow() as session:
+        row = session.get(LedgerEntry, seq)
+    if row is None or not _may_see(rt, who, row):
+        raise NotFound(f"no ledger entry {seq}")
+    checkpoint = _covering(rt, seq)
+    with rt.uow() as session:
+        text = proofs.receipt(session, seq, checkpoint)
+    return PlainTextResponse(text, media_type=TEXT)
+
+
+@router.get("/v1/ledger/receipts", tags=["ledger"])
+def receipts_for(
+    rt: RuntimeDep, who: PrincipalDep, subject: str = Query(min_length=1, max_length=64)
+) -> list[dict[str, Any]]:
+    """Receipts for every entry about a request or grant (submitted, decided, approved, ended, ...)."""
+    with rt.uow() as session:
+        rows = list(
+            session.scalars(select(LedgerEntry).where(LedgerEntry.subject_id == subject).order_by(LedgerEntry.seq))
+        )
+    visible = [row for row in rows if _may_see(rt, who, row)]
+    if not visible:
+        raise NotFound(f"no ledger entries about {subject} that you may see")
+    checkpoint = _covering(rt, visible[-1].seq)
+    with rt.uow() as session:
+        return [
+            {"seq": row.seq, "type": row.event_type, "receipt": proofs.receipt(session, row.seq, checkpoint)}
+            for row in visible
+        ]

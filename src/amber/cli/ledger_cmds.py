@@ -1,0 +1,219 @@
+"""`amber audit ...` commands for the tamper-evident ledger: keys, checkpoints, proofs, receipts, export, verify.
+
+They run where amber's state store is reachable (like `amber audit verify`), from AMBER_* settings; none of
+them needs the catalog. `verify_bundle_cmd` needs nothing but the bundle and a key. Private keys are read by
+reference and never printed, except by `keygen`, which writes them to a 0600 file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from amber.core.db import UnitOfWork
+    from amber.core.settings import Settings
+    from amber.ledger.checkpoints import Checkpointer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@dataclass
+class Local:
+    """The state store and settings, without the catalog. The signing key is loaded only when asked for."""
+
+    settings: Settings
+    uow: UnitOfWork
+    installation_id: str
+
+    @property
+    def origin(self) -> str:
+        return self.settings.ledger_origin or f"amber/{self.installation_id}"
+
+    def checkpointer(self) -> Checkpointer:
+        from amber.api.runtime import build_checkpointer
+        from amber.core.clock import SystemClock
+
+        return build_checkpointer(self.settings, self.uow, SystemClock(), self.installation_id, [])
+
+
+def local() -> Local:
+    from amber.core.db import make_engine, make_unit_of_work
+    from amber.core.meta import installation_id
+    from amber.core.settings import Settings
+
+    settings = Settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    uow = make_unit_of_work(make_engine(settings.resolved_database_url))
+    with uow() as session:
+        install_id = installation_id(session)
+    return Local(settings, uow, install_id)
+
+
+def _print(data: Any, as_json: bool, human: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if as_json else human)
+
+
+def keygen(
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write the private key (created 0600, never overwritten).")
+    ],
+    name: Annotated[str, typer.Option("--name", help="The key's name in signatures.")] = "amber-ledger",
+) -> None:
+    """Create an Ed25519 checkpoint signing key; print its public verifier key."""
+    from amber.ledger import tlog
+    from amber.ledger.checkpoints import write_key
+
+    signer = tlog.Signer.generate(name)
+    try:
+        write_key(out, signer)
+    except FileExistsError:
+        raise typer.BadParameter(f"{out} exists; amber never overwrites a key") from None
+    print(signer.verifier.vkey)
+
+
+def checkpoint(as_json: JsonOpt = False) -> None:
+    """Sign a checkpoint of the ledger now (a no-op if the latest one covers every entry)."""
+    view = local().checkpointer().sign_now()
+    _print({"id": view.id, "tree_size": view.tree_size, "root": view.root_hash, "note": view.note}, as_json, view.note)
+
+
+def proof(
+    seq: Annotated[int, typer.Argument(help="The entry.")],
+    size: Annotated[int | None, typer.Option("--size", help="Tree size (default: the current one).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the inclusion proof of entry SEQ in the tree of SIZE entries."""
+    from amber.ledger import proofs
+
+    with local().uow() as session:
+        body = proofs.inclusion(session, seq, size).as_dict()
+    human = f"entry {seq} in tree size {body['tree_size']} (root {body['root']}):\n  " + "\n  ".join(body["proof"])
+    _print(body, as_json, human)
+
+
+def consistency(
+    old: Annotated[int, typer.Argument(help="The older tree size.")],
+    new: Annotated[int | None, typer.Argument(help="The newer tree size (default: the current one).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the consistency proof from tree size OLD to NEW."""
+    from amber.ledger import proofs
+
+    with local().uow() as session:
+        body = proofs.consistency(session, old, new).as_dict()
+    human = f"tree {old} ({body['old_root']}) -> {body['new_size']} ({body['new_root']}):\n  " + "\n  ".join(
+        body["proof"]
+    )
+    _print(body, as_json, human)
+
+
+def receipt(
+    seq: Annotated[int, typer.Argument(help="The entry.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the receipt here.")] = None,
+) -> None:
+    """Write a receipt for entry SEQ: the entry, a signed checkpoint and the inclusion proof."""
+    from amber.ledger import checkpoints, proofs
+
+    ctx = local()
+    with ctx.uow() as session:
+        latest = checkpoints.latest_checkpoint(session)
+    if latest is None or latest.tree_size < seq:
+        latest = ctx.checkpointer().sign_now()
+    with ctx.uow() as session:
+        text = proofs.receipt(session, seq, latest)
+    if out is None:
+        print(text, end="")
+    else:
+        out.write_text(text)
+        print(f"receipt for entry {seq} written to {out}")
+
+
+def verify_receipt(
+    file: Annotated[Path, typer.Argument(help="A receipt file.")],
+    key: Annotated[list[str], typer.Option("--key", help="Trusted verifier key (name+id+key).")],
+) -> None:
+    """Verify a receipt offline against a trusted public key."""
+    from amber.ledger import tlog
+
+    report = tlog.verify_receipt(file.read_text(), [tlog.Verifier.parse(k) for k in key])
+    if report.ok:
+        print(f"receipt OK: entry in the signed tree with root {report.root.hex()}")
+        return
+    print("receipt verification FAILED:\n  " + "\n  ".join(str(p) for p in report.problems))
+    raise typer.Exit(1)
+
+
+def export(directory: Annotated[Path, typer.Argument(help="Directory to write the bundle into.")]) -> None:
+    """Write a verification bundle: entries.jsonl, checkpoints.jsonl, keys.txt, manifest.json, amber_verify.py."""
+    from amber.ledger import proofs
+
+    ctx = local()
+    ctx.checkpointer().sign_now()
+    with ctx.uow() as session:
+        manifest = proofs.export_bundle(session, directory, ctx.origin)
+    print(
+        f"exported {manifest['entries']} entries and {manifest['checkpoints']} checkpoints to {directory}\n"
+        f"verify with: python3 {directory / 'amber_verify.py'} bundle {directory} --key {manifest['keys'][-1]}"
+    )
+
+
+def rotate_key(
+    new_key: Annotated[str, typer.Option("--new-key", help="The new signing key: file:/path or env:NAME.")],
+) -> None:
+    """Hand checkpoint signing over to a new key: a ledger entry signed by the current key, then a checkpoint.
+
+    Afterwards set AMBER_LEDGER_SIGNING_KEY to the new key; the old key can no longer sign.
+    """
+    from amber.core.clock import SystemClock
+    from amber.ledger import SYSTEM
+    from amber.ledger.checkpoints import load_signer, rotate_key
+
+    ctx = local()
+    new = load_signer(new_key)
+    with ctx.uow() as session:
+        view = rotate_key(
+            session, old=ctx.checkpointer().signer, new=new, origin=ctx.origin, at=SystemClock().now(), actor=SYSTEM
+        )
+    print(f"signing key rotated to {new.verifier.vkey}; first checkpoint by it: size {view.tree_size}")
+
+
+def register(audit_app: typer.Typer) -> None:
+    audit_app.command("keygen")(keygen)
+    audit_app.command("checkpoint")(checkpoint)
+    audit_app.command("proof")(proof)
+    audit_app.command("consistency")(consistency)
+    audit_app.command("receipt")(receipt)
+    audit_app.command("verify-receipt")(verify_receipt)
+    audit_app.command("export")(export)
+    audit_app.command("rotate-key")(rotate_key)
+
+
+def verify_offline(bundle: Path, keys: list[str], witnessed: list[Path], since: Path | None, as_json: bool) -> None:
+    """`amber audit verify --bundle DIR`: the offline verifier (ledger/tlog.py, = tools/amber_verify.py)."""
+    from amber.ledger import tlog
+
+    trusted = [tlog.Verifier.parse(k) for k in keys] or None
+    if trusted is None:
+        print("warning: no --key given; trusting the keys in the bundle itself")
+    report = tlog.verify_bundle(bundle, trusted, extra_checkpoints=witnessed, since=since)
+    problems = [str(p) for p in report.problems]
+    data = {
+        "ok": report.ok,
+        "entries": report.entries,
+        "checkpoints": report.checkpoints,
+        "root": report.root.hex(),
+        "problems": problems,
+    }
+    human = (
+        f"ledger OK: {report.entries} entries, {report.checkpoints} signed checkpoints, root {report.root.hex()}"
+        if report.ok
+        else "ledger verification FAILED:\n  " + "\n  ".join(problems)
+    )
+    _print(data, as_json, human)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,148 @@
+"""Inclusion and consistency proofs, receipts and export bundles: what amber hands to people who check it.
+
+Owns the exported entry encoding (the canonical body plus its `hash`) and the bundle layout. Invariant:
+everything produced here verifies with tlog.py alone (tools/amber_verify.py), given the public key.
+What this does NOT check: who may see an entry; callers (api, cli) decide that before asking for a receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from amber.core.clock import as_utc
+from amber.core.errors import NotFound
+from amber.ledger import tlog, tree
+from amber.ledger.chain import Actor, entry_body, parse_payload
+from amber.ledger.checkpoints import CheckpointError, CheckpointView, checkpoints, key_history, latest_checkpoint
+from amber.ledger.models import LedgerEntry
+from amber.ledger.service import head, iter_raw
+
+
+def exported(row: LedgerEntry) -> dict[str, Any]:
+    """The entry as exported: its canonical body (the Merkle leaf data) plus `hash` (= entry_hash)."""
+    body = entry_body(
+        seq=row.seq,
+        at=as_utc(row.entry_at),
+        event_type=row.event_type,
+        actor=Actor(row.actor_issuer, row.actor_subject, row.actor_name),
+        subject_kind=row.subject_kind,
+        subject_id=row.subject_id,
+        payload=parse_payload(row.payload),
+        prev_hash=row.prev_hash,
+    )
+    return {**body, "hash": row.entry_hash}
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    seq: int
+    tree_size: int
+    leaf_hash: bytes
+    proof: list[bytes]
+    root: bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "leaf_index": self.seq - 1,
+            "tree_size": self.tree_size,
+            "leaf_hash": self.leaf_hash.hex(),
+            "proof": [h.hex() for h in self.proof],
+            "root": self.root.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    old_size: int
+    new_size: int
+    old_root: bytes
+    new_root: bytes
+    proof: list[bytes]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "old_size": self.old_size,
+            "new_size": self.new_size,
+            "old_root": self.old_root.hex(),
+            "new_root": self.new_root.hex(),
+            "proof": [h.hex() for h in self.proof],
+        }
+
+
+def _size(session: Session, size: int | None) -> int:
+    current, _ = head(session)
+    if size is None:
+        return current
+    if not 0 <= size <= current:
+        raise NotFound(f"the ledger has {current} entries; there is no tree of size {size}")
+    return size
+
+
+def inclusion(session: Session, seq: int, size: int | None = None) -> InclusionProof:
+    n = _size(session, size)
+    if not 1 <= seq <= n:
+        raise NotFound(f"entry {seq} is not in the tree of size {n}")
+    return InclusionProof(
+        seq, n, tree.leaf(session, seq - 1), tree.inclusion_proof(session, seq - 1, n), tree.root(session, n)
+    )
+
+
+def consistency(session: Session, old_size: int, new_size: int | None = None) -> ConsistencyProof:
+    n = _size(session, new_size)
+    if not 0 <= old_size <= n:
+        raise NotFound(f"no consistency proof from size {old_size} to size {n}")
+    return ConsistencyProof(
+        old_size, n, tree.root(session, old_size), tree.root(session, n), tree.consistency_proof(session, old_size, n)
+    )
+
+
+def receipt(session: Session, seq: int, checkpoint: CheckpointView | None = None) -> str:
+    """Entry + checkpoint + inclusion proof as one c2sp.org/tlog-proof@v1 text. Needs a checkpoint covering seq."""
+    checkpoint = checkpoint or latest_checkpoint(session)
+    if checkpoint is None or checkpoint.tree_size < seq:
+        raise CheckpointError(f"entry {seq} is not covered by a signed checkpoint yet")
+    row = session.get(LedgerEntry, seq)
+    if row is None:
+        raise NotFound(f"no ledger entry {seq}")
+    proof = tree.inclusion_proof(session, seq - 1, checkpoint.tree_size)
+    return tlog.format_receipt(exported(row), seq - 1, proof, checkpoint.note)
+
+
+def export_bundle(session: Session, directory: Path, origin: str) -> dict[str, Any]:
+    """Write entries.jsonl, checkpoints.jsonl, keys.txt, manifest.json and amber_verify.py into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    # Checkpoints first, then the head: every checkpoint read is then covered by the entries exported, even
+    # when appends commit while the export runs (PostgreSQL's READ COMMITTED sees them).
+    signed = checkpoints(session)
+    size, _ = head(session)
+    count = 0
+    with (directory / "entries.jsonl").open("w", encoding="utf-8") as handle:
+        for row in iter_raw(session):
+            if row.seq > size:
+                break
+            handle.write(tlog.canonical_json(exported(row)).decode() + "\n")
+            count += 1
+    with (directory / "checkpoints.jsonl").open("w", encoding="utf-8") as handle:
+        for cp in signed:
+            line = {"id": cp.id, "tree_size": cp.tree_size, "signed_at": cp.signed_at.isoformat(), "note": cp.note}
+            handle.write(json.dumps(line, sort_keys=True) + "\n")
+    keys = key_history(session)
+    (directory / "keys.txt").write_text("".join(f"{key}\n" for key in keys))
+    shutil.copyfile(tlog.__file__, directory / "amber_verify.py")
+    manifest = {
+        "format": "amber-ledger-bundle/1",
+        "origin": origin,
+        "entries": count,
+        "checkpoints": len(signed),
+        "latest_checkpoint_size": signed[-1].tree_size if signed else None,
+        "keys": keys,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

@@ -1,0 +1,745 @@
+"""Transparency-log primitives and the offline verifier: RFC 9162 Merkle trees, C2SP signed notes and
+checkpoints, receipts, and verification of an exported ledger bundle.
+
+Owns: the bytes an auditor re-derives without amber. It protects the guarantee "never loses or rewrites
+history" against the operator: the verifier trusts only the public key it is given, never amber's database.
+
+NOTE: this module imports ONLY the Python standard library and `cryptography`, and nothing from amber. It is
+copied verbatim to tools/amber_verify.py (a test keeps the two identical) so auditors can run it alone:
+
+    python3 amber_verify.py bundle DIR --key VKEY [--checkpoint FILE ...] [--since FILE]
+    python3 amber_verify.py receipt FILE --key VKEY
+
+Formats (docs/ledger.md):
+- leaf data   = canonical JSON of the entry body (exactly the bytes whose SHA-256 is the entry's hash);
+- leaf hash   = SHA-256(0x00 || leaf data); node hash = SHA-256(0x01 || left || right)  (RFC 9162 2.1.1);
+- checkpoint  = "<origin>\\n<tree size>\\n<base64 root>\\n" as a C2SP signed note with Ed25519 signatures;
+- receipt     = a C2SP tlog-proof (`c2sp.org/tlog-proof@v1`) whose `extra` line carries the entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+HASH_SIZE = 32
+GENESIS = "0" * 64
+KEY_ROTATION_EVENT = "ledger.key_rotated"
+PROOF_HEADER = "c2sp.org/tlog-proof@v1"
+_ED25519 = 0x01
+_SIG_PREFIX = "\u2014 "  # an em dash and a space open every signature line of a signed note
+
+# -- canonical encoding ---------------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no insignificant whitespace, UTF-8 (not \\u escapes), no NaN or Infinity."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+# -- RFC 9162 Merkle tree -------------------------------------------------------------------------------
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n >= 2)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
+    """MTH(D[n]) computed the naive recursive way of RFC 9162 2.1.1 (the reference; O(n))."""
+    if not leaf_hashes:
+        return EMPTY_ROOT
+    if len(leaf_hashes) == 1:
+        return leaf_hashes[0]
+    k = _split(len(leaf_hashes))
+    return node_hash(root_of(leaf_hashes[:k]), root_of(leaf_hashes[k:]))
+
+
+NodeGetter = Callable[[int, int], bytes]
+"""`node(level, index)`: the hash of the perfect subtree over leaves [index * 2**level, (index+1) * 2**level)."""
+
+
+class Frontier:
+    """The right edge of a Merkle tree: one perfect-subtree hash per set bit of the size, largest first.
+
+    Appending a leaf returns the perfect-subtree nodes it completes, so a store can keep every node and
+    answer proofs without recomputing; the root is folded from the frontier in O(log n).
+    """
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if len(hashes) != size.bit_count():
+            raise ValueError(f"a frontier of size {size} has {size.bit_count()} hashes, not {len(hashes)}")
+        self.size = size
+        self._levels = [bit for bit in range(size.bit_length() - 1, -1, -1) if size >> bit & 1]
+        self._hashes = list(hashes)
+
+    @staticmethod
+    def positions(size: int) -> list[tuple[int, int]]:
+        """(level, index) of the frontier's nodes for a tree of `size` leaves, largest subtree first."""
+        return [(bit, (size >> bit) - 1) for bit in range(size.bit_length() - 1, -1, -1) if size >> bit & 1]
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        index = self.size
+        created = [(0, index, leaf)]
+        value, level = leaf, 0
+        while self._levels and self._levels[-1] == level:
+            self._levels.pop()
+            value = node_hash(self._hashes.pop(), value)
+            level += 1
+            created.append((level, index >> level, value))
+        self._levels.append(level)
+        self._hashes.append(value)
+        self.size += 1
+        return created
+
+    def root(self) -> bytes:
+        if not self._hashes:
+            return EMPTY_ROOT
+        value = self._hashes[-1]
+        for left in reversed(self._hashes[:-1]):
+            value = node_hash(left, value)
+        return value
+
+
+def _subtree(lo: int, hi: int, node: NodeGetter) -> bytes:
+    """MTH(D[lo:hi]) from stored perfect subtrees (lo is aligned as in RFC 9162's recursion)."""
+    n = hi - lo
+    if n & (n - 1) == 0 and lo % n == 0:
+        return node(n.bit_length() - 1, lo // n)
+    k = _split(n)
+    return node_hash(_subtree(lo, lo + k, node), _subtree(lo + k, hi, node))
+
+
+def _path(m: int, lo: int, hi: int, node: NodeGetter) -> list[bytes]:
+    if hi - lo == 1:
+        return []
+    k = _split(hi - lo)
+    if m < lo + k:
+        return [*_path(m, lo, lo + k, node), _subtree(lo + k, hi, node)]
+    return [*_path(m, lo + k, hi, node), _subtree(lo, lo + k, node)]
+
+
+def _subproof(m: int, lo: int, hi: int, complete: bool, node: NodeGetter) -> list[bytes]:
+    if m == hi:
+        return [] if complete else [_subtree(lo, hi, node)]
+    k = _split(hi - lo)
+    if m <= lo + k:
+        return [*_subproof(m, lo, lo + k, complete, node), _subtree(lo + k, hi, node)]
+    return [*_subproof(m, lo + k, hi, False, node), _subtree(lo, lo + k, node)]
+
+
+def tree_root(size: int, node: NodeGetter) -> bytes:
+    return EMPTY_ROOT if size == 0 else _subtree(0, size, node)
+
+
+def inclusion_proof(index: int, size: int, node: NodeGetter) -> list[bytes]:
+    """PATH(index, D[size]) of RFC 9162 2.1.3.1."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    return _path(index, 0, size, node)
+
+
+def consistency_proof(old_size: int, new_size: int, node: NodeGetter) -> list[bytes]:
+    """PROOF(old_size, D[new_size]) of RFC 9162 2.1.4.1 (empty when either size is 0 or they are equal)."""
+    if not 0 <= old_size <= new_size:
+        raise ValueError(f"no consistency proof from size {old_size} to size {new_size}")
+    if old_size in (0, new_size):
+        return []
+    return _subproof(old_size, 0, new_size, True, node)
+
+
+def needed_nodes(compute: Callable[[NodeGetter], object]) -> list[tuple[int, int]]:
+    """The perfect-subtree nodes `compute` reads (which nodes a proof needs does not depend on their hashes)."""
+    seen: list[tuple[int, int]] = []
+
+    def record(level: int, index: int) -> bytes:
+        seen.append((level, index))
+        return bytes(HASH_SIZE)
+
+    compute(record)
+    return seen
+
+
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes) -> bool:
+    """RFC 9162 2.1.3.2: does `proof` show leaf hash `leaf` at `index` in the tree of `size` with `root`?"""
+    if not 0 <= index < size:
+        return False
+    fn, sn, value = index, size - 1, leaf
+    for sibling in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            value = node_hash(sibling, value)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            value = node_hash(value, sibling)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and value == root
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
+    """RFC 9162 2.1.4.2: is the tree (new_size, new_root) an append-only extension of (old_size, old_root)?"""
+    if old_size < 0 or old_size > new_size:
+        return False
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    if old_size == 0:
+        return not proof
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)
+    if not path:
+        return False
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
+# -- C2SP signed notes (Ed25519) ------------------------------------------------------------------------
+
+
+def _key_id(name: str, public: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + bytes([_ED25519]) + public).digest()[:4]
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c.isspace() or c == "+" for c in name):
+        raise ValueError("a key name must be non-empty without spaces or '+'")
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """A note verifier key: `name+hexid+base64(0x01 || public key)` (C2SP signed-note)."""
+
+    name: str
+    public: bytes
+
+    @property
+    def key_id(self) -> bytes:
+        return _key_id(self.name, self.public)
+
+    @property
+    def vkey(self) -> str:
+        blob = base64.b64encode(bytes([_ED25519]) + self.public).decode()
+        return f"{self.name}+{self.key_id.hex()}+{blob}"
+
+    @classmethod
+    def parse(cls, vkey: str) -> Verifier:
+        try:
+            name, hex_id, blob = vkey.strip().split("+", 2)
+            raw = base64.b64decode(blob, validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise ValueError(f"not a verifier key (name+id+key): {vkey[:40]!r}") from exc
+        _check_name(name)
+        if len(raw) != 33 or raw[0] != _ED25519:
+            raise ValueError("only Ed25519 verifier keys are supported")
+        key = cls(name, raw[1:])
+        if key.key_id.hex() != hex_id.lower():
+            raise ValueError(f"verifier key {name}: the key id does not match the key")
+        return key
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+class Signer:
+    """A note signer key. Holds the private key in memory only; its repr never shows it."""
+
+    def __init__(self, name: str, seed: bytes) -> None:
+        _check_name(name)
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 signing key is 32 bytes")
+        self.name = name
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.verifier = Verifier(name, self._key.public_key().public_bytes_raw())
+
+    def __repr__(self) -> str:
+        return f"Signer({self.verifier.vkey})"
+
+    @classmethod
+    def generate(cls, name: str) -> Signer:
+        return cls(name, Ed25519PrivateKey.generate().private_bytes_raw())
+
+    @classmethod
+    def parse(cls, skey: str) -> Signer:
+        """`PRIVATE+KEY+name+hexid+base64(0x01 || seed)` as written by `amber audit keygen` (and Go's note)."""
+        parts = skey.strip().split("+", 4)
+        if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
+            raise ValueError("not a signing key (PRIVATE+KEY+name+id+key)")
+        try:
+            raw = base64.b64decode(parts[4], validate=True)
+        except binascii.Error as exc:
+            raise ValueError("signing key: bad base64") from exc
+        if len(raw) != 33 or raw[0] != _ED25519:
+            raise ValueError("only Ed25519 signing keys are supported")
+        signer = cls(parts[2], raw[1:])
+        if signer.verifier.key_id.hex() != parts[3].lower():
+            raise ValueError("signing key: the key id does not match the key")
+        return signer
+
+    def skey(self) -> str:
+        """The private key in text form. Callers write it to a 0600 file; never log it."""
+        blob = base64.b64encode(bytes([_ED25519]) + self._key.private_bytes_raw()).decode()
+        return f"PRIVATE+KEY+{self.name}+{self.verifier.key_id.hex()}+{blob}"
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def sign_note(text: str, signer: Signer) -> str:
+    if not text.endswith("\n") or "\n\n" in text:
+        raise ValueError("a note's text ends with a newline and has no blank line")
+    signature = base64.b64encode(signer.verifier.key_id + signer.sign(text.encode())).decode()
+    return f"{text}\n{_SIG_PREFIX}{signer.name} {signature}\n"
+
+
+def open_note(note: str, keys: Iterable[Verifier]) -> tuple[str, list[Verifier]]:
+    """Split a signed note into its text and the given keys that signed it (bad or unknown signatures skipped).
+
+    Does NOT check what the text says; callers parse it and decide which signer they require.
+    """
+    text, sep, block = note.rpartition("\n\n")
+    if not sep or not block.endswith("\n"):
+        raise ValueError("not a signed note (no blank line before the signatures)")
+    text += "\n"
+    by_id = {(k.name, k.key_id): k for k in keys}
+    signed: list[Verifier] = []
+    for line in block[:-1].split("\n"):
+        if not line.startswith(_SIG_PREFIX):
+            raise ValueError("malformed signature line in note")
+        name, _, blob = line[len(_SIG_PREFIX) :].partition(" ")
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except binascii.Error as exc:
+            raise ValueError("malformed signature in note") from exc
+        key = by_id.get((name, raw[:4]))
+        if key is not None and key.verify(text.encode(), raw[4:]):
+            signed.append(key)
+    return text, signed
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root: bytes
+
+    def text(self) -> str:
+        return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\n"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        lines = text.split("\n")
+        if len(lines) < 4 or lines[-1] != "":
+            raise ValueError("a checkpoint has an origin, a size and a root hash, each on its own line")
+        origin, size_text, root_text = lines[0], lines[1], lines[2]
+        if not origin or not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
+            raise ValueError("checkpoint: bad origin or tree size")
+        try:
+            root = base64.b64decode(root_text, validate=True)
+        except binascii.Error as exc:
+            raise ValueError("checkpoint: the root is not base64") from exc
+        if len(root) != HASH_SIZE:
+            raise ValueError("checkpoint: the root is not 32 bytes")
+        return cls(origin, int(size_text), root)
+
+
+def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> str:
+    return sign_note(checkpoint.text(), signer)
+
+
+# -- entries, key rotation, receipts ---------------------------------------------------------------------
+
+
+def entry_leaf(entry: dict[str, Any]) -> tuple[bytes, str]:
+    """(leaf data, the entry's stored hash) of an exported entry: its body is every field except `hash`."""
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return canonical_json(body), str(entry.get("hash", ""))
+
+
+def rotation_statement(origin: str, old_key: str, new_key: str) -> bytes:
+    """What the old key signs when it hands over to the new one (stored in the `ledger.key_rotated` entry)."""
+    return canonical_json({"statement": "amber ledger key rotation", "origin": origin, "old": old_key, "new": new_key})
+
+
+def format_receipt(entry: dict[str, Any], index: int, proof: Sequence[bytes], checkpoint_note: str) -> str:
+    """A C2SP tlog-proof: header, `extra` (the entry as canonical JSON, base64), `index`, the proof, the note."""
+    lines = [
+        PROOF_HEADER,
+        "extra " + base64.b64encode(canonical_json(entry)).decode(),
+        f"index {index}",
+        *(base64.b64encode(h).decode() for h in proof),
+    ]
+    return "\n".join(lines) + "\n\n" + checkpoint_note
+
+
+@dataclass
+class Receipt:
+    entry: dict[str, Any]
+    index: int
+    proof: list[bytes]
+    note: str
+
+    @classmethod
+    def parse(cls, text: str) -> Receipt:
+        head, sep, note = text.partition("\n\n")
+        lines = head.split("\n")
+        if not sep or lines[0] != PROOF_HEADER:
+            raise ValueError(f"not a receipt: the first line must be {PROOF_HEADER}")
+        rest = lines[1:]
+        if not rest or not rest[0].startswith("extra "):
+            raise ValueError("receipt: missing the `extra` line with the entry")
+        entry = json.loads(base64.b64decode(rest[0][6:], validate=True))
+        if len(rest) < 2 or not rest[1].startswith("index ") or not rest[1][6:].isdigit():
+            raise ValueError("receipt: missing the `index` line")
+        proof = [base64.b64decode(line, validate=True) for line in rest[2:]]
+        if not isinstance(entry, dict):
+            raise ValueError("receipt: the entry is not a JSON object")  # noqa: TRY004 - bad input, not a bug
+        return cls(entry, int(rest[1][6:]), proof, note)
+
+
+# -- verification ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    check: str
+    message: str
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        where = f"entry {self.seq}: " if self.seq is not None else ""
+        return f"{where}{self.check}: {self.message}"
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    root: bytes = EMPTY_ROOT
+    checkpoints: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class _Signed:
+    source: str
+    checkpoint: Checkpoint
+    note: str
+
+
+def verify_receipt(text: str, keys: Sequence[Verifier], origin: str | None = None) -> Report:
+    """Check a receipt offline: the entry's own hash, a trusted signature on the checkpoint, the inclusion proof.
+
+    Does NOT prove the checkpoint is the latest or that others saw the same one (compare with a witness).
+    """
+    report = Report(entries=1)
+    try:
+        receipt = Receipt.parse(text)
+        note_text, signers = open_note(receipt.note, keys)
+        checkpoint = Checkpoint.parse(note_text)
+    except (ValueError, binascii.Error) as exc:
+        report.problems.append(Problem("format", str(exc)))
+        return report
+    seq = receipt.entry.get("seq") if isinstance(receipt.entry.get("seq"), int) else None
+    data, stored = entry_leaf(receipt.entry)
+    if hashlib.sha256(data).hexdigest() != stored:
+        report.problems.append(Problem("hash", "the entry's content does not match its hash", seq))
+    if seq != receipt.index + 1:
+        report.problems.append(Problem("sequence", f"entry seq {seq} is not leaf index {receipt.index} + 1", seq))
+    if not signers:
+        report.problems.append(Problem("signature", "the checkpoint has no valid signature by a trusted key"))
+    if origin is not None and checkpoint.origin != origin:
+        report.problems.append(Problem("origin", f"the checkpoint is for {checkpoint.origin!r}, not {origin!r}"))
+    if not verify_inclusion(receipt.index, checkpoint.size, leaf_hash(data), receipt.proof, checkpoint.root):
+        report.problems.append(
+            Problem(
+                "inclusion", f"the proof does not place this entry in the signed tree of size {checkpoint.size}", seq
+            )
+        )
+    report.root, report.checkpoints = checkpoint.root, 1
+    return report
+
+
+def read_entries(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            value = json.loads(line)
+            if not isinstance(value, dict):
+                raise ValueError(f"{path.name} line {number} is not a JSON object")  # noqa: TRY004 - bad input
+            yield value
+
+
+def _key_schedule(
+    entries: Sequence[dict[str, Any]], roots: Sequence[Verifier]
+) -> tuple[list[tuple[int, Verifier]], list[Problem]]:
+    """Which key signs which tree sizes: the trusted key(s) from size 0, then each rotation signed by the old key."""
+    schedule = [(0, key) for key in roots]
+    problems: list[Problem] = []
+    for entry in entries:
+        if entry.get("type") != KEY_ROTATION_EVENT:
+            continue
+        seq = int(entry["seq"])
+        payload = entry.get("payload", {})
+        try:
+            old, new = Verifier.parse(payload["old_key"]), Verifier.parse(payload["new_key"])
+            signature = base64.b64decode(payload["signature"], validate=True)
+        except (KeyError, ValueError, TypeError, binascii.Error):
+            problems.append(Problem("key-rotation", "malformed key rotation entry", seq))
+            continue
+        latest_start = max((s for s, _ in schedule), default=0)
+        current = [key for start, key in schedule if start == latest_start]
+        statement = rotation_statement(str(payload.get("origin", "")), old.vkey, new.vkey)
+        if old not in current or not old.verify(statement, signature):
+            problems.append(Problem("key-rotation", "the rotation is not signed by the key in force", seq))
+            continue
+        schedule.append((seq, new))
+    return schedule, problems
+
+
+def _keys_for(size: int, schedule: Sequence[tuple[int, Verifier]]) -> list[Verifier]:
+    start = max((s for s, _ in schedule if s <= size), default=None)
+    return [key for s, key in schedule if s == start]
+
+
+def verify_log(
+    entries: Iterable[dict[str, Any]],
+    checkpoints: Sequence[tuple[str, str]],
+    keys: Sequence[Verifier],
+    *,
+    origin: str | None = None,
+    since: tuple[str, str] | None = None,
+) -> Report:
+    """Verify entries (in file order) against signed checkpoints (source name, note text).
+
+    Checks, naming the entry where one applies: `sequence` (seq n on line n), `link` (prev is the previous
+    entry's hash), `hash` (the body re-hashes to its hash), `signature` (each checkpoint is signed by the key
+    in force at its size), `origin`, `truncation`/`rollback` (a checkpoint is larger than the log),
+    `root` (the log's first n entries do not hash to a checkpoint's root), `split-view` (two valid checkpoints
+    cannot both be true). What this does NOT prove: that the log's timestamps are true (they are the log's
+    claim), or that nothing was appended after the newest checkpoint and then withheld.
+    """
+    listed = list(entries)
+    report = Report(entries=len(listed))
+    schedule, rotation_problems = _key_schedule(listed, keys)
+    report.problems.extend(rotation_problems)
+    signed = _signed_checkpoints([*checkpoints, *([since] if since else [])], schedule, origin, report)
+    report.checkpoints = len(signed)
+    roots = _walk(listed, {s.checkpoint.size for s in signed}, report)
+    _judge(signed, roots, len(listed), since, report)
+    return report
+
+
+def _signed_checkpoints(
+    notes: Sequence[tuple[str, str]], schedule: Sequence[tuple[int, Verifier]], origin: str | None, report: Report
+) -> list[_Signed]:
+    signed: list[_Signed] = []
+    for source, note in notes:
+        try:
+            text, signers = open_note(note, [key for _, key in schedule])
+            checkpoint = Checkpoint.parse(text)
+        except ValueError as exc:
+            report.problems.append(Problem("format", f"checkpoint {source}: {exc}"))
+            continue
+        if origin is not None and checkpoint.origin != origin:
+            report.problems.append(
+                Problem("origin", f"checkpoint {source} is for {checkpoint.origin!r}, not {origin!r}")
+            )
+            continue
+        if not set(signers) & set(_keys_for(checkpoint.size, schedule)):
+            report.problems.append(
+                Problem("signature", f"checkpoint {source} (size {checkpoint.size}) is not signed by the key in force")
+            )
+            continue
+        signed.append(_Signed(source, checkpoint, note))
+    return signed
+
+
+def _walk(listed: Sequence[dict[str, Any]], wanted: set[int], report: Report) -> dict[int, bytes]:
+    """Check the chain (first problem only) and compute the tree's root at every wanted size."""
+    roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in wanted else {}
+    frontier = Frontier()
+    prev = GENESIS
+    chain_ok = True
+    for position, entry in enumerate(listed, 1):
+        data, stored = entry_leaf(entry)
+        seq = entry.get("seq")
+        if chain_ok:
+            problem = None
+            if seq != position:
+                what = "missing (deleted?)" if isinstance(seq, int) and seq > position else "out of order or duplicated"
+                problem = Problem("sequence", f"line {position} holds entry {seq}: entry {what}", position)
+            elif entry.get("prev") != prev:
+                problem = Problem(
+                    "link", "prev does not match the previous entry's hash (changed, removed or inserted)", position
+                )
+            elif hashlib.sha256(data).hexdigest() != stored:
+                problem = Problem("hash", "the entry's content does not match its hash (edited)", position)
+            if problem is not None:
+                report.problems.append(problem)
+                chain_ok = False
+        prev = stored
+        frontier.append(leaf_hash(data))
+        if frontier.size in wanted:
+            roots[frontier.size] = frontier.root()
+    report.root = frontier.root()
+    return roots
+
+
+def _judge(
+    signed: Sequence[_Signed], roots: dict[int, bytes], size: int, since: tuple[str, str] | None, report: Report
+) -> None:
+    matching = sorted(
+        (s for s in signed if roots.get(s.checkpoint.size) == s.checkpoint.root), key=lambda s: s.checkpoint.size
+    )
+    largest_good = matching[-1].checkpoint.size if matching else 0
+    for item in signed:
+        cp = item.checkpoint
+        if cp.size > size:
+            check = "rollback" if since is not None and item.note == since[1] else "truncation"
+            report.problems.append(
+                Problem(check, f"checkpoint {item.source} is signed for {cp.size} entries but the log has {size}")
+            )
+            continue
+        if roots.get(cp.size) == cp.root:
+            continue
+        rivals = [s for s in signed if s.checkpoint.size == cp.size and s.checkpoint.root != cp.root]
+        if rivals or largest_good >= cp.size:
+            report.problems.append(
+                Problem(
+                    "split-view",
+                    f"checkpoint {item.source} (size {cp.size}) and the log matching a valid checkpoint of size "
+                    f"{max(largest_good, cp.size)} cannot both be true",
+                    cp.size,
+                )
+            )
+            continue
+        good_below = max((s.checkpoint.size for s in matching if s.checkpoint.size < cp.size), default=0)
+        report.problems.append(
+            Problem(
+                "root",
+                f"entries 1..{cp.size} do not hash to the root signed in checkpoint {item.source}: an entry after "
+                f"{good_below} was modified, deleted, inserted or reordered",
+                good_below + 1,
+            )
+        )
+
+
+def verify_bundle(
+    directory: Path,
+    keys: Sequence[Verifier] | None = None,
+    *,
+    extra_checkpoints: Sequence[Path] = (),
+    since: Path | None = None,
+) -> Report:
+    """Verify an `amber audit export` bundle. Without `keys`, trusts the bundle's keys.txt (say so to the user)."""
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    if keys is None:
+        keys = [Verifier.parse(line) for line in (directory / "keys.txt").read_text().splitlines() if line.strip()]
+    notes: list[tuple[str, str]] = []
+    for line in (directory / "checkpoints.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            notes.append((f"#{item['id']} (bundle)", str(item["note"])))
+    notes += [(str(path), path.read_text(encoding="utf-8")) for path in extra_checkpoints]
+    since_note = (str(since), since.read_text(encoding="utf-8")) if since else None
+    return verify_log(
+        read_entries(directory / "entries.jsonl"),
+        notes,
+        keys,
+        origin=str(manifest["origin"]),
+        since=since_note,
+    )
+
+
+def _say(line: str, *, err: bool = False) -> None:
+    (sys.stderr if err else sys.stdout).write(line + "\n")
+
+
+def _print_report(report: Report, what: str) -> int:
+    if report.ok:
+        _say(f"{what} OK: {report.entries} entries, {report.checkpoints} checkpoints, root {report.root.hex()}")
+        return 0
+    _say(f"{what} verification FAILED:")
+    for problem in report.problems:
+        _say(f"  {problem}")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Verify an amber ledger export or receipt offline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bundle = sub.add_parser("bundle", help="verify an `amber audit export` directory")
+    bundle.add_argument("directory", type=Path)
+    bundle.add_argument("--key", action="append", default=[], help="trusted verifier key (name+id+key)")
+    bundle.add_argument("--checkpoint", action="append", type=Path, default=[], help="a witnessed checkpoint")
+    bundle.add_argument("--since", type=Path, help="a checkpoint you kept: prove the log only grew since")
+    receipt = sub.add_parser("receipt", help="verify a receipt (c2sp.org/tlog-proof@v1)")
+    receipt.add_argument("file", type=Path)
+    receipt.add_argument("--key", action="append", default=[], required=True)
+    args = parser.parse_args(argv)
+    try:
+        keys = [Verifier.parse(k) for k in args.key]
+        if args.command == "receipt":
+            return _print_report(verify_receipt(args.file.read_text(encoding="utf-8"), keys), "receipt")
+        if not keys:
+            _say("warning: no --key given; trusting the keys in the bundle itself", err=True)
+        report = verify_bundle(args.directory, keys or None, extra_checkpoints=args.checkpoint, since=args.since)
+    except (OSError, ValueError, KeyError) as exc:
+        _say(f"error: {exc}", err=True)
+        return 2
+    return _print_report(report, "ledger")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
