@@ -6,11 +6,11 @@ from typing import Any
 
 from tests.conftest import Amber
 
-SRE = '''
+SRE = """
 @id("sre-at-once")
 @auto_approve
 permit (principal in Amber::Group::"sre", action == Amber::Action::"request", resource);
-'''
+"""
 
 
 def _events(amber: Amber, kind: str) -> list[dict[str, Any]]:

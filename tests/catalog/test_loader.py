@@ -150,7 +150,8 @@ def test_unknown_names(tmp_path: Path) -> None:
 
 def test_justification_and_policy_settings(tmp_path: Path) -> None:
     text = GOOD.replace("identity:", "policy:\n  timezone: Europe/Berlin\n  pending_ttl: 2h\nidentity:") + (
-        "        justification:\n          min_length: 12\n          pattern: '(INC|CHG)-[0-9]+'\n")
+        "        justification:\n          min_length: 12\n          pattern: '(INC|CHG)-[0-9]+'\n"
+    )
     catalog = load_catalog(write(tmp_path, text))
     assert catalog.policy.timezone == "Europe/Berlin"
     assert catalog.policy.pending_ttl == timedelta(hours=2)

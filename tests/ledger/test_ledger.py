@@ -224,7 +224,7 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
     )
     assert ok.returncode == 0, ok.stderr
     assert f"ledger OK: {total} entries" in ok.stdout
-    _tamper(amber.rt.engine, f"UPDATE ledger_entries SET payload = '{{\"outcome\":\"deny\"}}' WHERE seq = {decided.seq}")
+    _tamper(amber.rt.engine, f'UPDATE ledger_entries SET payload = \'{{"outcome":"deny"}}\' WHERE seq = {decided.seq}')
     bad = subprocess.run(
         [sys.executable, "-m", "amber", "audit", "verify"],
         env=env,

@@ -279,7 +279,7 @@ def test_stored_tree_is_maintained_incrementally_with_each_append(engine: Engine
     assert len(leaf_hashes) == 43
     with make_unit_of_work(engine)() as session:
         nodes = session.scalar(select(func.count()).select_from(TreeNode))
-        assert nodes == sum(43 >> level for level in range(43 .bit_length()))
+        assert nodes == sum(43 >> level for level in range((43).bit_length()))
         for size in (1, 2, 7, 32, 43):
             assert tree.root(session, size) == tlog.root_of(leaf_hashes[:size])
         proof = tree.inclusion_proof(session, 20, 43)
@@ -304,9 +304,7 @@ def test_a_failed_transaction_leaves_neither_entry_nor_node(engine: Engine) -> N
     _append(engine, 3)
     uow = make_unit_of_work(engine)
     with pytest.raises(RuntimeError), uow() as session:
-        ledger.append(
-            session, at=T0, event_type="x", actor=ledger.SYSTEM, subject_kind="t", subject_id="t", payload={}
-        )
+        ledger.append(session, at=T0, event_type="x", actor=ledger.SYSTEM, subject_kind="t", subject_id="t", payload={})
         raise RuntimeError("the caller's state change failed")
     _append(engine, 1)
     leaf_hashes = _leaf_hashes(engine)
