@@ -13,17 +13,15 @@ from sqlalchemy.exc import DBAPIError
 from amber import ledger
 from amber.core.errors import ConfigError
 from amber.ledger import checkpoints, tlog, tree
-from amber.ledger.checkpoints import CheckpointError, Checkpointer, load_signer, rotate_key, write_key
+from amber.ledger.checkpoints import Checkpointer, CheckpointError, load_signer, rotate_key, write_key
 from tests.conftest import Amber
 
 # The example key and note published with Go's golang.org/x/mod/sumdb/note (the signed-note reference code).
 GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
 GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 GO_TEXT = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
-GO_NOTE = (
-    GO_TEXT
-    + "\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
-)
+GO_SIGNATURE = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+GO_NOTE = f"{GO_TEXT}\n\u2014 PeterNeumann {GO_SIGNATURE}\n"
 
 
 def test_notes_interoperate_with_the_go_reference_implementation() -> None:

@@ -303,9 +303,16 @@ def test_leaf_data_is_the_canonical_body_whose_hash_is_the_entry_hash(engine: En
 def test_a_failed_transaction_leaves_neither_entry_nor_node(engine: Engine) -> None:
     _append(engine, 3)
     uow = make_unit_of_work(engine)
-    with pytest.raises(RuntimeError), uow() as session:
-        ledger.append(session, at=T0, event_type="x", actor=ledger.SYSTEM, subject_kind="t", subject_id="t", payload={})
-        raise RuntimeError("the caller's state change failed")
+
+    def failing_state_change() -> None:
+        with uow() as session:
+            ledger.append(
+                session, at=T0, event_type="x", actor=ledger.SYSTEM, subject_kind="t", subject_id="t", payload={}
+            )
+            raise RuntimeError("the caller's state change failed")
+
+    with pytest.raises(RuntimeError):
+        failing_state_change()
     _append(engine, 1)
     leaf_hashes = _leaf_hashes(engine)
     with make_unit_of_work(engine)() as session:

@@ -79,6 +79,8 @@ class PolicyBundle:
     source: str
     policy_set: Any = field(repr=False, compare=False)
     schema: Any = field(repr=False, compare=False)
+    # Parsed resource entities, per (resource, level, max TTL); filled by the engine, dropped with the bundle.
+    entity_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def statement(self, cedar_id: str) -> Statement:
         """The statement cedarpy calls `policy<N>`."""

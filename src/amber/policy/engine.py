@@ -47,10 +47,12 @@ def user_id(subject: Subject) -> str:
 
 
 def entities(resource: ResourceInfo, level_name: str, max_ttl: timedelta, *people: Subject) -> list[dict[str, Any]]:
-    groups = set(resource.owners)
-    for person in people:
-        groups |= person.groups
-    out: list[dict[str, Any]] = [{"uid": _uid("Group", g), "attrs": {}, "parents": []} for g in sorted(groups)]
+    """The whole entity set of one decision, as Cedar JSON (used by tools and benchmarks)."""
+    return _base_entities(resource, level_name, max_ttl) + _people(people)
+
+
+def _base_entities(resource: ResourceInfo, level_name: str, max_ttl: timedelta) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"uid": _uid("Group", g), "attrs": {}, "parents": []} for g in sorted(resource.owners)]
     out.append(
         {
             "uid": _uid("Resource", resource.name),
@@ -70,12 +72,35 @@ def entities(resource: ResourceInfo, level_name: str, max_ttl: timedelta, *peopl
             "parents": [_uid("Resource", resource.name)],
         }
     )
+    return out
+
+
+def _people(people: tuple[Subject, ...]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for person in people:
         if user_id(person) not in seen:
             seen.add(user_id(person))
             out.append(_user(person))
     return out
+
+
+_BASE_CACHE_MAX = 4096
+
+
+def _entity_handle(
+    bundle: PolicyBundle, resource: ResourceInfo, level: str, max_ttl: timedelta, people: tuple[Subject, ...]
+) -> Any:
+    """The resource's entities parsed once per bundle and cached; each decision parses only its people."""
+    key = (resource, level, max_ttl)
+    cache = bundle.entity_cache
+    base = cache.get(key)
+    if base is None:
+        if len(cache) >= _BASE_CACHE_MAX:
+            cache.clear()
+        base = cedarpy.Entities.from_json_str(json.dumps(_base_entities(resource, level, max_ttl)))
+        cache[key] = base
+    return base.with_added_json_str(json.dumps(_people(people)))
 
 
 def local_time(bundle: PolicyBundle, at: datetime) -> datetime:
@@ -99,7 +124,7 @@ def _ask(
         "resource": _uid("Level", f"{inp_resource.name}/{level}"),
         "context": context,
     }
-    ents = json.dumps(entities(inp_resource, level, max_ttl, principal, *others))
+    ents = _entity_handle(bundle, inp_resource, level, max_ttl, (principal, *others))
     result = cedarpy.is_authorized(request, bundle.policy_set, ents, schema=bundle.schema)
     statements = [bundle.statement(cedar_id) for cedar_id in result.diagnostics.reasons]
     return result.allowed, statements, list(result.diagnostics.errors)
