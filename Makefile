@@ -51,6 +51,7 @@ fmt: dev
 bench: install services
 	$(BIN)/python bench/time_to_access.py
 	$(BIN)/python bench/revocation.py
+	$(BIN)/python bench/policy_decide.py
 
 clean:
 	rm -rf $(VENV) .amber build src/*.egg-info

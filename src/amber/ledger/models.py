@@ -56,3 +56,13 @@ class SignedCheckpoint(Base):
     note: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_ledger_checkpoints_size", "tree_size"),)
+
+
+class Cursor(Base):
+    """How far a consumer (a witness, a SIEM stream) has durably received: the last checkpoint id or seq."""
+
+    __tablename__ = "ledger_cursors"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,4 +1,5 @@
-"""Ledger Merkle tree and signed checkpoints: `ledger_tree_nodes`, `ledger_checkpoints` (both append-only).
+"""Ledger Merkle tree and signed checkpoints: `ledger_tree_nodes`, `ledger_checkpoints` (both append-only),
+and `ledger_cursors` (how far each witness and SIEM stream has received).
 
 Existing entries are added to the tree here, once, in seq order (the same leaf bytes `ledger.append` uses).
 
@@ -39,6 +40,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_ledger_checkpoints"),
     )
     op.create_index("ix_ledger_checkpoints_size", "ledger_checkpoints", ["tree_size"])
+    op.create_table(
+        "ledger_cursors",
+        sa.Column("name", sa.String(128), nullable=False),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_ledger_cursors"),
+    )
     _backfill()
     if op.get_bind().dialect.name == "postgresql":
         for table in TABLES:
