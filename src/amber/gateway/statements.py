@@ -1,0 +1,279 @@
+"""Judging SQL with PostgreSQL's own parser (pglast). Fail closed: only what is known to be a read passes.
+
+`judge(sql, schema)` splits a Query string into statements and returns one Verdict per statement. A string with
+any refused part is refused whole. What is allowed:
+- SELECT / TABLE / VALUES without INTO or locking clauses, whose CTEs and subqueries contain no write, and
+  whose every function (including those behind operators and views) is immutable or stable in `pg_proc`, or on
+  a short list of harmless volatile ones (random, clock_timestamp, ...);
+- SHOW; EXPLAIN (with ANALYZE only of an allowed statement); transaction control that cannot start a
+  read-write transaction; cursors over allowed queries, FETCH, CLOSE; COPY ... TO STDOUT of an allowed query or
+  a table; PREPARE of an allowed query, EXECUTE of a statement prepared that way, DEALLOCATE;
+- SET / RESET of a short allow-list of presentation settings, and SET TRANSACTION ISOLATION LEVEL / READ ONLY.
+Everything else is refused with the rule that refused it. What this does NOT check: anything that happens
+inside functions the upstream marks immutable or stable (a mislabelled function is the upstream's bug; the
+database role's privileges are the boundary there), and type input functions of casts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pglast
+from pglast import ast
+from pglast.enums import TransactionStmtKind, VariableSetKind
+
+# SQLSTATEs: 25006 read_only_sql_transaction, 42501 insufficient_privilege, 42601 syntax_error.
+READ_ONLY = "25006"
+PRIVILEGE = "42501"
+SYNTAX = "42601"
+
+HARMLESS_VOLATILE = frozenset({"random", "clock_timestamp", "timeofday", "gen_random_uuid", "pg_sleep",
+                               "txid_current_if_assigned", "pg_backend_pid"})
+SETTABLE = frozenset({"application_name", "client_encoding", "datestyle", "timezone", "intervalstyle",
+                      "extra_float_digits", "client_min_messages", "bytea_output", "lc_monetary", "lc_numeric",
+                      "lc_time", "transaction_isolation"})
+MAX_VIEW_DEPTH = 8
+
+
+class SchemaInfo(Protocol):
+    """What the judge needs to know about the upstream database (looked up and cached by the server)."""
+
+    def function_volatility(self, schema: str | None, name: str) -> frozenset[str]:
+        """Volatility letters (i, s, v) of every function with this name; empty if there is none."""
+        ...
+
+    def operator_volatility(self, name: str) -> frozenset[str]:
+        ...
+
+    def view_definition(self, schema: str | None, name: str) -> str | None:
+        """The SQL of a view (None for a table or an unknown relation)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    sql: str
+    kind: str
+    rule: str = "read"
+    message: str = ""
+    sqlstate: str = READ_ONLY
+    tables: tuple[str, ...] = ()
+    fingerprint: str = ""
+    prepares: str | None = None  # PREPARE name AS ...: the name, so EXECUTE name can be allowed later
+    executes: str | None = None  # EXECUTE name
+
+
+@dataclass
+class _Scan:
+    schema: SchemaInfo
+    prepared: frozenset[str]
+    tables: list[str] = field(default_factory=list)
+    depth: int = 0
+
+
+class Refused(Exception):
+    def __init__(self, rule: str, message: str, sqlstate: str = READ_ONLY) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+        self.sqlstate = sqlstate
+
+
+def judge(sql: str, schema: SchemaInfo, *, prepared: frozenset[str] = frozenset()) -> list[Verdict]:
+    """Judge every statement in `sql`. An unparsable string is one refused verdict."""
+    try:
+        statements = pglast.parse_sql(sql)
+    except pglast.parser.ParseError as exc:
+        return [Verdict(False, sql, "unparsable", "parse", f"amber could not parse this statement: {exc}", SYNTAX)]
+    if not statements:
+        return [Verdict(True, sql, "empty")]
+    verdicts = []
+    for raw in statements:
+        start = raw.stmt_location or 0
+        text = sql[start : start + raw.stmt_len] if raw.stmt_len else sql[start:]
+        verdicts.append(_judge_one(raw.stmt, text.strip(), schema, prepared))
+    return verdicts
+
+
+def _fingerprint(text: str) -> str:
+    try:
+        return str(pglast.fingerprint(text))
+    except Exception:  # noqa: BLE001 - a fingerprint is informational; never fail a verdict on it
+        return ""
+
+
+def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozenset[str]) -> Verdict:
+    scan = _Scan(schema, prepared)
+    kind = type(node).__name__
+    prepares = executes = None
+    try:
+        if isinstance(node, ast.PrepareStmt):
+            _check(node.query, scan)
+            prepares = node.name
+        elif isinstance(node, ast.ExecuteStmt):
+            if node.name not in prepared:
+                raise Refused("prepared", f"EXECUTE {node.name}: only statements prepared through amber and allowed "
+                              "can be executed")
+            executes = node.name
+        else:
+            _check(node, scan)
+    except Refused as refusal:
+        return Verdict(False, text, kind, refusal.rule, refusal.message, refusal.sqlstate, tuple(scan.tables),
+                       _fingerprint(text))
+    return Verdict(True, text, kind, "read", "", READ_ONLY, tuple(dict.fromkeys(scan.tables)), _fingerprint(text),
+                   prepares, executes)
+
+
+def _check(node: Any, scan: _Scan) -> None:  # noqa: PLR0912 - one branch per statement kind
+    if isinstance(node, ast.SelectStmt):
+        _check_query(node, scan)
+    elif isinstance(node, ast.VariableShowStmt):
+        return
+    elif isinstance(node, ast.ExplainStmt):
+        analyze = any(option.defname == "analyze" and _truthy(option.arg) for option in node.options or ())
+        if analyze:
+            _check(node.query, scan)
+    elif isinstance(node, ast.TransactionStmt):
+        _check_transaction(node)
+    elif isinstance(node, ast.DeclareCursorStmt):
+        _check(node.query, scan)
+    elif isinstance(node, ast.FetchStmt | ast.ClosePortalStmt | ast.DeallocateStmt):
+        return
+    elif isinstance(node, ast.CopyStmt):
+        if node.is_from or node.filename is not None or node.is_program:
+            raise Refused("copy", "only COPY ... TO STDOUT is allowed")
+        if node.query is not None:
+            _check(node.query, scan)
+        elif node.relation is not None:
+            scan.tables.append(_relname(node.relation))
+    elif isinstance(node, ast.VariableSetStmt):
+        _check_set(node)
+    elif isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
+        raise Refused("write", f"{_verb(node)} writes data; amber grants read-only access")
+    else:
+        raise Refused("not-a-read", f"{_verb(node)} is not a read; amber grants read-only access", PRIVILEGE)
+
+
+def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
+    if node.intoClause is not None:
+        raise Refused("select-into", "SELECT INTO creates a table; amber grants read-only access")
+    if node.lockingClause:
+        raise Refused("locking", "SELECT ... FOR UPDATE/SHARE takes row locks; amber grants read-only access")
+    for child in _walk(node):
+        if isinstance(child, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
+            raise Refused("nested-write", f"a nested {_verb(child)} writes data (writable CTE?)")
+        if isinstance(child, ast.SelectStmt) and child is not node:
+            if child.intoClause is not None or child.lockingClause:
+                raise Refused("locking", "a nested SELECT takes locks or creates a table")
+        elif isinstance(child, ast.FuncCall):
+            _check_function(child.funcname, scan)
+        elif isinstance(child, ast.A_Expr) and child.name:
+            _check_operator(child.name, scan)
+        elif isinstance(child, ast.RangeVar):
+            _check_relation(child, scan)
+        elif isinstance(child, ast.RangeFunction | ast.RangeTableFunc):
+            continue
+
+
+def _check_function(funcname: Any, scan: _Scan) -> None:
+    parts = [part.sval for part in funcname]
+    name = parts[-1].lower()
+    schema = parts[-2].lower() if len(parts) > 1 else None
+    volatility = scan.schema.function_volatility(schema, name)
+    if not volatility:
+        raise Refused("function", f"function {'.'.join(parts)} is unknown here; amber allows only functions it "
+                      "can look up")
+    if "v" in volatility and not (name in HARMLESS_VOLATILE and schema in (None, "pg_catalog")):
+        raise Refused("volatile-function", f"function {'.'.join(parts)} is volatile (it may have side effects); "
+                      "amber allows only immutable and stable functions")
+
+
+def _check_operator(names: Any, scan: _Scan) -> None:
+    name = names[-1].sval if names else ""
+    volatility = scan.schema.operator_volatility(name)
+    if "v" in volatility:
+        raise Refused("volatile-operator", f"operator {name} runs a volatile function")
+
+
+def _check_relation(node: ast.RangeVar, scan: _Scan) -> None:
+    scan.tables.append(_relname(node))
+    definition = scan.schema.view_definition(node.schemaname, node.relname)
+    if definition is None:
+        return
+    if scan.depth >= MAX_VIEW_DEPTH:
+        raise Refused("view-depth", f"view {_relname(node)} nests views too deeply to check")
+    try:
+        inner = pglast.parse_sql(definition)
+    except pglast.parser.ParseError:
+        raise Refused("view", f"view {_relname(node)} could not be checked") from None
+    sub = _Scan(scan.schema, scan.prepared, [], scan.depth + 1)
+    for raw in inner:
+        try:
+            _check(raw.stmt, sub)
+        except Refused as refusal:
+            raise Refused(refusal.rule, f"view {_relname(node)}: {refusal.message}", refusal.sqlstate) from None
+
+
+def _check_transaction(node: ast.TransactionStmt) -> None:
+    kind = node.kind
+    if kind in (TransactionStmtKind.TRANS_STMT_PREPARE, TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+                TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED):
+        raise Refused("two-phase", "two-phase commit writes state; amber grants read-only access")
+    for option in node.options or ():
+        if option.defname == "transaction_read_only" and not _truthy(option.arg):
+            raise Refused("read-write", "a READ WRITE transaction is not allowed; amber grants read-only access")
+
+
+def _check_set(node: ast.VariableSetStmt) -> None:
+    name = (node.name or "").lower()
+    if node.kind == VariableSetKind.VAR_SET_MULTI and name == "transaction":
+        for option in node.args or ():
+            if option.defname == "transaction_read_only" and not _truthy(option.arg):
+                raise Refused("read-write", "SET TRANSACTION READ WRITE is not allowed")
+        return
+    if node.kind == VariableSetKind.VAR_RESET_ALL:
+        raise Refused("setting", "RESET ALL is not allowed (it would reset settings amber relies on)")
+    if name not in SETTABLE:
+        raise Refused("setting", f"setting {name or 'this'} is not allowed; allowed: {', '.join(sorted(SETTABLE))}",
+                      PRIVILEGE)
+
+
+def _truthy(arg: Any) -> bool:
+    if arg is None:
+        return True
+    value = getattr(arg, "val", arg)
+    for attr in ("ival", "boolval", "sval"):
+        inner = getattr(value, attr, None)
+        if inner is not None:
+            if isinstance(inner, str):
+                return inner.lower() in ("true", "on", "1", "yes")
+            return bool(getattr(inner, "boolval", inner))
+    return True
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, list | tuple):
+            stack.extend(current)
+            continue
+        if not isinstance(current, ast.Node):
+            continue
+        yield current
+        for slot in current:
+            value = getattr(current, slot, None)
+            if isinstance(value, ast.Node | list | tuple):
+                stack.append(value)
+
+
+def _relname(node: ast.RangeVar) -> str:
+    return f"{node.schemaname}.{node.relname}" if node.schemaname else str(node.relname)
+
+
+def _verb(node: Any) -> str:
+    name = type(node).__name__.removesuffix("Stmt")
+    return {"Insert": "INSERT", "Update": "UPDATE", "Delete": "DELETE", "Merge": "MERGE"}.get(name, name)
