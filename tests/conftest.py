@@ -120,6 +120,10 @@ resources:
       two-approvals:
         schemas: [public]
         max_ttl: 1h
+      gateway:
+        schemas: [public]
+        max_ttl: 8h
+        via: gateway
 """
 
 POLICIES = """
@@ -139,6 +143,11 @@ when { principal in Amber::Group::"engineering" };
 @approvals("2")
 @approvers("leads")
 permit (principal, action == Amber::Action::"request", resource == Amber::Level::"orders-db/two-approvals");
+
+@id("oncall-through-the-gateway")
+@auto_approve
+permit (principal in Amber::Group::"oncall", action == Amber::Action::"request",
+        resource == Amber::Level::"orders-db/gateway");
 
 @id("approvers-approve")
 permit (principal, action == Amber::Action::"approve", resource);
@@ -201,13 +210,16 @@ class Amber:
             return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 
 
-def build_runtime(state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock) -> Runtime:
+def build_runtime(
+    state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, **overrides: Any
+) -> Runtime:
     settings = Settings(
         env="test",
         state_dir=tmp_path / "state",
         database_url=state_url,
         catalog=catalog_path,
         public_url="http://amber.test",
+        **overrides,
     )
     return Runtime.build(settings, clock=clock)
 

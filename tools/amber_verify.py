@@ -675,6 +675,18 @@ def _judge(
         )
 
 
+def notes_in(path: Path) -> list[tuple[str, str]]:
+    """The checkpoints in a file: one signed note, or JSON lines with a `note` each (a file witness's log)."""
+    content = path.read_text(encoding="utf-8")
+    if not content.lstrip().startswith("{"):
+        return [(str(path), content)]
+    found = []
+    for number, line in enumerate(content.splitlines(), 1):
+        if line.strip():
+            found.append((f"{path}:{number}", str(json.loads(line)["note"])))
+    return found
+
+
 def verify_bundle(
     directory: Path,
     keys: Sequence[Verifier] | None = None,
@@ -691,7 +703,8 @@ def verify_bundle(
         if line.strip():
             item = json.loads(line)
             notes.append((f"#{item['id']} (bundle)", str(item["note"])))
-    notes += [(str(path), path.read_text(encoding="utf-8")) for path in extra_checkpoints]
+    for path in extra_checkpoints:
+        notes += notes_in(path)
     since_note = (str(since), since.read_text(encoding="utf-8")) if since else None
     return verify_log(
         read_entries(directory / "entries.jsonl"),

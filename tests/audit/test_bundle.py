@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from amber import audit, ledger
 from amber.ledger import checkpoints, proofs, tlog
-from amber.ledger.checkpoints import Checkpointer
+from amber.ledger.checkpointer import Checkpointer
 from tests.conftest import Amber
 
 ROOT = Path(__file__).resolve().parents[2]

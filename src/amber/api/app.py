@@ -33,10 +33,13 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if run_worker:
             rt.worker.start()
+        await rt.start_gateway()
         try:
             yield
         finally:
             rt.worker.stop()
+            if rt.gateway is not None:
+                await rt.gateway.stop()
 
     app = FastAPI(
         title="amber",

@@ -23,7 +23,7 @@ from amber.core.errors import Forbidden, NotFound
 from amber.grants import get as get_grant
 from amber.identity import Principal
 from amber.ledger import checkpoints, proofs
-from amber.ledger.checkpoints import Checkpointer
+from amber.ledger.checkpointer import Checkpointer
 from amber.ledger.models import LedgerEntry
 
 WELL_KNOWN = "/.well-known/amber-ledger"

@@ -137,7 +137,7 @@ def list_grants(
             raise Forbidden("listing every grant needs the auditor or admin role")
         if live:
             query = query.where(Grant.status.in_(LIVE))
-        return [GrantOut.of(grant) for grant in session.scalars(query)]
+        return [GrantOut.of(grant, rt.grants.gateway) for grant in session.scalars(query)]
 
 
 @router.get("/grants/{grant_id}", response_model=GrantOut, tags=["grants"])
@@ -147,7 +147,7 @@ def show_grant(grant_id: str, rt: RuntimeDep, who: PrincipalDep) -> GrantOut:
     own = (grant.grantee_issuer, grant.grantee_subject) == who.key
     if not (own or is_auditor(rt.catalog(), who)):
         raise NotFound(f"no grant {grant_id}")
-    return GrantOut.of(grant)
+    return GrantOut.of(grant, rt.grants.gateway)
 
 
 @router.post("/grants/{grant_id}/credentials", response_model=CredentialOut, tags=["grants"])
@@ -165,7 +165,7 @@ def revoke_grant(grant_id: str, body: RevokeIn, rt: RuntimeDep, who: PrincipalDe
         grant_id, actor=_actor(who), reason=body.reason or "revoked", is_admin=is_admin(rt.catalog(), who)
     )
     with rt.uow() as session:
-        return GrantOut.of(get(session, grant.id))
+        return GrantOut.of(get(session, grant.id), rt.grants.gateway)
 
 
 @router.get("/ledger", tags=["ledger"])

@@ -19,16 +19,20 @@ from amber.access_requests import AccessRequestService
 from amber.access_requests.notify import Notifier, WebhookNotifier
 from amber.catalog import Catalog, load_catalog
 from amber.core.clock import Clock, SystemClock
+from amber.core.crypto import load_or_create_key
 from amber.core.db import UnitOfWork, make_engine, make_unit_of_work
 from amber.core.errors import ConfigError
 from amber.core.meta import installation_id
 from amber.core.migrate import upgrade
 from amber.core.observability import Metrics
 from amber.core.settings import Settings
+from amber.gateway.service import Gateway
 from amber.grants import GrantService
 from amber.identity import DevIssuer, RemoteKeys, TokenVerifier, TrustedIssuer
 from amber.identity.dev_issuer import WARNING as DEV_WARNING
-from amber.ledger.checkpoints import LEDGER_DEV_KEY_WARNING, Checkpointer, dev_signer, load_signer
+from amber.ledger.checkpointer import Checkpointer
+from amber.ledger.checkpoints import LEDGER_DEV_KEY_WARNING, dev_signer, load_signer
+from amber.ledger.witnesses import build as build_witnesses
 from amber.policy import PolicyBundle, WorkflowSettings, load_bundle
 from amber.provisioners.registry import ProvisionerRegistry
 from amber.worker import Worker
@@ -59,6 +63,7 @@ def build_checkpointer(
         origin=settings.ledger_origin or f"amber/{install_id}",
         every_entries=settings.ledger_checkpoint_every_entries,
         every=timedelta(seconds=settings.ledger_checkpoint_interval_s),
+        witnesses=build_witnesses(settings.ledger_witnesses),
     )
 
 
@@ -100,6 +105,7 @@ class Runtime:
     worker: Worker
     installation_id: str
     warnings: list[str] = field(default_factory=list)
+    gateway: Gateway | None = None
     checkpointer: Checkpointer | None = None
 
     @classmethod
@@ -151,6 +157,7 @@ class Runtime:
             return resource.kind, dsn, resource.grantee_group, fingerprint
 
         provisioners = ProvisionerRegistry(describe)
+        secret_key = load_or_create_key(settings.resolved_secret_key_file)
         grants = GrantService(
             uow=uow,
             clock=clock,
@@ -158,6 +165,7 @@ class Runtime:
             provisioners=provisioners,
             installation_id=install_id,
             metrics=metrics,
+            secret_key=secret_key,
         )
         notifier: Notifier | None = None
         if settings.notify_webhook_url:
@@ -196,8 +204,34 @@ class Runtime:
             installation_id=install_id,
             warnings=warnings,
         )
+        if settings.gateway_port is not None:
+            runtime.gateway = Gateway(
+                uow=uow,
+                clock=clock,
+                secret_key=secret_key,
+                admin_dsn=catalog().resolve_connection,
+                host=settings.gateway_host,
+                port=settings.gateway_port,
+                state_dir=settings.state_dir,
+                tls_cert=settings.gateway_tls_cert,
+                tls_key=settings.gateway_tls_key,
+            )
+            grants.on_ended.append(runtime.gateway.grant_ended)
+            grants.gateway = (
+                settings.gateway_public_host or settings.gateway_host,
+                settings.gateway_public_port or settings.gateway_port,
+            )
         runtime.record_catalog()
         return runtime
+
+    async def start_gateway(self) -> None:
+        if self.gateway is None:
+            return
+        await self.gateway.start()
+        if not self.settings.gateway_public_port:
+            # A port of 0 means "any free port" (tests): advertise the one we got.
+            host = self.settings.gateway_public_host or self.settings.gateway_host
+            self.grants.gateway = (host, self.gateway.server.port)
 
     def record_catalog(self, actor: ledger.Actor = ledger.SYSTEM) -> bool:
         """Append `catalog.loaded` / `policy.loaded` when what runs differs from the last one on record.

@@ -25,9 +25,10 @@ from amber import ledger
 from amber.access_requests.models import AccessRequest
 from amber.core.clock import as_utc
 from amber.grants.models import Grant
-from amber.ledger import checkpoints, proofs, tlog, tree
+from amber.ledger import tlog
 from amber.ledger.chain import format_at, parse_payload
 from amber.ledger.models import LedgerEntry
+from amber.ledger.proofs import verify_tree
 
 
 @dataclass
@@ -65,44 +66,13 @@ def verify(
     if chain.problem is not None:
         report.problems.append(str(chain.problem))
         return report
-    report.problems += _verify_tree(session, keys, witnessed, since, origin)
+    report.problems += verify_tree(session, keys, witnessed, since, origin)
     if report.problems:
         return report
     requests, grants = _replay(ledger.iter_raw(session))
     _compare_requests(session, requests, report)
     _compare_grants(session, grants, report)
     return report
-
-
-def _verify_tree(
-    session: Session,
-    keys: Sequence[tlog.Verifier],
-    witnessed: Sequence[tuple[str, str]],
-    since: tuple[str, str] | None,
-    origin: str | None,
-) -> list[str]:
-    """The stored Merkle tree against the entries, and every checkpoint (stored or given) against both."""
-    notes = [(f"#{cp.id}", cp.note) for cp in checkpoints.checkpoints(session)]
-    history = checkpoints.key_history(session)
-    trusted = list(keys) or ([tlog.Verifier.parse(history[0])] if history else [])
-    if (witnessed or since) and not trusted:
-        return ["signature: no trusted key: pass --key (no checkpoint was ever signed here)"]
-    result = tlog.verify_log(
-        (proofs.exported(row) for row in ledger.iter_raw(session)),
-        [*notes, *witnessed],
-        trusted,
-        origin=origin,
-        since=since,
-    )
-    problems = [str(p) for p in result.problems]
-    size, _ = ledger.head(session)
-    try:
-        stored = tree.root(session, size)
-    except tree.TreeError as exc:
-        return [*problems, f"tree: {exc.message}"]
-    if stored != result.root:
-        problems.append(f"tree: the stored Merkle tree's root at size {size} does not match the entries")
-    return problems
 
 
 def _replay(rows: Iterator[LedgerEntry]) -> tuple[dict[str, _RequestState], dict[str, _RequestState]]:

@@ -60,6 +60,11 @@ class PostgresLevel(_Strict):
     connection_limit: int = Field(default=2, ge=1, le=100)
     max_ttl: Duration = timedelta(hours=8)
     justification: Justification = Field(default_factory=Justification)
+    via: Literal["direct", "gateway"] = Field(
+        default="direct",
+        description="gateway: users connect through amber's gateway with a token and never see a database "
+        "password; direct: the role's own password is shown once (weaker recording).",
+    )
 
     @field_validator("access", mode="before")
     @classmethod
@@ -131,14 +136,77 @@ class Resource(_Strict):
 
 
 class IssuerConfig(_Strict):
+    """One OpenID provider amber trusts. Discovery (`<issuer>/.well-known/openid-configuration`) finds its
+    endpoints and keys; the client secret is a reference (env:NAME or file:PATH), never inline."""
+
+    name: str = Field(default="", pattern=r"^$|^[a-z][a-z0-9_-]{0,62}$", description="Short name (login, URLs).")
+    display_name: str = ""
     issuer: str = Field(pattern=r"^https?://")
-    audience: str
+    audience: str = Field(default="", description="The `aud` amber accepts on API tokens (default: client_id).")
+    client_id: str = ""
+    client_secret: str | None = Field(default=None, description="env:NAME or file:PATH (the web sign-in client).")
+    cli_client_id: str = Field(default="", description="A public client for `amber login` (default: client_id).")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    resource: str | None = Field(default=None, description="RFC 8707 resource indicator sent when signing in.")
     jwks_uri: str | None = Field(default=None, pattern=r"^https?://")
     algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]] = Field(
         default_factory=lambda: ["RS256", "ES256", "EdDSA"]  # type: ignore[arg-type]
     )
+    subject_claim: str = Field(default="sub", description="The stable id (`oid` for Entra ID's directory id).")
     groups_claim: str = "groups"
     name_claim: str = "preferred_username"
+    email_claim: str = "email"
+    group_map: dict[str, str] = Field(
+        default_factory=dict, description="Provider group (name or id) -> amber group; others pass unchanged."
+    )
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret_by_reference(cls, value: str | None) -> str | None:
+        if value is not None and not _SECRET_REF.match(value):
+            raise ValueError("client_secret must be a reference (env:NAME or file:PATH), never the secret itself")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> IssuerConfig:
+        if not self.audience and not self.client_id:
+            raise ValueError(f"issuer {self.issuer}: set `audience` (or `client_id`, which it defaults to)")
+        if not self.name:
+            host = re.sub(r"[^a-z0-9]+", "-", self.issuer.split("://", 1)[1].lower()).strip("-")[:60]
+            object.__setattr__(self, "name", host if re.match(r"^[a-z]", host) else f"idp-{host}"[:63])
+        if not self.audience:
+            object.__setattr__(self, "audience", self.client_id)
+        if not self.cli_client_id:
+            object.__setattr__(self, "cli_client_id", self.client_id)
+        return self
+
+
+class RolesConfig(_Strict):
+    """amber roles from groups (after each provider's group_map). A role with no groups listed is open to
+    every signed-in person for `requester` and `approver` (policy still decides), and to nobody for `admin`
+    and `auditor`."""
+
+    requester: list[str] = Field(default_factory=list)
+    approver: list[str] = Field(default_factory=list)
+    admin: list[str] = Field(default_factory=list)
+    auditor: list[str] = Field(default_factory=list)
+
+
+class ScimConfig(_Strict):
+    """SCIM 2.0 provisioning from the identity provider (Okta, Entra ID). Off unless a token is configured."""
+
+    token: str | None = Field(default=None, description="The bearer token the provider sends: env:NAME or file:PATH.")
+    issuer: str = Field(default="", description="The issuer (URL or provider name) whose people SCIM manages.")
+    subject_attribute: Literal["externalId", "userName", "id"] = Field(
+        default="externalId", description="Which SCIM User attribute equals the token's subject claim."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_by_reference(cls, value: str | None) -> str | None:
+        if value is not None and not _SECRET_REF.match(value):
+            raise ValueError("scim.token must be a reference (env:NAME or file:PATH), never the token itself")
+        return value
 
 
 class IdentityConfig(_Strict):
@@ -146,6 +214,29 @@ class IdentityConfig(_Strict):
     issuers: list[IssuerConfig] = Field(default_factory=list)
     admins: list[str] = Field(default_factory=list, description="Groups that may revoke any grant.")
     auditors: list[str] = Field(default_factory=list, description="Groups that may read the whole ledger.")
+    roles: RolesConfig = Field(default_factory=RolesConfig)
+    clock_skew: Duration = Field(default=timedelta(seconds=30), description="Leeway on exp/nbf/iat (at most 5m).")
+    jwks_min_refresh: Duration = Field(default=timedelta(seconds=30), description="Unknown-kid refetch limit.")
+    session_ttl: Duration = Field(default=timedelta(hours=8), description="Web session lifetime.")
+    scim: ScimConfig = Field(default_factory=ScimConfig)
+
+    @model_validator(mode="after")
+    def _roles_and_names(self) -> IdentityConfig:
+        if self.clock_skew > timedelta(minutes=5):
+            raise ValueError("identity.clock_skew may be at most 5m")
+        names = [issuer.name for issuer in self.issuers]
+        if len(names) != len(set(names)):
+            raise ValueError("identity.issuers: two issuers have the same name; give each a distinct `name`")
+        urls = [issuer.issuer.rstrip("/") for issuer in self.issuers]
+        if len(urls) != len(set(urls)):
+            raise ValueError("identity.issuers: the same issuer URL is configured twice")
+        # `admins`/`auditors` (the older spelling) and `roles.admin`/`roles.auditor` mean the same thing.
+        admins = sorted(set(self.admins) | set(self.roles.admin))
+        auditors = sorted(set(self.auditors) | set(self.roles.auditor))
+        object.__setattr__(self, "admins", admins)
+        object.__setattr__(self, "auditors", auditors)
+        object.__setattr__(self, "roles", self.roles.model_copy(update={"admin": admins, "auditor": auditors}))
+        return self
 
 
 class PolicyConfig(_Strict):

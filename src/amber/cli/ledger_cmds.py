@@ -17,7 +17,7 @@ import typer
 if TYPE_CHECKING:
     from amber.core.db import UnitOfWork
     from amber.core.settings import Settings
-    from amber.ledger.checkpoints import Checkpointer
+    from amber.ledger.checkpointer import Checkpointer
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -182,7 +182,27 @@ def rotate_key(
     print(f"signing key rotated to {new.verifier.vkey}; first checkpoint by it: size {view.tree_size}")
 
 
+def stream(
+    to: Annotated[str, typer.Option("--to", help="stdout, file:/path, syslog://h:p, syslog+tcp://h:p, http(s)://...")],
+    name: Annotated[str, typer.Option("--name", help="The consumer's name; its cursor is kept under it.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new entries.")] = False,
+) -> None:
+    """Stream ledger entries as JSON lines, at least once and in order, from this consumer's cursor."""
+    from amber.core.clock import SystemClock
+    from amber.ledger.streams import Streamer, sink_for
+
+    clock = SystemClock()
+    streamer = Streamer(local().uow, sink_for(to), name)
+    if follow:
+        streamer.follow(clock.now, stop=lambda: False)
+    else:
+        sent = streamer.catch_up(clock.now)
+        if to != "stdout":
+            print(f"streamed {sent} entries to {to}")
+
+
 def register(audit_app: typer.Typer) -> None:
+    audit_app.command("stream")(stream)
     audit_app.command("keygen")(keygen)
     audit_app.command("checkpoint")(checkpoint)
     audit_app.command("proof")(proof)

@@ -376,7 +376,7 @@ def audit_verify(
     """Verify the ledger (chain, Merkle tree, checkpoints) and replay it against the state tables."""
     from amber import audit
     from amber.cli.ledger_cmds import local, verify_offline
-    from amber.ledger.tlog import Verifier
+    from amber.ledger.tlog import Verifier, notes_in
 
     if bundle is not None:
         verify_offline(bundle, key or [], checkpoint or [], since, as_json)
@@ -386,7 +386,7 @@ def audit_verify(
         report = audit.verify(
             session,
             keys=[Verifier.parse(k) for k in key or []],
-            witnessed=[(str(p), p.read_text()) for p in checkpoint or []],
+            witnessed=[note for p in checkpoint or [] for note in notes_in(p)],
             since=(str(since), since.read_text()) if since else None,
             origin=ctx.origin,
         )

@@ -10,8 +10,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import zlib
+from pathlib import Path
 from typing import Any
 
 _ALPHABET_BYTES = 24  # 192 bits of randomness
@@ -52,3 +54,29 @@ def canonical_json(value: Any) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def derived_secret(key: bytes, purpose: str, subject: str, *, prefix: str = "amb_up_") -> str:
+    """A secret amber can recompute but never stores (e.g. the upstream password of a gateway-only role)."""
+    digest = hmac.new(key, f"amber:{purpose}:{subject}".encode(), hashlib.sha256).digest()
+    body = base64.urlsafe_b64encode(digest).decode().rstrip("=").replace("-", "A").replace("_", "B")
+    return prefix + body
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """amber's secret key (32 random bytes, hex, 0600). Created on first use; never logged."""
+    if path.exists():
+        text = path.read_text().strip()
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"{path} does not hold a hex secret key") from None
+        if len(key) < 32:
+            raise ValueError(f"{path}: the secret key must be at least 32 bytes")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex())
+    return key

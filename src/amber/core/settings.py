@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,17 @@ class Settings(BaseSettings):
     # How often the reconciler compares target roles with live grants.
     reconcile_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
+    # amber's secret key (hex, 0600): hashes of amber-issued tokens, derived upstream passwords.
+    # Default: <state_dir>/secret.key, created on first start.
+    secret_key_file: Path | None = None
+    # The PostgreSQL gateway: off unless a port is set (6432 is conventional). public host/port go into
+    # connection strings when amber runs behind a load balancer.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int | None = None
+    gateway_public_host: str | None = None
+    gateway_public_port: int | None = None
+    gateway_tls_cert: Path | None = None
+    gateway_tls_key: Path | None = None
     # The ledger's checkpoint signing key, by reference only: `file:/path` or `env:NAME` holding a
     # `PRIVATE+KEY+...` Ed25519 note key (`amber audit keygen`). Unset outside production: a dev key in state_dir.
     ledger_signing_key: str | None = None
@@ -34,6 +45,10 @@ class Settings(BaseSettings):
     # Sign a checkpoint every N entries or S seconds (whichever comes first) while `amber serve` runs.
     ledger_checkpoint_every_entries: int = Field(default=1000, ge=1)
     ledger_checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    # Where every checkpoint is also delivered (JSON list): {"kind": "file", "path": ...},
+    # {"kind": "webhook", "url": ..., "secret": "env:NAME"}, {"kind": "s3", "endpoint": ..., "bucket": ...,
+    # "access_key": "env:NAME", "secret_key": "env:NAME", "retention_days": 3650}. Secrets only by reference.
+    ledger_witnesses: list[dict[str, Any]] = Field(default_factory=list)
     # Where break-glass notices go (a chat or paging bridge); without it they are logged as warnings.
     notify_webhook_url: str | None = None
     notify_webhook_secret: str | None = Field(default=None, repr=False)
@@ -43,6 +58,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.state_dir / 'amber.db').resolve()}"
+
+    @property
+    def resolved_secret_key_file(self) -> Path:
+        return self.secret_key_file or self.state_dir / "secret.key"
 
     @property
     def resolved_public_url(self) -> str:

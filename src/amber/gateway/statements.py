@@ -29,11 +29,33 @@ READ_ONLY = "25006"
 PRIVILEGE = "42501"
 SYNTAX = "42601"
 
-HARMLESS_VOLATILE = frozenset({"random", "clock_timestamp", "timeofday", "gen_random_uuid", "pg_sleep",
-                               "txid_current_if_assigned", "pg_backend_pid"})
-SETTABLE = frozenset({"application_name", "client_encoding", "datestyle", "timezone", "intervalstyle",
-                      "extra_float_digits", "client_min_messages", "bytea_output", "lc_monetary", "lc_numeric",
-                      "lc_time", "transaction_isolation"})
+HARMLESS_VOLATILE = frozenset(
+    {
+        "random",
+        "clock_timestamp",
+        "timeofday",
+        "gen_random_uuid",
+        "pg_sleep",
+        "txid_current_if_assigned",
+        "pg_backend_pid",
+    }
+)
+SETTABLE = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "intervalstyle",
+        "extra_float_digits",
+        "client_min_messages",
+        "bytea_output",
+        "lc_monetary",
+        "lc_numeric",
+        "lc_time",
+        "transaction_isolation",
+    }
+)
 MAX_VIEW_DEPTH = 8
 
 
@@ -44,8 +66,7 @@ class SchemaInfo(Protocol):
         """Volatility letters (i, s, v) of every function with this name; empty if there is none."""
         ...
 
-    def operator_volatility(self, name: str) -> frozenset[str]:
-        ...
+    def operator_volatility(self, name: str) -> frozenset[str]: ...
 
     def view_definition(self, schema: str | None, name: str) -> str | None:
         """The SQL of a view (None for a table or an unknown relation)."""
@@ -94,6 +115,8 @@ def judge(sql: str, schema: SchemaInfo, *, prepared: frozenset[str] = frozenset(
     for raw in statements:
         start = raw.stmt_location or 0
         text = sql[start : start + raw.stmt_len] if raw.stmt_len else sql[start:]
+        if raw.stmt is None:
+            continue
         verdicts.append(_judge_one(raw.stmt, text.strip(), schema, prepared))
     return verdicts
 
@@ -115,16 +138,29 @@ def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozense
             prepares = node.name
         elif isinstance(node, ast.ExecuteStmt):
             if node.name not in prepared:
-                raise Refused("prepared", f"EXECUTE {node.name}: only statements prepared through amber and allowed "
-                              "can be executed")
+                raise Refused(
+                    "prepared",
+                    f"EXECUTE {node.name}: only statements prepared through amber and allowed can be executed",
+                )
             executes = node.name
         else:
             _check(node, scan)
     except Refused as refusal:
-        return Verdict(False, text, kind, refusal.rule, refusal.message, refusal.sqlstate, tuple(scan.tables),
-                       _fingerprint(text))
-    return Verdict(True, text, kind, "read", "", READ_ONLY, tuple(dict.fromkeys(scan.tables)), _fingerprint(text),
-                   prepares, executes)
+        return Verdict(
+            False, text, kind, refusal.rule, refusal.message, refusal.sqlstate, tuple(scan.tables), _fingerprint(text)
+        )
+    return Verdict(
+        True,
+        text,
+        kind,
+        "read",
+        "",
+        READ_ONLY,
+        tuple(dict.fromkeys(scan.tables)),
+        _fingerprint(text),
+        prepares,
+        executes,
+    )
 
 
 def _check(node: Any, scan: _Scan) -> None:  # noqa: PLR0912 - one branch per statement kind
@@ -184,11 +220,15 @@ def _check_function(funcname: Any, scan: _Scan) -> None:
     schema = parts[-2].lower() if len(parts) > 1 else None
     volatility = scan.schema.function_volatility(schema, name)
     if not volatility:
-        raise Refused("function", f"function {'.'.join(parts)} is unknown here; amber allows only functions it "
-                      "can look up")
+        raise Refused(
+            "function", f"function {'.'.join(parts)} is unknown here; amber allows only functions it can look up"
+        )
     if "v" in volatility and not (name in HARMLESS_VOLATILE and schema in (None, "pg_catalog")):
-        raise Refused("volatile-function", f"function {'.'.join(parts)} is volatile (it may have side effects); "
-                      "amber allows only immutable and stable functions")
+        raise Refused(
+            "volatile-function",
+            f"function {'.'.join(parts)} is volatile (it may have side effects); "
+            "amber allows only immutable and stable functions",
+        )
 
 
 def _check_operator(names: Any, scan: _Scan) -> None:
@@ -200,7 +240,7 @@ def _check_operator(names: Any, scan: _Scan) -> None:
 
 def _check_relation(node: ast.RangeVar, scan: _Scan) -> None:
     scan.tables.append(_relname(node))
-    definition = scan.schema.view_definition(node.schemaname, node.relname)
+    definition = scan.schema.view_definition(node.schemaname, str(node.relname))
     if definition is None:
         return
     if scan.depth >= MAX_VIEW_DEPTH:
@@ -219,8 +259,11 @@ def _check_relation(node: ast.RangeVar, scan: _Scan) -> None:
 
 def _check_transaction(node: ast.TransactionStmt) -> None:
     kind = node.kind
-    if kind in (TransactionStmtKind.TRANS_STMT_PREPARE, TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
-                TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED):
+    if kind in (
+        TransactionStmtKind.TRANS_STMT_PREPARE,
+        TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+        TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED,
+    ):
         raise Refused("two-phase", "two-phase commit writes state; amber grants read-only access")
     for option in node.options or ():
         if option.defname == "transaction_read_only" and not _truthy(option.arg):
@@ -237,8 +280,9 @@ def _check_set(node: ast.VariableSetStmt) -> None:
     if node.kind == VariableSetKind.VAR_RESET_ALL:
         raise Refused("setting", "RESET ALL is not allowed (it would reset settings amber relies on)")
     if name not in SETTABLE:
-        raise Refused("setting", f"setting {name or 'this'} is not allowed; allowed: {', '.join(sorted(SETTABLE))}",
-                      PRIVILEGE)
+        raise Refused(
+            "setting", f"setting {name or 'this'} is not allowed; allowed: {', '.join(sorted(SETTABLE))}", PRIVILEGE
+        )
 
 
 def _truthy(arg: Any) -> bool:

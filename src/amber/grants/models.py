@@ -41,6 +41,8 @@ class Grant(Base):
     starts_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # scheduled access begins
     single_use: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     session_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    via: Mapped[str] = mapped_column(String(16), default="direct", server_default="direct")
+    gateway_token_hash: Mapped[str | None] = mapped_column(String(64))  # HMAC of the token shown once
 
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),

@@ -51,8 +51,8 @@ class GrantOut(BaseModel):
     last_error: str | None
 
     @classmethod
-    def of(cls, grant: Grant) -> GrantOut:
-        info = connection_info(grant)
+    def of(cls, grant: Grant, gateway: tuple[str, int] | None = None) -> GrantOut:
+        info = connection_info(grant, gateway)
         return cls(
             id=grant.id,
             request_id=grant.request_id,
@@ -78,7 +78,8 @@ def credential_of(activation: Activation) -> CredentialOut | None:
     url = activation.connection_url
     if url is None or activation.password is None:
         return None
-    return CredentialOut(user=activation.grant.role_name, password=activation.password, url=url, psql=f"psql '{url}'")
+    user = activation.grant.id if activation.grant.via == "gateway" else activation.grant.role_name
+    return CredentialOut(user=user, password=activation.password, url=url, psql=f"psql '{url}'")
 
 
 class RevokeIn(BaseModel):

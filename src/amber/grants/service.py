@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from amber import ledger
 from amber.catalog import Catalog
 from amber.core.clock import Clock, as_utc
-from amber.core.crypto import new_secret
+from amber.core.crypto import derived_secret, hash_secret, new_secret
 from amber.core.db import UnitOfWork, is_postgres
 from amber.core.errors import Conflict, Forbidden, NotFound
 from amber.core.ids import new_id, short_id
@@ -45,16 +45,24 @@ class Activation:
     grant: Grant
     password: str | None = None
     error: str | None = None
+    gateway: tuple[str, int] | None = None
 
     @property
     def connection_url(self) -> str | None:
-        info = connection_info(self.grant)
-        return info.url(self.password) if info and self.password else None
+        info = connection_info(self.grant, self.gateway)
+        if info is None or self.password is None:
+            return None
+        return info.url(self.password) + ("?sslmode=require" if self.grant.via == "gateway" else "")
 
 
-def connection_info(grant: Grant) -> ConnectionInfo | None:
+def connection_info(grant: Grant, gateway: tuple[str, int] | None = None) -> ConnectionInfo | None:
+    """Where the grantee connects: the gateway (user = the grant id) or the database itself (user = the role)."""
     if grant.connect_host is None or grant.connect_port is None or grant.connect_database is None:
         return None
+    if grant.via == "gateway":
+        if gateway is None:
+            return None
+        return ConnectionInfo(gateway[0], gateway[1], grant.connect_database, grant.id)
     return ConnectionInfo(grant.connect_host, grant.connect_port, grant.connect_database, grant.role_name)
 
 
@@ -106,6 +114,7 @@ def issue(
         attempts=0,
         next_attempt_at=start,
         single_use=single_use,
+        via=level_spec.via,
     )
     session.add(grant)
     session.flush()
@@ -124,6 +133,7 @@ def issue(
             "starts_at": ledger_time(start),
             "expires_at": ledger_time(grant.expires_at),
             "single_use": single_use,
+            "via": level_spec.via,
         },
     )
     return grant
@@ -181,6 +191,8 @@ class GrantService:
         provisioners: ProvisionerLookup,
         installation_id: str,
         metrics: Metrics,
+        secret_key: bytes = b"",
+        gateway: tuple[str, int] | None = None,
     ) -> None:
         self._uow = uow
         self._clock = clock
@@ -188,6 +200,10 @@ class GrantService:
         self._provisioners = provisioners
         self._installation_id = installation_id
         self._metrics = metrics
+        self._secret_key = secret_key
+        self.gateway = gateway
+        # Called (grant id, why) right after a grant ended, before its role is dropped: the gateway cuts sessions.
+        self.on_ended: list[Callable[[str, str], None]] = []
 
     def spec(self, grant: Grant) -> GrantSpec:
         level = self._catalog().level(grant.resource, grant.level)
@@ -214,12 +230,23 @@ class GrantService:
                 return Activation(grant, error="scheduled: access starts at " + ledger_time(grant.starts_at))
             spec = self.spec(grant)
         provisioner = self._provisioners(grant.resource)
-        password = new_secret("pg") if with_credential else None
+        gateway = grant.via == "gateway"
+        if gateway and self.gateway is None:
+            return Activation(
+                self._note_failure(
+                    grant_id, "the level is reached through the gateway, which is not running (set AMBER_GATEWAY_PORT)"
+                ),
+                error="no gateway",
+            )
+        password = (new_secret("gw") if gateway else new_secret("pg")) if with_credential else None
         started = self._clock.now()
         try:
             with self._metrics.provision_seconds.labels(provisioner.kind).time():
                 info = provisioner.provision(spec)
-                if password is not None:
+                if gateway:
+                    # The role's own password is derived, never stored and never shown: only the gateway uses it.
+                    provisioner.set_password(spec, derived_secret(self._secret_key, "upstream", grant.id))
+                elif password is not None:
                     provisioner.set_password(spec, password)
         except ProvisionerError as exc:
             self._metrics.provision_failures.labels(provisioner.kind, "provision").inc()
@@ -258,6 +285,8 @@ class GrantService:
                     # Only the submit path asks for a credential here, right after issuing the grant;
                     # a claim needs an active grant, so nobody can have been shown one before.
                     grant.credential_shown_at = now
+                    if gateway:
+                        grant.gateway_token_hash = hash_secret(password, self._secret_key)
                     _record(
                         session,
                         grant,
@@ -269,7 +298,7 @@ class GrantService:
         if ended is not None:
             self.deprovision([grant_id])
             return Activation(ended, error=f"grant is {ended.status}")
-        return Activation(grant, password=password)
+        return Activation(grant, password=password, gateway=self.gateway)
 
     def claim_credential(self, grant_id: str, *, issuer: str, subject: str) -> Activation:
         """Show the grant's password to its grantee, exactly once."""
@@ -294,6 +323,10 @@ class GrantService:
                 now=now,
                 payload={"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}},
             )
+            if grant.via == "gateway":
+                token = new_secret("gw")
+                grant.gateway_token_hash = hash_secret(token, self._secret_key)
+                return Activation(grant, password=token, gateway=self.gateway)
             spec = self.spec(grant)
         password = new_secret("pg")
         try:
@@ -323,6 +356,7 @@ class GrantService:
                 raise Conflict(f"grant {grant_id} already {grant.status}")
             _move(session, grant, "revoked", actor=actor, now=self._clock.now(), reason=reason or "revoked")
         self._metrics.grants_ended.labels("revoked").inc()
+        self._ended([grant_id], f"was revoked: {reason or 'revoked'}")
         self.deprovision([grant_id])
         return grant
 
@@ -343,6 +377,7 @@ class GrantService:
                 _move(session, grant, "expired", actor=SYSTEM, now=now, reason="expired")
         if due:
             self._metrics.grants_ended.labels("expired").inc(len(due))
+            self._ended([grant.id for grant in due], "expired")
             self.deprovision([grant.id for grant in due])
             done = self._clock.now()
             for grant in due:
@@ -492,6 +527,14 @@ class GrantService:
                     )
         self._metrics.foreign_roles.set(foreign)
         return dropped
+
+    def _ended(self, grant_ids: list[str], reason: str) -> None:
+        for hook in self.on_ended:
+            for grant_id in grant_ids:
+                try:
+                    hook(grant_id, reason)
+                except Exception:  # a failing hook must not stop the revocation; the role is dropped anyway
+                    log.exception("grant %s: on-ended hook failed", grant_id)
 
     def _note_failure(self, grant_id: str, error: str) -> Grant:
         with self._uow() as session:

@@ -2,14 +2,25 @@
 
 from amber.identity.dev_issuer import DevIssuer
 from amber.identity.principals import Principal
-from amber.identity.tokens import KeySource, RemoteKeys, StaticKeys, TokenVerifier, TrustedIssuer
+from amber.identity.providers import Provider
+from amber.identity.roles import ADMIN, APPROVER, AUDITOR, REQUESTER, ROLES, roles_for, with_roles
+from amber.identity.tokens import Discovery, KeySource, RemoteKeys, StaticKeys, TokenVerifier, TrustedIssuer
 
 __all__ = [
+    "ADMIN",
+    "APPROVER",
+    "AUDITOR",
+    "REQUESTER",
+    "ROLES",
     "DevIssuer",
+    "Discovery",
     "KeySource",
     "Principal",
+    "Provider",
     "RemoteKeys",
     "StaticKeys",
     "TokenVerifier",
     "TrustedIssuer",
+    "roles_for",
+    "with_roles",
 ]

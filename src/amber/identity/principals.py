@@ -1,8 +1,12 @@
-"""A Principal is a person as the identity provider verified them: issuer + subject, never a bare name."""
+"""A Principal is a person as the identity provider verified them: issuer + subject, never a bare name.
+
+`groups` are amber group names (after the provider's group_map) read from the token at the time of the
+action; `roles` are derived from them by `amber.identity.roles` for the same action.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -12,6 +16,7 @@ class Principal:
     name: str
     groups: frozenset[str]
     email: str | None = None
+    roles: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -19,3 +24,6 @@ class Principal:
 
     def in_any(self, groups: list[str] | frozenset[str] | set[str]) -> bool:
         return bool(self.groups & set(groups))
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles

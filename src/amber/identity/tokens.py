@@ -1,29 +1,35 @@
-"""Bearer-token verification: the one path every API call's identity goes through, dev issuer included.
+"""Bearer-token verification: the one path every identity goes through (API tokens, web sign-in ID tokens, the
+dev issuer's tokens). It owns the claims table below and protects guarantee 3: amber never trusts a
+self-asserted identity.
 
 Claims table (deny by default; every claim amber relies on is checked or deliberately unchecked):
 
 | claim | check |
 |---|---|
 | header `alg` | must be in the issuer's allow-list; never `none`, never HMAC (no shared secrets) |
-| header `kid` | selects the key from the issuer's JWKS; unknown kid -> JWKS refreshed once, then reject |
+| header `kid` | selects the key from the issuer's JWKS; unknown kid -> JWKS refetched (rate-limited), then reject |
+| key type | the JWK's `kty` (and `alg`, if it names one) must fit the header `alg`: no key used for another family |
 | signature | verified with the issuer's public key |
 | `iss` | must equal a configured issuer exactly (also used to pick the configuration) |
-| `aud` | must contain the configured audience |
+| `aud` | must contain the configured audience (API tokens) or the client id (ID tokens at web sign-in) |
+| `azp` | ID tokens with several audiences: must be the client id; otherwise unchecked |
 | `exp` | required; now < exp + skew (injected clock) |
 | `nbf` | optional; now >= nbf - skew |
 | `iat` | required; iat <= now + skew |
-| `sub` | required, non-empty string |
-| name claim | optional display name (defaults to `sub`); informational only, never used for authorization |
-| groups claim | optional list of strings; fed to policy at the time of each action |
-| `email` | unchecked, informational only |
+| subject claim | `sub` by default (`subject_claim`); required, non-empty string; with `iss` it is the identity |
+| `nonce` | ID tokens at web sign-in: must equal the nonce amber sent (constant time); otherwise unchecked |
+| name claim | optional display name (defaults to the subject); informational only, never used for authorization |
+| groups claim | optional list of strings, mapped by `group_map`; fed to policy and roles at each action |
+| email claim | optional string; informational (and for matching SCIM users), never used for authorization |
+| header `typ`, `jti`, `scope`, `client_id`, `auth_time`, `acr`, `amr` | unchecked: amber does not rely on them |
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -31,11 +37,16 @@ import httpx
 import jwt
 from jwt import PyJWK, PyJWKSet
 
-from amber.core.clock import Clock
+from amber.core.clock import Clock, SystemClock
 from amber.core.errors import NotAuthenticated
 from amber.identity.principals import Principal
 
 _HMAC = {"HS256", "HS384", "HS512"}
+_KTY = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def key_type_for(alg: str) -> str | None:
+    return _KTY.get(alg[:2])
 
 
 class KeySource:
@@ -61,58 +72,110 @@ class StaticKeys(KeySource):
         return None
 
 
-class RemoteKeys(KeySource):
-    """A JWKS fetched over HTTP, cached, refreshed on an unknown kid at most once per `min_refresh_s`.
+class Discovery:
+    """An issuer's OpenID discovery document, fetched once and cached (endpoints change rarely).
 
-    Without a `jwks_uri`, the issuer's OpenID discovery document names it. What this does NOT check: TLS
-    policy beyond httpx's defaults (use https issuers in production).
+    What this does NOT check: TLS policy beyond httpx's defaults (use https issuers in production). It does
+    check that the document names the issuer it was fetched for (OpenID Connect Discovery 1.0, section 4.3).
+    """
+
+    def __init__(self, issuer: str, *, timeout_s: float = 5.0) -> None:
+        self.issuer = issuer.rstrip("/")
+        self._timeout_s = timeout_s
+        self._doc: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def document(self) -> dict[str, Any]:
+        with self._lock:
+            if self._doc is None:
+                try:
+                    doc = get_json(f"{self.issuer}/.well-known/openid-configuration", self._timeout_s)
+                except (httpx.HTTPError, ValueError) as exc:
+                    raise NotAuthenticated(
+                        f"cannot fetch the identity provider's discovery document: {type(exc).__name__}"
+                    ) from None
+                if str(doc.get("issuer", "")).rstrip("/") != self.issuer:
+                    raise NotAuthenticated("the identity provider's discovery document does not match its issuer")
+                self._doc = doc
+            return self._doc
+
+    def endpoint(self, name: str) -> str | None:
+        value = self.document().get(name)
+        return str(value) if value else None
+
+
+class RemoteKeys(KeySource):
+    """A JWKS fetched over HTTP and cached. An unknown kid refetches it, at most once per `min_refresh`
+    (so a flood of tokens with made-up kids costs one fetch per window); the cache is also refetched when
+    older than `max_age`, so keys the provider withdrew stop verifying. Time comes from the injected clock.
+
+    Without a `jwks_uri`, the issuer's OpenID discovery document names it. A failed fetch fails closed.
     """
 
     def __init__(
-        self, issuer: str, jwks_uri: str | None = None, *, min_refresh_s: float = 30.0, timeout_s: float = 5.0
+        self,
+        issuer: str,
+        jwks_uri: str | None = None,
+        *,
+        min_refresh_s: float = 30.0,
+        max_age_s: float = 3600.0,
+        timeout_s: float = 5.0,
+        clock: Clock | None = None,
+        discovery: Discovery | None = None,
     ) -> None:
-        self._issuer = issuer.rstrip("/")
+        self._discovery = discovery or Discovery(issuer, timeout_s=timeout_s)
         self._uri = jwks_uri
         self._min_refresh_s = min_refresh_s
+        self._max_age_s = max_age_s
         self._timeout_s = timeout_s
+        self._clock: Clock = clock or SystemClock()
         self._keys: PyJWKSet | None = None
-        self._fetched_at = 0.0
+        self._fetched_at: float | None = None
         self._lock = threading.Lock()
+        self.fetches = 0
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
 
     def get(self, kid: str | None) -> PyJWK | None:
         with self._lock:
-            if self._keys is None:
+            if self._keys is None or self._fetched_at is None or self._now() - self._fetched_at >= self._max_age_s:
                 self._fetch()
             return _pick(self._keys, kid) if self._keys is not None else None
 
     def refresh(self) -> None:
         with self._lock:
-            if time.monotonic() - self._fetched_at >= self._min_refresh_s:
+            if self._fetched_at is None or self._now() - self._fetched_at >= self._min_refresh_s:
                 self._fetch()
 
     def _fetch(self) -> None:
+        self.fetches += 1
         try:
             if self._uri is None:
-                discovery = self._get_json(f"{self._issuer}/.well-known/openid-configuration")
-                if discovery.get("issuer", "").rstrip("/") != self._issuer or "jwks_uri" not in discovery:
-                    raise NotAuthenticated("the identity provider's discovery document does not match its issuer")
-                self._uri = str(discovery["jwks_uri"])
-            self._keys = PyJWKSet.from_dict(self._get_json(self._uri))
+                uri = self._discovery.endpoint("jwks_uri")
+                if uri is None:
+                    raise NotAuthenticated("the identity provider's discovery document names no jwks_uri")
+                self._uri = uri
+            keys = PyJWKSet.from_dict(get_json(self._uri, self._timeout_s))
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
             raise NotAuthenticated(f"cannot fetch the identity provider's keys: {type(exc).__name__}") from None
-        self._fetched_at = time.monotonic()
+        self._keys = keys
+        self._fetched_at = self._now()
 
-    def _get_json(self, url: str) -> dict[str, Any]:
-        response = httpx.get(url, timeout=self._timeout_s)
-        response.raise_for_status()
-        value = response.json()
-        if not isinstance(value, dict):
-            raise ValueError("not a JSON object")  # noqa: TRY004 - handled with the other bad-response errors
-        return value
+
+def get_json(url: str, timeout_s: float) -> dict[str, Any]:
+    response = httpx.get(url, timeout=timeout_s, headers={"accept": "application/json"})
+    response.raise_for_status()
+    value = response.json()
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")  # noqa: TRY004 - handled with the other bad-response errors
+    return value
 
 
 def _pick(keys: PyJWKSet, kid: str | None) -> PyJWK | None:
     for key in keys.keys:
+        if key.public_key_use not in (None, "sig"):
+            continue
         if kid is None or key.key_id == kid:
             return key
     return None
@@ -126,6 +189,10 @@ class TrustedIssuer:
     algorithms: tuple[str, ...]
     groups_claim: str = "groups"
     name_claim: str = "preferred_username"
+    email_claim: str = "email"
+    subject_claim: str = "sub"
+    group_map: Mapping[str, str] = field(default_factory=dict)
+    name: str = ""
 
 
 class TokenVerifier:
@@ -137,9 +204,21 @@ class TokenVerifier:
             bad = set(issuer.algorithms) & (_HMAC | {"none"})
             if bad:
                 raise ValueError(f"issuer {issuer.issuer}: algorithms {sorted(bad)} are never accepted")
+            unknown = {alg for alg in issuer.algorithms if key_type_for(alg) is None}
+            if unknown:
+                raise ValueError(f"issuer {issuer.issuer}: unknown algorithms {sorted(unknown)}")
 
-    def verify(self, token: str) -> Principal:
-        """Verify a bearer token and return who it names. Raises NotAuthenticated with a reason otherwise."""
+    def issuer(self, url: str) -> TrustedIssuer | None:
+        return self._issuers.get(url)
+
+    def verify(self, token: str, *, audience: str | None = None, nonce: str | None = None) -> Principal:
+        """Verify a JWT and return who it names, or raise NotAuthenticated with the reason.
+
+        `audience` replaces the issuer's API audience (web sign-in checks ID tokens against the client id);
+        `nonce`, when given, must match the token's. What this does NOT check: whether the person is still
+        active at the provider (SCIM deactivation is checked by the caller, amber.api.auth), `jti` replay,
+        or scopes; see the claims table above.
+        """
         try:
             header = jwt.get_unverified_header(token)
             # Only to choose which issuer's keys to verify with; `iss` is verified below.
@@ -150,25 +229,30 @@ class TokenVerifier:
         if issuer is None:
             raise NotAuthenticated("the token's issuer is not trusted by this amber")
         alg = header.get("alg")
-        if alg not in issuer.algorithms:
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise NotAuthenticated(f"token algorithm {alg!r} is not allowed for this issuer")
         kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise NotAuthenticated("the token's key id is not a string")
         key = issuer.keys.get(kid)
         if key is None:
             issuer.keys.refresh()
             key = issuer.keys.get(kid)
         if key is None:
             raise NotAuthenticated("the token was signed with a key the issuer does not publish")
+        if key.key_type != key_type_for(alg) or (key.algorithm_name and key.algorithm_name != alg):
+            raise NotAuthenticated(f"the issuer's key {kid!r} is not a {alg} key")
+        expected_audience = audience or issuer.audience
         try:
             claims = jwt.decode(
                 token,
-                key=key,
+                key=key.key,
                 algorithms=[alg],
-                audience=issuer.audience,
+                audience=expected_audience,
                 issuer=issuer.issuer,
                 # Time claims are checked below against amber's injected clock.
                 options={
-                    "require": ["iss", "aud", "sub", "exp", "iat"],
+                    "require": ["iss", "aud", "exp", "iat"],
                     "verify_exp": False,
                     "verify_nbf": False,
                     "verify_iat": False,
@@ -181,26 +265,40 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise NotAuthenticated(f"the token was rejected: {exc}") from None
         self._check_times(claims)
-        subject = claims.get("sub")
+        if audience is not None:
+            self._check_id_token(claims, audience, nonce)
+        return self._principal(issuer, claims)
+
+    def _check_id_token(self, claims: dict[str, Any], client_id: str, nonce: str | None) -> None:
+        aud = claims.get("aud")
+        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != client_id:
+            raise NotAuthenticated("the ID token has several audiences and was not issued to amber (azp)")
+        if nonce is not None:
+            got = claims.get("nonce")
+            if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
+                raise NotAuthenticated("the ID token's nonce does not match this sign-in")
+
+    def _principal(self, issuer: TrustedIssuer, claims: dict[str, Any]) -> Principal:
+        subject = claims.get(issuer.subject_claim)
         if not isinstance(subject, str) or not subject:
-            raise NotAuthenticated("the token has no subject")
+            raise NotAuthenticated(f"the token has no subject ({issuer.subject_claim!r} claim)")
         groups = claims.get(issuer.groups_claim, [])
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise NotAuthenticated(f"the token's {issuer.groups_claim!r} claim is not a list of strings")
         name = claims.get(issuer.name_claim) or subject
-        email = claims.get("email")
+        email = claims.get(issuer.email_claim)
         return Principal(
             issuer=issuer.issuer,
             subject=subject,
             name=str(name),
-            groups=frozenset(groups),
-            email=str(email) if email else None,
+            groups=frozenset(issuer.group_map.get(g, g) for g in groups),
+            email=email if isinstance(email, str) and email else None,
         )
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         now = self._clock.now().timestamp()
         for claim in ("exp", "iat", "nbf"):
-            if claim in claims and not isinstance(claims[claim], int | float):
+            if claim in claims and (isinstance(claims[claim], bool) or not isinstance(claims[claim], int | float)):
                 raise NotAuthenticated(f"the token's {claim!r} claim is not a number")
         if now >= claims["exp"] + self._skew:
             raise NotAuthenticated("the token has expired; sign in again (amber login)")

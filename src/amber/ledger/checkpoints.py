@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
-import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from amber.core.clock import Clock, as_utc
-from amber.core.db import UnitOfWork, is_postgres
+from amber.core.clock import as_utc
+from amber.core.db import is_postgres
 from amber.core.errors import AmberError, ConfigError
 from amber.ledger import tlog, tree
 from amber.ledger.chain import Actor
 from amber.ledger.models import LedgerEntry, SignedCheckpoint
 from amber.ledger.service import LOCK_KEY, append, head
-
-log = logging.getLogger("amber.ledger")
 
 DEV_KEY_FILE = "ledger-signing.key"
 LEDGER_DEV_KEY_WARNING = (
@@ -185,77 +181,9 @@ def rotate_key(
     return sign(session, new, origin, at)
 
 
-class Checkpointer:
-    """Signs a checkpoint every `every_entries` entries or `every` time (whichever first), and on demand."""
-
-    def __init__(
-        self,
-        *,
-        uow: UnitOfWork,
-        clock: Clock,
-        signer: tlog.Signer,
-        origin: str,
-        every_entries: int,
-        every: timedelta,
-    ) -> None:
-        self.uow = uow
-        self.clock = clock
-        self.signer = signer
-        self.origin = origin
-        self.every_entries = every_entries
-        self.every = every
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def verifier(self) -> tlog.Verifier:
-        return self.signer.verifier
-
-    def sign_now(self) -> CheckpointView:
-        with self.uow() as session:
-            return sign(session, self.signer, self.origin, self.clock.now())
-
-    def due(self, session: Session) -> bool:
-        size, _ = head(session)
-        last = latest_checkpoint(session)
-        if last is None:
-            return size > 0
-        grown = size - last.tree_size
-        return grown >= self.every_entries or (grown > 0 and self.clock.now() - last.signed_at >= self.every)
-
-    def tick(self) -> CheckpointView | None:
-        """Sign if due. Errors are logged (without key material) and retried on the next tick."""
-        try:
-            with self.uow() as session:
-                if self.due(session):
-                    return sign(session, self.signer, self.origin, self.clock.now())
-        except AmberError as exc:
-            log.error("ledger checkpoint not signed: %s", exc.message)  # noqa: TRY400 - the message says it all
-        return None
-
-    def start(self, poll_s: float = 1.0) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-
-        def run() -> None:
-            while not self._stop.wait(poll_s):
-                self.tick()
-
-        self._thread = threading.Thread(target=run, name="amber-ledger-checkpoints", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-
 __all__ = [
     "CheckpointError",
     "CheckpointView",
-    "Checkpointer",
     "checkpoints",
     "dev_signer",
     "key_history",

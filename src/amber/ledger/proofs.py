@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,34 @@ def export_bundle(session: Session, directory: Path, origin: str) -> dict[str, A
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def verify_tree(
+    session: Session,
+    keys: Sequence[tlog.Verifier],
+    witnessed: Sequence[tuple[str, str]],
+    since: tuple[str, str] | None,
+    origin: str | None,
+) -> list[str]:
+    """The stored Merkle tree against the entries, and every checkpoint (stored or given) against both."""
+    notes = [(f"#{cp.id}", cp.note) for cp in checkpoints(session)]
+    history = key_history(session)
+    trusted = list(keys) or ([tlog.Verifier.parse(history[0])] if history else [])
+    if (witnessed or since) and not trusted:
+        return ["signature: no trusted key: pass --key (no checkpoint was ever signed here)"]
+    result = tlog.verify_log(
+        (exported(row) for row in iter_raw(session)),
+        [*notes, *witnessed],
+        trusted,
+        origin=origin,
+        since=since,
+    )
+    problems = [str(p) for p in result.problems]
+    size, _ = head(session)
+    try:
+        stored = tree.root(session, size)
+    except tree.TreeError as exc:
+        return [*problems, f"tree: {exc.message}"]
+    if stored != result.root:
+        problems.append(f"tree: the stored Merkle tree's root at size {size} does not match the entries")
+    return problems

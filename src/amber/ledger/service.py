@@ -172,9 +172,9 @@ def entries(
     return [to_view(row) for row in session.scalars(query)]
 
 
-def iter_raw(session: Session, batch: int = 5000) -> Iterator[LedgerEntry]:
-    """Every row in seq order, streamed in batches (for verification of large ledgers)."""
-    after = 0
+def iter_raw(session: Session, batch: int = 5000, *, after_seq: int = 0) -> Iterator[LedgerEntry]:
+    """Every row after `after_seq` in seq order, streamed in batches (for verification of large ledgers)."""
+    after = after_seq
     while True:
         rows = list(
             session.scalars(select(LedgerEntry).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(batch))

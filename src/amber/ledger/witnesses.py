@@ -169,7 +169,8 @@ class S3Client:
         response = self.request("PUT", f"/{bucket}/{key}", body=body, headers=headers)
         if response.status_code != 200:
             raise S3Error(f"put {bucket}/{key}: HTTP {response.status_code}: {response.text[:200]}")
-        return response.headers.get("x-amz-version-id")
+        version: str | None = response.headers.get("x-amz-version-id")
+        return version
 
     def get(self, bucket: str, key: str, version_id: str | None = None) -> httpx.Response:
         return self.request("GET", f"/{bucket}/{key}", query={"versionId": version_id} if version_id else None)
@@ -210,7 +211,9 @@ def build(configs: Sequence[Mapping[str, Any]]) -> list[Witness]:
             )
             retention = timedelta(days=int(config.get("retention_days", 3650)))
             witnesses.append(
-                S3Witness(name, client, str(config["bucket"]), retention=retention, prefix=str(config.get("prefix", "")))
+                S3Witness(
+                    name, client, str(config["bucket"]), retention=retention, prefix=str(config.get("prefix", ""))
+                )
             )
         else:
             raise ConfigError(f"ledger witness {number}: kind must be file, webhook or s3, not {kind!r}")

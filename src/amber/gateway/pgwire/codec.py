@@ -321,8 +321,9 @@ def cstr(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def error_response(code: str, text: str, *, severity: str = "ERROR", detail: str | None = None,
-                   hint: str | None = None) -> bytes:
+def error_response(
+    code: str, text: str, *, severity: str = "ERROR", detail: str | None = None, hint: str | None = None
+) -> bytes:
     body = b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(code) + b"M" + cstr(text)
     if detail:
         body += b"D" + cstr(detail)

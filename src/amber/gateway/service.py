@@ -1,0 +1,71 @@
+"""Wiring the gateway into a running amber: the server, its authenticator, recorder and upstream schemas."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from amber.core.clock import Clock
+from amber.core.db import UnitOfWork
+from amber.gateway.auth import GrantAuthenticator
+from amber.gateway.recording import LedgerRecorder
+from amber.gateway.schema_info import UpstreamSchema
+from amber.gateway.server import GatewayServer
+from amber.gateway.tls import self_signed, server_context
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWork,
+        clock: Clock,
+        secret_key: bytes,
+        admin_dsn: Callable[[str], str],
+        host: str,
+        port: int,
+        state_dir: Path,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
+        if tls_cert is None or tls_key is None:
+            tls_cert, tls_key = self_signed(state_dir)
+        self.authenticator = GrantAuthenticator(uow, clock, secret_key)
+        self.recorder = LedgerRecorder(uow, clock)
+        self._admin_dsn = admin_dsn
+        self._schemas: dict[str, UpstreamSchema] = {}
+        self._lock = threading.Lock()
+        self.server = GatewayServer(
+            authenticator=self.authenticator,
+            recorder=self.recorder,
+            schema_for=self.schema_for,
+            clock=clock,
+            tls=server_context(tls_cert, tls_key),
+            host=host,
+            port=port,
+        )
+
+    def schema_for(self, resource: str) -> UpstreamSchema:
+        with self._lock:
+            schema = self._schemas.get(resource)
+            if schema is None:
+                schema = self._schemas[resource] = UpstreamSchema(self._admin_dsn(resource))
+            return schema
+
+    async def start(self) -> None:
+        self.recorder.start()
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.recorder.stop()
+        with self._lock:
+            for schema in self._schemas.values():
+                schema.close()
+            self._schemas.clear()
+
+    def grant_ended(self, grant_id: str, reason: str) -> None:
+        """Called by GrantService (from any thread) when a grant ends: refuse its statements, cut its sessions."""
+        self.authenticator.mark_ended(grant_id, reason)
+        self.server.cut(grant_id, reason)
