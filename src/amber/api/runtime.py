@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from amber import ledger
 from amber.access_requests import AccessRequestService
 from amber.access_requests.notify import Notifier, WebhookNotifier
-from amber.catalog import Catalog, load_catalog
+from amber.catalog import Catalog, IdentityConfig, load_catalog, resolve_reference
 from amber.core.clock import Clock, SystemClock
 from amber.core.crypto import load_or_create_key
 from amber.core.db import UnitOfWork, make_engine, make_unit_of_work
@@ -28,13 +28,14 @@ from amber.core.observability import Metrics
 from amber.core.settings import Settings
 from amber.gateway.service import Gateway
 from amber.grants import GrantService
-from amber.identity import DevIssuer, RemoteKeys, TokenVerifier, TrustedIssuer
+from amber.identity import DevIssuer, Discovery, Provider, RemoteKeys, TokenVerifier, TrustedIssuer
 from amber.identity.dev_issuer import WARNING as DEV_WARNING
 from amber.ledger.checkpointer import Checkpointer
 from amber.ledger.checkpoints import LEDGER_DEV_KEY_WARNING, dev_signer, load_signer
 from amber.ledger.witnesses import build as build_witnesses
 from amber.policy import PolicyBundle, WorkflowSettings, load_bundle
 from amber.provisioners.registry import ProvisionerRegistry
+from amber.scim import ScimService, ScimSettings
 from amber.worker import Worker
 
 log = logging.getLogger("amber")
@@ -65,6 +66,52 @@ def build_checkpointer(
         every=timedelta(seconds=settings.ledger_checkpoint_interval_s),
         witnesses=build_witnesses(settings.ledger_witnesses),
     )
+
+
+def build_identity(
+    identity: IdentityConfig, catalog_path: Path, clock: Clock
+) -> tuple[list[TrustedIssuer], dict[str, Provider]]:
+    """Every configured OpenID provider: how its tokens are verified, and how people sign in with it."""
+    issuers: list[TrustedIssuer] = []
+    providers: dict[str, Provider] = {}
+    for index, config in enumerate(identity.issuers):
+        discovery = Discovery(config.issuer)
+        issuers.append(
+            TrustedIssuer(
+                issuer=config.issuer,
+                audience=config.audience,
+                keys=RemoteKeys(
+                    config.issuer,
+                    config.jwks_uri,
+                    min_refresh_s=identity.jwks_min_refresh.total_seconds(),
+                    clock=clock,
+                    discovery=discovery,
+                ),
+                algorithms=tuple(config.algorithms),
+                groups_claim=config.groups_claim,
+                name_claim=config.name_claim,
+                email_claim=config.email_claim,
+                subject_claim=config.subject_claim,
+                group_map=dict(config.group_map),
+                name=config.name,
+            )
+        )
+
+        def secret(ref: str | None = config.client_secret, where: str = f"identity.issuers[{index}]") -> str | None:
+            return resolve_reference(ref, where=f"{catalog_path}: {where}", base=catalog_path.parent) if ref else None
+
+        providers[config.name] = Provider(
+            name=config.name,
+            display_name=config.display_name,
+            issuer=config.issuer,
+            client_id=config.client_id,
+            cli_client_id=config.cli_client_id,
+            scopes=tuple(config.scopes),
+            discovery=discovery,
+            client_secret=secret,
+            resource=config.resource,
+        )
+    return issuers, providers
 
 
 class CatalogHolder:
@@ -107,6 +154,8 @@ class Runtime:
     warnings: list[str] = field(default_factory=list)
     gateway: Gateway | None = None
     checkpointer: Checkpointer | None = None
+    providers: dict[str, Provider] = field(default_factory=dict)
+    scim: ScimService | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
@@ -130,24 +179,14 @@ class Runtime:
         with uow() as session:
             install_id = installation_id(session)
         metrics = Metrics()
-        issuers = [
-            TrustedIssuer(
-                issuer=i.issuer,
-                audience=i.audience,
-                keys=RemoteKeys(i.issuer, i.jwks_uri),
-                algorithms=tuple(i.algorithms),
-                groups_claim=i.groups_claim,
-                name_claim=i.name_claim,
-            )
-            for i in identity.issuers
-        ]
+        issuers, providers = build_identity(identity, settings.catalog, clock)
         dev_issuer = None
         if identity.dev_issuer:
             dev_issuer = DevIssuer(settings.state_dir, f"{settings.resolved_public_url}/dev-issuer", clock)
             issuers.append(dev_issuer.trusted_issuer())
             warnings.append(DEV_WARNING)
             log.warning("WARNING: %s", DEV_WARNING)
-        verifier = TokenVerifier(issuers, clock)
+        verifier = TokenVerifier(issuers, clock, skew=identity.clock_skew)
 
         def describe(resource_name: str) -> tuple[str, str, str | None, str]:
             current = catalog()
@@ -187,6 +226,18 @@ class Runtime:
             requests=requests,
         )
         checkpointer = build_checkpointer(settings, uow, clock, install_id, warnings)
+        dev_url = dev_issuer.issuer_url if dev_issuer is not None else None
+
+        def scim_settings() -> ScimSettings:
+            current = catalog().identity
+            return ScimSettings(
+                issuer=_scim_issuer(current, dev_url),
+                subject_attribute=current.scim.subject_attribute,
+                group_map={k: v for i in current.issuers for k, v in i.group_map.items()},
+                roles=current.roles.model_dump(),
+            )
+
+        scim = ScimService(uow=uow, clock=clock, settings=scim_settings, grants=grants, requests=requests)
         runtime = cls(
             checkpointer=checkpointer,
             settings=settings,
@@ -203,6 +254,8 @@ class Runtime:
             worker=worker,
             installation_id=install_id,
             warnings=warnings,
+            providers=providers,
+            scim=scim,
         )
         if settings.gateway_port is not None:
             runtime.gateway = Gateway(
@@ -295,3 +348,18 @@ class Runtime:
         self.worker.stop()
         self.provisioners.close()
         self.engine.dispose()
+
+
+def _scim_issuer(identity: IdentityConfig, dev_url: str | None) -> str:
+    """The issuer whose people SCIM manages: `scim.issuer` by URL or name ("dev" for the dev issuer)."""
+    wanted = identity.scim.issuer
+    if wanted == "dev" and dev_url:
+        return dev_url
+    for issuer in identity.issuers:
+        if wanted in (issuer.name, issuer.issuer):
+            return issuer.issuer
+    if not wanted and len(identity.issuers) == 1:
+        return identity.issuers[0].issuer
+    if not wanted and not identity.issuers and dev_url:
+        return dev_url
+    raise ConfigError(f"identity.scim.issuer {wanted!r} names no configured issuer")

@@ -40,6 +40,8 @@ HARMLESS_VOLATILE = frozenset(
         "pg_backend_pid",
     }
 )
+# Marked STABLE in pg_proc, yet they assign a transaction id (a write to the WAL and the commit log).
+SIDE_EFFECTS_DESPITE_LABEL = frozenset({"txid_current", "pg_current_xact_id"})
 SETTABLE = frozenset(
     {
         "application_name",
@@ -218,6 +220,8 @@ def _check_function(funcname: Any, scan: _Scan) -> None:
     parts = [part.sval for part in funcname]
     name = parts[-1].lower()
     schema = parts[-2].lower() if len(parts) > 1 else None
+    if name in SIDE_EFFECTS_DESPITE_LABEL:
+        raise Refused("side-effect-function", f"function {'.'.join(parts)} assigns a transaction id (a write)")
     volatility = scan.schema.function_volatility(schema, name)
     if not volatility:
         raise Refused(

@@ -1,5 +1,6 @@
 """Identity: who is acting, as the identity provider verified them. One verification path for every token."""
 
+from amber.identity import directory, sessions
 from amber.identity.dev_issuer import DevIssuer
 from amber.identity.principals import Principal
 from amber.identity.providers import Provider
@@ -21,6 +22,8 @@ __all__ = [
     "StaticKeys",
     "TokenVerifier",
     "TrustedIssuer",
+    "directory",
     "roles_for",
+    "sessions",
     "with_roles",
 ]

@@ -48,8 +48,18 @@ def upgrade() -> None:
     op.create_index("ix_scim_groups_display_name", "scim_groups", ["display_name"])
     op.create_table(
         "scim_members",
-        sa.Column("group_id", sa.String(40), sa.ForeignKey("scim_groups.id", name="fk_scim_members_group_id_scim_groups"), nullable=False),
-        sa.Column("user_id", sa.String(40), sa.ForeignKey("scim_users.id", name="fk_scim_members_user_id_scim_users"), nullable=False),
+        sa.Column(
+            "group_id",
+            sa.String(40),
+            sa.ForeignKey("scim_groups.id", name="fk_scim_members_group_id_scim_groups"),
+            nullable=False,
+        ),
+        sa.Column(
+            "user_id",
+            sa.String(40),
+            sa.ForeignKey("scim_users.id", name="fk_scim_members_user_id_scim_users"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("group_id", "user_id", name="pk_scim_members"),
     )
     op.create_index("ix_scim_members_user_id", "scim_members", ["user_id"])

@@ -1,4 +1,8 @@
-"""SCIM tables: the people and groups the identity provider provisions into amber.
+"""The directory: the people and groups the identity provider provisions into amber over SCIM.
+
+Owns the `scim_users`, `scim_groups` and `scim_members` tables (amber.scim drives them and the revocations
+that follow). Protects: a person SCIM deactivated or deleted is refused at every authentication
+(`is_deprovisioned`), whatever token they still hold.
 
 Rows are never hard-deleted: a SCIM DELETE sets `deleted_at`, so the person's tokens stay refused and the
 ledger's `scim.*` entries keep pointing at something. Membership rows are plain state (the ledger holds
@@ -9,8 +13,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, true
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, or_, select, true
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from amber.core.db import Base
 
@@ -50,3 +54,21 @@ class ScimMember(Base):
 
     group_id: Mapped[str] = mapped_column(ForeignKey("scim_groups.id"), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("scim_users.id"), primary_key=True, index=True)
+
+
+def is_deprovisioned(session: Session, issuer: str, subject: str) -> bool:
+    """True if SCIM deactivated or deleted the person with this issuer and subject.
+
+    What this does NOT check: people SCIM never provisioned (they are not in the directory and pass); amber
+    does not require SCIM, so an unknown person is not refused here.
+    """
+    found = session.scalar(
+        select(ScimUser.id)
+        .where(
+            ScimUser.issuer == issuer,
+            ScimUser.subject == subject,
+            or_(ScimUser.active.is_(False), ScimUser.deleted_at.is_not(None)),
+        )
+        .limit(1)
+    )
+    return found is not None

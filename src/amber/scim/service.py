@@ -1,0 +1,663 @@
+"""SCIM 2.0 provisioning and what it sets off: deprovisioning people and re-checking grants after group changes.
+
+Owns the orchestration between the directory (amber.identity.directory), the grants and the running policy.
+Invariants:
+- Every SCIM change is written with a `scim.*` ledger entry naming the SCIM call, in one transaction.
+- Deactivating or deleting a person ends their browser sessions in that same transaction, then revokes
+  every live grant of theirs (each revocation ends the target's sessions before the call returns); each
+  `grant.revoked` reason names the SCIM call. From that commit on, amber refuses their tokens.
+- Leaving a group re-asks the running policy about each of that person's live grants, with the groups
+  they have now and everything else as at the original decision (reason, requested duration, the time of
+  submission, so business hours do not revoke at night); a grant policy would now deny is revoked.
+
+What this does NOT do: authenticate the caller (amber.api.scim_routes checks the bearer token), or cancel a
+deprovisioned person's pending requests (their tokens are refused, so they cannot use anything approved
+later; the approval path itself is amber.access_requests').
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from amber import ledger
+from amber.access_requests import AccessRequest, AccessRequestService
+from amber.core.clock import Clock, as_utc
+from amber.core.db import UnitOfWork
+from amber.core.errors import AmberError, Conflict, InvalidInput, NotFound
+from amber.core.ids import new_id
+from amber.grants import LIVE, Grant, GrantService
+from amber.identity import REQUESTER, Principal, roles_for
+from amber.identity.directory import ScimGroup, ScimMember, ScimUser
+from amber.identity.sessions import end_sessions_of
+from amber.ledger import Actor
+
+log = logging.getLogger(__name__)
+
+SCIM_ACTOR = Actor(issuer="amber", subject="scim", name="scim")
+ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def scim_error(kind: type[AmberError], message: str, scim_type: str | None = None) -> AmberError:
+    """An AmberError that also reads as a SCIM error (RFC 7644 section 3.12) to Okta and Entra ID."""
+    extra: dict[str, Any] = {"schemas": [ERROR_SCHEMA]}
+    if scim_type:
+        extra["scimType"] = scim_type
+    return kind(message, extra=extra)
+
+
+@dataclass(frozen=True)
+class ScimSettings:
+    """The SCIM view of the identity configuration, read from the running catalog at each call."""
+
+    issuer: str
+    subject_attribute: str
+    group_map: Mapping[str, str]
+    roles: Mapping[str, Collection[str]]
+
+
+@dataclass(frozen=True)
+class Revocation:
+    grant_id: str
+    reason: str
+
+
+class ScimService:
+    def __init__(
+        self,
+        *,
+        uow: UnitOfWork,
+        clock: Clock,
+        settings: Callable[[], ScimSettings],
+        grants: GrantService,
+        requests: AccessRequestService,
+    ) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._settings = settings
+        self._grants = grants
+        self._requests = requests
+
+    # -- users ---------------------------------------------------------------------------------------------
+
+    def create_user(self, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
+        settings = self._settings()
+        user_name = _required_str(body, "userName")
+        with self._uow() as session:
+            if self._user_by_name(session, user_name) is not None:
+                raise scim_error(Conflict, f"a user with userName {user_name!r} already exists", "uniqueness")
+            now = self._clock.now()
+            user = ScimUser(
+                id=new_id("scu"),
+                issuer=settings.issuer,
+                user_name=user_name,
+                created_at=now,
+                updated_at=now,
+                active=True,
+            )
+            _apply_user(user, body, settings)
+            session.add(user)
+            session.flush()
+            self._record(session, "scim.user_created", user.id, call, _user_summary(user), now=now)
+            result = self._user_out(session, user)
+            deprovision = not user.active
+        if deprovision:
+            self._revoke_all(result["id"], call=call, why="created inactive")
+        return result
+
+    def replace_user(self, user_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
+        settings = self._settings()
+        with self._uow() as session:
+            user = self._user(session, user_id)
+            was_active = user.active
+            user.user_name = _required_str(body, "userName")
+            if "active" not in _lower_keys(body):
+                body = {**body, "active": True}  # PUT replaces: an absent `active` means the default, true
+            _apply_user(user, body, settings)
+            now = self._clock.now()
+            user.updated_at = now
+            event = _activity_event(was_active, user.active) or "scim.user_replaced"
+            self._record(session, event, user.id, call, _user_summary(user), now=now)
+            if was_active and not user.active:
+                self._end_sessions(session, user, call, now)
+            result = self._user_out(session, user)
+        if was_active and not result["active"]:
+            self._revoke_all(user_id, call=call, why="deactivated")
+        return result
+
+    def patch_user(self, user_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
+        settings = self._settings()
+        operations = _operations(body)
+        with self._uow() as session:
+            user = self._user(session, user_id)
+            was_active = user.active
+            for op, path, value in operations:
+                if op not in ("add", "replace", "remove"):
+                    raise scim_error(InvalidInput, f"unsupported PATCH op {op!r}", "invalidSyntax")
+                if path is None:
+                    if not isinstance(value, Mapping):
+                        raise scim_error(InvalidInput, "a PATCH without a path needs an object value", "invalidValue")
+                    _apply_user(user, value, settings)
+                else:
+                    _apply_user(user, {path: None if op == "remove" else value}, settings)
+            now = self._clock.now()
+            user.updated_at = now
+            event = _activity_event(was_active, user.active) or "scim.user_updated"
+            self._record(session, event, user.id, call, _user_summary(user), now=now)
+            if was_active and not user.active:
+                self._end_sessions(session, user, call, now)
+            result = self._user_out(session, user)
+        if was_active and not result["active"]:
+            self._revoke_all(user_id, call=call, why="deactivated")
+        return result
+
+    def delete_user(self, user_id: str, *, call: str) -> None:
+        with self._uow() as session:
+            user = self._user(session, user_id)
+            now = self._clock.now()
+            user.deleted_at = now
+            user.active = False
+            user.updated_at = now
+            groups = list(session.scalars(select(ScimMember).where(ScimMember.user_id == user_id)))
+            for member in groups:
+                session.delete(member)
+            self._record(session, "scim.user_deleted", user.id, call, _user_summary(user), now=now)
+            self._end_sessions(session, user, call, now)
+        self._revoke_all(user_id, call=call, why="deleted")
+
+    def get_user(self, user_id: str) -> dict[str, Any]:
+        with self._uow() as session:
+            return self._user_out(session, self._user(session, user_id))
+
+    def list_users(self, filter_: str | None, *, start: int, count: int) -> dict[str, Any]:
+        field_map = {"username": ScimUser.user_name, "externalid": ScimUser.external_id, "id": ScimUser.id}
+        with self._uow() as session:
+            query = select(ScimUser).where(ScimUser.deleted_at.is_(None)).order_by(ScimUser.created_at, ScimUser.id)
+            if filter_:
+                attribute, value = _parse_filter(filter_)
+                column = field_map.get(attribute.lower())
+                if column is None:
+                    raise scim_error(InvalidInput, f"filtering on {attribute!r} is not supported", "invalidFilter")
+                # userName is case-insensitive in SCIM (RFC 7643 section 4.1.1).
+                query = query.where(
+                    func.lower(column) == value.lower() if attribute.lower() == "username" else column == value
+                )
+            rows = list(session.scalars(query))
+            page = rows[max(start, 1) - 1 : max(start, 1) - 1 + count]
+            return _list_response([self._user_out(session, u) for u in page], total=len(rows), start=start)
+
+    # -- groups --------------------------------------------------------------------------------------------
+
+    def create_group(self, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
+        name = _required_str(body, "displayName")
+        with self._uow() as session:
+            existing = session.scalar(
+                select(ScimGroup.id).where(ScimGroup.display_name == name, ScimGroup.deleted_at.is_(None))
+            )
+            if existing is not None:
+                raise scim_error(Conflict, f"a group named {name!r} already exists", "uniqueness")
+            now = self._clock.now()
+            group = ScimGroup(
+                id=new_id("scg"),
+                display_name=name,
+                external_id=_opt_str(_lower_keys(body).get("externalid")),
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(group)
+            session.flush()
+            added = self._set_members(session, group, _member_ids(_lower_keys(body).get("members")))[0]
+            self._record(session, "scim.group_created", group.id, call, {"displayName": name, "added": added}, now=now)
+            return self._group_out(session, group, members=True)
+
+    def replace_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
+        with self._uow() as session:
+            group = self._group(session, group_id)
+            group.display_name = _required_str(body, "displayName")
+            lowered = _lower_keys(body)
+            if "externalid" in lowered:
+                group.external_id = _opt_str(lowered["externalid"])
+            added, removed = self._set_members(session, group, _member_ids(lowered.get("members")))
+            now = self._clock.now()
+            group.updated_at = now
+            self._record(
+                session,
+                "scim.group_replaced",
+                group.id,
+                call,
+                {"displayName": group.display_name, "added": added, "removed": removed},
+                now=now,
+            )
+            result = self._group_out(session, group, members=True)
+        self._recheck(removed, call=call, left=result["displayName"])
+        return result
+
+    def patch_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any] | None:
+        operations = _operations(body)
+        with self._uow() as session:
+            group = self._group(session, group_id)
+            current = set(self._member_ids_of(session, group.id))
+            wanted = set(current)
+            for op, path, value in operations:
+                target = (path or "").lower()
+                if op == "replace" and path is None and isinstance(value, Mapping):
+                    lowered = _lower_keys(value)
+                    if "displayname" in lowered:
+                        group.display_name = str(lowered["displayname"])
+                    if "externalid" in lowered:
+                        group.external_id = _opt_str(lowered["externalid"])
+                    if "members" in lowered:
+                        wanted = set(_member_ids(lowered["members"]))
+                elif target == "displayname" and op in ("replace", "add"):
+                    group.display_name = str(value)
+                elif target == "externalid":
+                    group.external_id = None if op == "remove" else _opt_str(value)
+                elif target == "members" and op == "add":
+                    wanted |= set(_member_ids(value))
+                elif target == "members" and op == "replace":
+                    wanted = set(_member_ids(value))
+                elif target == "members" and op == "remove":
+                    # Entra ID names the members in `value`; without a value, all members go (RFC 7644 3.5.2.2).
+                    wanted = wanted - set(_member_ids(value)) if value is not None else set()
+                elif target.startswith("members[") and op == "remove":
+                    # Okta: {"op": "remove", "path": "members[value eq \"<id>\"]"}
+                    attribute, member = _parse_filter(path[len("members[") : -1] if path else "")
+                    if attribute.lower() != "value":
+                        raise scim_error(InvalidInput, f"unsupported member filter {path!r}", "invalidFilter")
+                    wanted.discard(member)
+                else:
+                    raise scim_error(InvalidInput, f"unsupported Group PATCH {op} {path!r}", "invalidPath")
+            added, removed = self._set_members(session, group, sorted(wanted))
+            now = self._clock.now()
+            group.updated_at = now
+            self._record(
+                session,
+                "scim.group_updated",
+                group.id,
+                call,
+                {"displayName": group.display_name, "added": added, "removed": removed},
+                now=now,
+            )
+            result = self._group_out(session, group, members=True)
+        self._recheck(removed, call=call, left=result["displayName"])
+        return result
+
+    def delete_group(self, group_id: str, *, call: str) -> None:
+        with self._uow() as session:
+            group = self._group(session, group_id)
+            removed = self._set_members(session, group, [])[1]
+            now = self._clock.now()
+            group.deleted_at = now
+            group.updated_at = now
+            self._record(
+                session,
+                "scim.group_deleted",
+                group.id,
+                call,
+                {"displayName": group.display_name, "removed": removed},
+                now=now,
+            )
+            name = group.display_name
+        self._recheck(removed, call=call, left=name)
+
+    def get_group(self, group_id: str, *, members: bool = True) -> dict[str, Any]:
+        with self._uow() as session:
+            return self._group_out(session, self._group(session, group_id), members=members)
+
+    def list_groups(self, filter_: str | None, *, start: int, count: int, members: bool) -> dict[str, Any]:
+        field_map = {"displayname": ScimGroup.display_name, "externalid": ScimGroup.external_id, "id": ScimGroup.id}
+        with self._uow() as session:
+            query = select(ScimGroup).where(ScimGroup.deleted_at.is_(None)).order_by(ScimGroup.created_at)
+            if filter_:
+                attribute, value = _parse_filter(filter_)
+                column = field_map.get(attribute.lower())
+                if column is None:
+                    raise scim_error(InvalidInput, f"filtering on {attribute!r} is not supported", "invalidFilter")
+                query = query.where(column == value)
+            rows = list(session.scalars(query))
+            page = rows[max(start, 1) - 1 : max(start, 1) - 1 + count]
+            resources = [self._group_out(session, g, members=members) for g in page]
+            return _list_response(resources, total=len(rows), start=start)
+
+    # -- what SCIM changes set off --------------------------------------------------------------------------
+
+    def _revoke_all(self, user_id: str, *, call: str, why: str) -> list[Revocation]:
+        """Revoke every live grant of a deprovisioned person. Each revocation ends the target sessions."""
+        with self._uow() as session:
+            user = self._user(session, user_id, include_deleted=True)
+            if user.subject is None:
+                return []
+            live = list(
+                session.scalars(
+                    select(Grant.id).where(
+                        Grant.grantee_issuer == user.issuer,
+                        Grant.grantee_subject == user.subject,
+                        Grant.status.in_(LIVE),
+                    )
+                )
+            )
+        reason = f"scim {call}: user {why}"
+        return [r for grant_id in live if (r := self._revoke(grant_id, reason)) is not None]
+
+    def _recheck(self, user_ids: Collection[str], *, call: str, left: str) -> list[Revocation]:
+        """Ask policy again about each live grant of people who left a group; revoke what it now denies."""
+        done: list[Revocation] = []
+        settings = self._settings()
+        for user_id in user_ids:
+            with self._uow() as session:
+                user = session.get(ScimUser, user_id)
+                if user is None or user.subject is None or not user.active or user.deleted_at is not None:
+                    continue
+                rows = list(
+                    session.execute(
+                        select(Grant.id, AccessRequest)
+                        .join(AccessRequest, AccessRequest.id == Grant.request_id)
+                        .where(
+                            Grant.grantee_issuer == user.issuer,
+                            Grant.grantee_subject == user.subject,
+                            Grant.status.in_(LIVE),
+                        )
+                    ).tuples()
+                )
+                groups_of = self._groups_now(session, user, settings)
+                checks = [
+                    (grant_id, request, groups_of(_json_list(request.requester_groups))) for grant_id, request in rows
+                ]
+                session.expunge_all()
+            for grant_id, request, groups in checks:
+                denied = self._still_denied(request, groups, settings)
+                if denied is not None:
+                    reason = f"scim {call}: left group {left!r}; policy now denies: {denied}"
+                    revocation = self._revoke(grant_id, reason)
+                    if revocation is not None:
+                        done.append(revocation)
+        return done
+
+    def _groups_now(
+        self, session: Session, user: ScimUser, settings: ScimSettings
+    ) -> Callable[[list[str]], frozenset[str]]:
+        """The person's amber groups now: SCIM decides the groups it manages; the token's others stand."""
+        managed: dict[str, bool] = {}
+        member_of = set(self._group_ids_of(session, user.id))
+        for group in session.scalars(select(ScimGroup).where(ScimGroup.deleted_at.is_(None))):
+            for name in _amber_names(group, settings.group_map):
+                managed[name] = managed.get(name, False) or group.id in member_of
+        for group in session.scalars(select(ScimGroup).where(ScimGroup.deleted_at.is_not(None))):
+            for name in _amber_names(group, settings.group_map):
+                managed.setdefault(name, False)
+
+        def groups(at_submission: list[str]) -> frozenset[str]:
+            kept = {g for g in at_submission if managed.get(g, True)}
+            return frozenset(kept | {name for name, member in managed.items() if member})
+
+        return groups
+
+    def _still_denied(self, request: AccessRequest, groups: frozenset[str], settings: ScimSettings) -> str | None:
+        if REQUESTER not in roles_for(groups, settings.roles):
+            return "no longer in a group with the requester role"
+        principal = Principal(request.requester_issuer, request.requester_subject, request.requester_name, groups)
+        decision = self._requests.decide(
+            principal,
+            resource=request.resource,
+            level=request.level,
+            reason=request.reason,
+            ttl=timedelta(seconds=request.requested_ttl_s),
+            break_glass=request.break_glass,
+            at=as_utc(request.submitted_at),
+        )
+        if decision.outcome == "deny":
+            return "; ".join(decision.reasons) or "denied"
+        return None
+
+    def _revoke(self, grant_id: str, reason: str) -> Revocation | None:
+        try:
+            self._grants.revoke(grant_id, actor=SCIM_ACTOR, reason=reason, is_admin=True)
+        except Conflict:
+            return None  # it ended on its own meanwhile
+        log.info("grant %s revoked by SCIM", grant_id)
+        return Revocation(grant_id, reason)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _end_sessions(self, session: Session, user: ScimUser, call: str, now: datetime) -> None:
+        if user.subject is not None:
+            end_sessions_of(session, user.issuer, user.subject, now=now, reason=f"scim {call}")
+
+    def _record(
+        self, session: Session, event: str, subject_id: str, call: str, payload: dict[str, Any], *, now: datetime
+    ) -> None:
+        ledger.append(
+            session,
+            at=now,
+            event_type=event,
+            actor=SCIM_ACTOR,
+            subject_kind="scim_user" if event.startswith("scim.user") else "scim_group",
+            subject_id=subject_id,
+            payload={"call": call, **payload},
+        )
+
+    def _user_by_name(self, session: Session, user_name: str) -> ScimUser | None:
+        return session.scalar(
+            select(ScimUser).where(func.lower(ScimUser.user_name) == user_name.lower(), ScimUser.deleted_at.is_(None))
+        )
+
+    def _user(self, session: Session, user_id: str, *, include_deleted: bool = False) -> ScimUser:
+        user = session.get(ScimUser, user_id)
+        if user is None or (user.deleted_at is not None and not include_deleted):
+            raise scim_error(NotFound, f"no SCIM user {user_id}")
+        return user
+
+    def _group(self, session: Session, group_id: str) -> ScimGroup:
+        group = session.get(ScimGroup, group_id)
+        if group is None or group.deleted_at is not None:
+            raise scim_error(NotFound, f"no SCIM group {group_id}")
+        return group
+
+    def _member_ids_of(self, session: Session, group_id: str) -> list[str]:
+        return list(session.scalars(select(ScimMember.user_id).where(ScimMember.group_id == group_id)))
+
+    def _group_ids_of(self, session: Session, user_id: str) -> list[str]:
+        return list(session.scalars(select(ScimMember.group_id).where(ScimMember.user_id == user_id)))
+
+    def _set_members(self, session: Session, group: ScimGroup, wanted: list[str]) -> tuple[list[str], list[str]]:
+        current = set(self._member_ids_of(session, group.id))
+        target = set(wanted)
+        for user_id in sorted(target - current):
+            self._user(session, user_id)  # members must be known, live users
+            session.add(ScimMember(group_id=group.id, user_id=user_id))
+        for user_id in sorted(current - target):
+            member = session.get(ScimMember, (group.id, user_id))
+            if member is not None:
+                session.delete(member)
+        session.flush()
+        return sorted(target - current), sorted(current - target)
+
+    def _user_out(self, session: Session, user: ScimUser) -> dict[str, Any]:
+        groups = session.execute(
+            select(ScimGroup.id, ScimGroup.display_name)
+            .join(ScimMember, ScimMember.group_id == ScimGroup.id)
+            .where(ScimMember.user_id == user.id)
+        ).all()
+        out: dict[str, Any] = {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "id": user.id,
+            "userName": user.user_name,
+            "active": user.active,
+            "emails": _json_list_of_dicts(user.emails),
+            "groups": [{"value": gid, "display": name} for gid, name in groups],
+            "meta": _meta("User", user.id, user.created_at, user.updated_at),
+        }
+        if user.external_id is not None:
+            out["externalId"] = user.external_id
+        if user.display_name is not None:
+            out["displayName"] = user.display_name
+        return out
+
+    def _group_out(self, session: Session, group: ScimGroup, *, members: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "id": group.id,
+            "displayName": group.display_name,
+            "meta": _meta("Group", group.id, group.created_at, group.updated_at),
+        }
+        if group.external_id is not None:
+            out["externalId"] = group.external_id
+        if members:
+            rows = session.execute(
+                select(ScimUser.id, ScimUser.user_name)
+                .join(ScimMember, ScimMember.user_id == ScimUser.id)
+                .where(ScimMember.group_id == group.id)
+                .order_by(ScimUser.id)
+            ).all()
+            out["members"] = [{"value": uid, "display": name} for uid, name in rows]
+        return out
+
+
+# -- parsing the request shapes Okta and Entra ID send ----------------------------------------------------------
+
+
+def _lower_keys(value: Mapping[str, Any]) -> dict[str, Any]:
+    """SCIM attribute names are case-insensitive (RFC 7643 section 2.1); Entra ID capitalises some."""
+    return {str(k).lower(): v for k, v in value.items()}
+
+
+def _required_str(body: Mapping[str, Any], name: str) -> str:
+    value = _lower_keys(body).get(name.lower())
+    if not isinstance(value, str) or not value.strip():
+        raise scim_error(InvalidInput, f"{name} is required", "invalidValue")
+    return value.strip()
+
+
+def _opt_str(value: object) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _bool(value: object) -> bool:
+    # Entra ID sends "True"/"False" as strings in PATCH operations.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise scim_error(InvalidInput, f"not a boolean: {value!r}", "invalidValue")
+
+
+def _apply_user(user: ScimUser, body: Mapping[str, Any], settings: ScimSettings) -> None:
+    """Set the attributes amber keeps; others (name parts, locale, enterprise extension) are accepted and not kept."""
+    for key, value in _lower_keys(body).items():
+        if key == "active":
+            user.active = _bool(value) if value is not None else True
+        elif key == "username":
+            if not isinstance(value, str) or not value.strip():
+                raise scim_error(InvalidInput, "userName must be a non-empty string", "invalidValue")
+            user.user_name = value.strip()
+        elif key == "externalid":
+            user.external_id = _opt_str(value)
+        elif key == "displayname":
+            user.display_name = _opt_str(value)
+        elif key == "emails":
+            user.emails = json.dumps(value if isinstance(value, list) else [])
+        elif key.startswith("emails[") and key.endswith("].value"):
+            emails = _json_list_of_dicts(user.emails) or [{"type": "work", "primary": True}]
+            emails[0]["value"] = value
+            user.emails = json.dumps(emails)
+        elif key in ("password",):
+            continue  # Okta sends one on create; amber never stores it
+    # NOTE: the subject sticks once known: a later update that drops the attribute must not unlink the person.
+    attribute = {"externalId": user.external_id, "userName": user.user_name, "id": user.id}[settings.subject_attribute]
+    if attribute:
+        user.subject = attribute
+
+
+def _activity_event(was_active: bool, active: bool) -> str | None:
+    if was_active and not active:
+        return "scim.user_deactivated"
+    if active and not was_active:
+        return "scim.user_reactivated"
+    return None
+
+
+def _operations(body: Mapping[str, Any]) -> list[tuple[str, str | None, Any]]:
+    operations = _lower_keys(body).get("operations")
+    if not isinstance(operations, list) or not operations:
+        raise scim_error(InvalidInput, "a PATCH needs Operations", "invalidSyntax")
+    out = []
+    for operation in operations:
+        if not isinstance(operation, Mapping):
+            raise scim_error(InvalidInput, "each operation must be an object", "invalidSyntax")
+        lowered = _lower_keys(operation)
+        op = str(lowered.get("op", "")).lower()
+        path = lowered.get("path")
+        out.append((op, str(path) if path else None, lowered.get("value")))
+    return out
+
+
+def _member_ids(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        raise scim_error(InvalidInput, "members must be a list of {value: id}", "invalidValue")
+    ids = []
+    for member in value:
+        member_id = _lower_keys(member).get("value") if isinstance(member, Mapping) else None
+        if not isinstance(member_id, str) or not member_id:
+            raise scim_error(InvalidInput, "each member needs a value (the user id)", "invalidValue")
+        ids.append(member_id)
+    return ids
+
+
+def _parse_filter(text: str) -> tuple[str, str]:
+    """The one filter shape Okta and Entra ID send: `attribute eq "value"`."""
+    parts = text.strip().split(" ", 2)
+    if len(parts) != 3 or parts[1].lower() != "eq" or not (parts[2].startswith('"') and parts[2].endswith('"')):
+        raise scim_error(InvalidInput, f'unsupported filter {text!r}; only `attribute eq "value"`', "invalidFilter")
+    value = json.loads(parts[2])
+    return parts[0], str(value)
+
+
+def _amber_names(group: ScimGroup, group_map: Mapping[str, str]) -> set[str]:
+    names = {group_map.get(group.display_name, group.display_name)}
+    if group.external_id and group.external_id in group_map:
+        names.add(group_map[group.external_id])
+    return names
+
+
+def _json_list(text: str) -> list[str]:
+    value = json.loads(text)
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _json_list_of_dicts(text: str) -> list[dict[str, Any]]:
+    value = json.loads(text)
+    return [dict(v) for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _user_summary(user: ScimUser) -> dict[str, Any]:
+    return {"userName": user.user_name, "externalId": user.external_id, "active": user.active, "sub": user.subject}
+
+
+def _meta(kind: str, rid: str, created: datetime, updated: datetime) -> dict[str, str]:
+    return {
+        "resourceType": kind,
+        "created": as_utc(created).isoformat(),
+        "lastModified": as_utc(updated).isoformat(),
+        "location": f"/scim/v2/{kind}s/{rid}",
+    }
+
+
+def _list_response(resources: list[dict[str, Any]], *, total: int, start: int) -> dict[str, Any]:
+    return {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+        "totalResults": total,
+        "startIndex": max(start, 1),
+        "itemsPerPage": len(resources),
+        "Resources": resources,
+    }

@@ -1,0 +1,280 @@
+"""An independent corpus of write and side-effect attempts through PostgreSQL quirks, against the gateway.
+
+Every attempt must be refused by the gateway (its own message, not an upstream error), over the extended
+protocol (psycopg) and the simple protocol (psql); afterwards nothing in the database may have changed, and reads
+must still work in the same session.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import Amber, connect_as
+from tests.gateway.conftest import gateway_credential
+
+SETUP = """
+CREATE OR REPLACE FUNCTION public.side_effect(a int, b int) RETURNS int LANGUAGE sql VOLATILE AS 'SELECT a + b';
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_operator WHERE oprname = '#@#') THEN
+    CREATE OPERATOR public.#@# (LEFTARG = int, RIGHTARG = int, FUNCTION = public.side_effect);
+  END IF;
+END $$;
+CREATE OR REPLACE VIEW public.next_ids AS SELECT nextval('public.order_ids') AS id;
+CREATE OR REPLACE VIEW public.order_totals AS SELECT customer_id, sum(total_cents) AS total FROM public.orders
+  GROUP BY customer_id;
+"""
+
+CORPUS = [
+    # plain writes and DDL
+    "INSERT INTO public.customers VALUES (999, 'x')",
+    "UPDATE public.orders SET total_cents = 0",
+    "DELETE FROM public.orders",
+    "TRUNCATE public.orders",
+    "MERGE INTO public.customers c USING (SELECT 1 AS id) s ON c.id = s.id WHEN MATCHED THEN DELETE",
+    "COPY public.customers FROM STDIN",
+    "CREATE TABLE public.t (a int)",
+    "CREATE TEMP TABLE scratch (a int)",
+    "CREATE TEMPORARY VIEW tv AS SELECT 1",
+    "CREATE UNLOGGED TABLE u (a int)",
+    "DROP TABLE public.orders",
+    "ALTER TABLE public.orders ADD COLUMN x int",
+    "CREATE INDEX ON public.orders (total_cents)",
+    "CREATE VIEW public.v2 AS SELECT 1",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    "CREATE SCHEMA s2",
+    "CREATE SEQUENCE s3",
+    "CREATE TYPE mood AS ENUM ('ok')",
+    "CREATE EXTENSION IF NOT EXISTS hstore",
+    "CREATE RULE r AS ON INSERT TO public.orders DO NOTHING",
+    "CREATE TRIGGER tr BEFORE INSERT ON public.orders FOR EACH ROW EXECUTE FUNCTION f()",
+    "CREATE POLICY p ON public.orders USING (true)",
+    "CREATE ROLE sneaky",
+    "CREATE DATABASE sneaky",
+    "GRANT SELECT ON public.orders TO PUBLIC",
+    "REVOKE SELECT ON public.orders FROM PUBLIC",
+    "COMMENT ON TABLE public.orders IS 'pwned'",
+    "SECURITY LABEL ON TABLE public.orders IS 'x'",
+    "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC",
+    "REASSIGN OWNED BY CURRENT_USER TO postgres",
+    "DROP OWNED BY CURRENT_USER",
+    "VACUUM public.orders",
+    "ANALYZE public.orders",
+    "CLUSTER public.orders",
+    "REINDEX TABLE public.orders",
+    "LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE",
+    "CHECKPOINT",
+    "ALTER SYSTEM SET work_mem = '1GB'",
+    "LOAD 'auto_explain'",
+    "DO $$ BEGIN DELETE FROM public.orders; END $$",
+    "CALL some_procedure()",
+    "REFRESH MATERIALIZED VIEW public.mv",
+    "IMPORT FOREIGN SCHEMA public FROM SERVER s INTO public",
+    # role self-modification and session settings
+    "ALTER ROLE CURRENT_USER PASSWORD 'x'",
+    "ALTER ROLE CURRENT_USER SET default_transaction_read_only = off",
+    "ALTER USER CURRENT_USER VALID UNTIL 'infinity'",
+    "SET ROLE postgres",
+    "SET SESSION AUTHORIZATION postgres",
+    "SET default_transaction_read_only = off",
+    "SET SESSION default_transaction_read_only TO false",
+    "SET transaction_read_only = off",
+    "SET LOCAL transaction_read_only = off",
+    "SET session_replication_role = replica",
+    "SET search_path = evil, public",
+    "SET statement_timeout = 0",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "SET TRANSACTION READ WRITE",
+    "RESET ALL",
+    "DISCARD ALL",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "SELECT * FROM set_config('transaction_read_only', 'off', true)",
+    # transaction tricks
+    "BEGIN READ WRITE",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE",
+    "START TRANSACTION READ WRITE",
+    "PREPARE TRANSACTION 'x'",
+    "COMMIT PREPARED 'x'",
+    "ROLLBACK PREPARED 'x'",
+    # SELECT that writes or locks
+    "SELECT * INTO public.copy FROM public.orders",
+    "CREATE TABLE public.copy AS SELECT * FROM public.orders",
+    "SELECT * FROM public.orders FOR UPDATE",
+    "SELECT * FROM public.orders FOR SHARE",
+    "SELECT * FROM public.orders FOR NO KEY UPDATE SKIP LOCKED",
+    "SELECT * FROM (SELECT * FROM public.orders FOR UPDATE) s",
+    "WITH d AS (DELETE FROM public.orders RETURNING *) SELECT count(*) FROM d",
+    "WITH u AS (UPDATE public.orders SET total_cents = 1 RETURNING id) SELECT * FROM u",
+    "WITH i AS (INSERT INTO public.customers VALUES (998, 'y') RETURNING id) SELECT 1",
+    "WITH a AS (SELECT 1), b AS (DELETE FROM public.orders) SELECT * FROM a",
+    "EXPLAIN ANALYZE DELETE FROM public.orders",
+    "EXPLAIN (ANALYZE, BUFFERS) UPDATE public.orders SET total_cents = 0",
+    "EXPLAIN ANALYZE SELECT nextval('public.order_ids')",
+    # volatile and side-effect functions, anywhere in a query
+    "SELECT nextval('public.order_ids')",
+    "SELECT setval('public.order_ids', 1000)",
+    "SELECT currval('public.order_ids')",
+    "SELECT lastval()",
+    "SELECT lo_create(0)",
+    "SELECT lo_creat(-1)",
+    "SELECT lo_from_bytea(0, 'data')",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT lo_unlink(1)",
+    "SELECT lo_put(1, 0, 'x')",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT pg_advisory_xact_lock(1)",
+    "SELECT pg_try_advisory_lock(1)",
+    "SELECT pg_notify('ch', 'x')",
+    "SELECT pg_logical_emit_message(true, 'p', 'x')",
+    "SELECT txid_current()",
+    "SELECT pg_current_xact_id()",
+    "SELECT pg_terminate_backend(pg_backend_pid())",
+    "SELECT pg_cancel_backend(1)",
+    "SELECT pg_reload_conf()",
+    "SELECT pg_stat_reset()",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_ls_dir('.')",
+    "SELECT public.side_effect(1, 2)",
+    "SELECT side_effect(1, 2)",
+    "SELECT 1 #@# 2",
+    "SELECT * FROM public.next_ids",
+    "SELECT id FROM public.orders WHERE nextval('public.order_ids') > 0",
+    "SELECT id FROM public.orders ORDER BY nextval('public.order_ids')",
+    "SELECT (SELECT nextval('public.order_ids'))",
+    "SELECT * FROM public.orders o, LATERAL (SELECT setval('public.order_ids', o.id)) s",
+    "VALUES (nextval('public.order_ids'))",
+    "SELECT * FROM generate_series(1, 2) g WHERE pg_advisory_lock(g) IS NOT NULL",
+    "SELECT does_not_exist()",
+    # NOTIFY, LISTEN, cursors and prepared statements
+    "NOTIFY ch",
+    "NOTIFY ch, 'payload'",
+    "LISTEN ch",
+    "UNLISTEN *",
+    "DECLARE c CURSOR FOR SELECT * FROM public.orders FOR UPDATE",
+    "DECLARE c CURSOR FOR SELECT nextval('public.order_ids')",
+    "PREPARE w AS DELETE FROM public.orders",
+    "PREPARE n AS SELECT nextval('public.order_ids')",
+    "EXECUTE w",
+    "EXECUTE never_prepared",
+    # COPY tricks
+    "COPY public.orders TO '/tmp/amber-pwned'",
+    "COPY public.orders TO PROGRAM 'id'",
+    "COPY (DELETE FROM public.orders RETURNING *) TO STDOUT",
+    "COPY (SELECT nextval('public.order_ids')) TO STDOUT",
+    # comments, quoting and multi-statement strings
+    "/* just a comment */ DELETE FROM public.orders",
+    "-- a comment\nINSERT INTO public.customers VALUES (997, 'z')",
+    "SELECT 1; DELETE FROM public.orders",
+    "sElEcT 1;dElEtE fRoM public.orders",
+    "SELECT $$;$$; DELETE FROM public.orders",
+    "SELECT E'\\';'; DELETE FROM public.orders",
+    'INSERT INTO "public"."customers" VALUES (996, \'q\')',
+    'DELETE FROM U&"public"."orders"',
+    "SELECT 1 /* ; DELETE FROM public.orders */; UPDATE public.orders SET id = id",
+    "SELECT 'unterminated",
+    "DELETE",
+]
+
+READS = [
+    ("SELECT count(*) FROM public.orders", [(50,)]),
+    ("WITH big AS (SELECT * FROM public.orders WHERE total_cents > 2500) SELECT count(*) FROM big", [(25,)]),
+    ("TABLE public.customers LIMIT 1", [(1, "customer 1")]),
+    ("VALUES (1, 'a')", [(1, "a")]),
+    ("SELECT upper(name), now() IS NOT NULL FROM public.customers WHERE id = 2", [("CUSTOMER 2", True)]),
+    ("SELECT customer_id, total::int FROM public.order_totals WHERE customer_id = 1", [(1, 15000)]),
+    ("SELECT random() < 2", [(True,)]),
+]
+
+
+@pytest.fixture
+def cred(gw: Amber) -> Iterator[dict[str, Any]]:
+    with connect_as(gw.target_url) as admin:
+        admin.execute(SETUP)
+    yield gateway_credential(gw)
+
+
+def snapshot(url: str) -> dict[str, Any]:
+    with connect_as(url) as admin:
+        return {
+            "orders": admin.execute("SELECT count(*), sum(total_cents), md5(string_agg(id::text || total_cents::text,"
+                                    " ',' ORDER BY id)) FROM public.orders").fetchone(),
+            "customers": admin.execute("SELECT count(*) FROM public.customers").fetchone(),
+            "sequence": admin.execute("SELECT last_value, is_called FROM public.order_ids").fetchone(),
+            "large_objects": admin.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone(),
+            "tables": admin.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace")
+            .fetchone(),
+            "role_settings": admin.execute("SELECT count(*) FROM pg_db_role_setting").fetchone(),
+            "advisory_locks": admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                                          "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone(),
+        }
+
+
+def test_corpus_is_big_enough() -> None:
+    assert len(CORPUS) > 100
+    assert len(set(CORPUS)) == len(CORPUS)
+
+
+def test_every_attempt_is_refused_over_the_extended_protocol(gw: Amber, cred: dict[str, Any]) -> None:
+    before = snapshot(gw.target_url)
+    not_refused = []
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        for sql in CORPUS:
+            try:
+                conn.execute(sql)  # type: ignore[arg-type] - test strings
+            except psycopg.Error as exc:
+                if "amber refused" not in str(exc):
+                    not_refused.append((sql, f"upstream error: {exc}"))
+            else:
+                not_refused.append((sql, "succeeded"))
+        for sql, expected in READS:  # the same session still reads
+            assert conn.execute(sql).fetchall() == expected, sql  # type: ignore[arg-type]
+    assert not_refused == []
+    assert snapshot(gw.target_url) == before
+
+
+def test_every_attempt_is_refused_over_the_simple_protocol(gw: Amber, cred: dict[str, Any]) -> None:
+    before = snapshot(gw.target_url)
+    script = "\n".join(f"{sql.rstrip(';')};" if "\n" not in sql else sql + ";" for sql in CORPUS[:60])
+    # psql sends each statement as its own Query; ON_ERROR_STOP=0 keeps going after every refusal.
+    args = ["psql", cred["url"], "-X", "-v", "ON_ERROR_STOP=0", "-At"]
+    for sql in CORPUS:
+        if "'unterminated" in sql:
+            continue
+        args += ["-c", sql]
+    args += ["-c", "SELECT 'still reading', count(*) FROM public.orders"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert "still reading|50" in result.stdout
+    refusals = result.stderr.count("amber refused")
+    assert refusals == len(CORPUS) - 1, result.stderr[-3000:]
+    assert snapshot(gw.target_url) == before
+    assert script  # the script form is kept for humans debugging a failure
+
+
+def test_reads_work_extended_and_prepared(gw: Amber, cred: dict[str, Any]) -> None:
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        for sql, expected in READS:
+            assert conn.execute(sql).fetchall() == expected, sql  # type: ignore[arg-type]
+        assert conn.execute("SELECT name FROM public.customers WHERE id = %s", (3,)).fetchone() == ("customer 3",)
+        for i in range(1, 8):  # psycopg prepares server-side after a few executions
+            assert conn.execute("SELECT id FROM public.customers WHERE id = %s", (i,), prepare=True).fetchone() == (i,)
+        with conn.transaction():
+            assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (50,)
+        with conn.transaction(), conn.cursor(name="server_side") as cur:
+            cur.execute("SELECT id FROM public.orders ORDER BY id")
+            assert len(cur.fetchmany(10)) == 10
+        with conn.cursor().copy("COPY (SELECT id FROM public.customers ORDER BY id) TO STDOUT") as copy:
+            rows = [row for row in copy.rows()]
+        assert len(rows) == 10
+
+
+def test_refusal_inside_a_pipeline_keeps_the_session_usable(gw: Amber, cred: dict[str, Any]) -> None:
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        with pytest.raises(psycopg.Error, match="amber refused"), conn.pipeline():
+            conn.execute("SELECT 1")
+            conn.execute("DELETE FROM public.orders")
+            conn.execute("SELECT 2")
+        assert conn.execute("SELECT 3").fetchone() == (3,)
