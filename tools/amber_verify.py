@@ -114,6 +114,14 @@ class Frontier:
         self.size += 1
         return created
 
+    def blob(self) -> bytes:
+        """The frontier's hashes concatenated, largest subtree first (how amber stores it)."""
+        return b"".join(self._hashes)
+
+    @classmethod
+    def from_blob(cls, size: int, blob: bytes) -> Frontier:
+        return cls(size, [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)])
+
     def root(self) -> bytes:
         if not self._hashes:
             return EMPTY_ROOT
@@ -509,19 +517,58 @@ def verify_receipt(text: str, keys: Sequence[Verifier], origin: str | None = Non
     return report
 
 
-def read_entries(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            value = json.loads(line)
-            if not isinstance(value, dict):
-                raise ValueError(f"{path.name} line {number} is not a JSON object")  # noqa: TRY004 - bad input
-            yield value
+Leaf = tuple[bytes, str, dict[str, Any]]
+"""(leaf data, the stored hash, the parsed entry)."""
+
+
+def _fields(line: bytes) -> Leaf | None:
+    """Split an exported line without a full JSON parse: (body bytes, hash, {seq, prev, type}); None if the line
+    does not have the exported canonical layout (the caller then parses it as JSON).
+
+    Safe because the body bytes are what gets hashed: a line that is not amber's canonical bytes cannot match
+    its entry hash chain and the signed roots at the same time; the fields only locate the checks.
+    """
+    h = line.find(b',"hash":"')
+    p = line.rfind(b',"prev":"')
+    t = line.rfind(b',"type":"')
+    if h < 0 or p < 0 or t < p or line[h + 73 : h + 74] != b'"' or line[p + 73 : p + 81] != b'","seq":':
+        return None
+    comma = line.find(b",", p + 81)
+    end = line.find(b'"', t + 9)
+    digits = line[p + 81 : comma]
+    if comma < 0 or end < 0 or not digits.isdigit():
+        return None
+    fields = {"seq": int(digits), "prev": line[p + 9 : p + 73].decode(), "type": line[t + 9 : end].decode()}
+    return line[:h] + line[h + 74 :], line[h + 9 : h + 73].decode(), fields
+
+
+def read_leaves(path: Path) -> Iterator[Leaf]:
+    """The entries of an entries.jsonl file, streamed. Each line is canonical JSON of the body plus `hash`, so
+    the leaf data is the line without its `"hash":...` member (the body's canonical bytes). Key rotation
+    entries, and any line without the canonical layout, are parsed as JSON in full."""
+    number = 0
+    with path.open("rb") as handle:
+        while block := handle.readlines(1 << 22):
+            for raw in block:
+                number += 1
+                line = raw.rstrip(b"\r\n")
+                fast = _fields(line)
+                if fast is not None and fast[2]["type"] != KEY_ROTATION_EVENT:
+                    yield fast
+                elif line.strip():
+                    yield _parsed(line, path, number)
+
+
+def _parsed(line: bytes, path: Path, number: int) -> Leaf:
+    entry = json.loads(line)
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} line {number} is not a JSON object")  # noqa: TRY004 - bad input
+    data, stored = entry_leaf(entry)
+    return data, stored, entry
 
 
 def _key_schedule(
-    entries: Sequence[dict[str, Any]], roots: Sequence[Verifier]
+    entries: Iterable[dict[str, Any]], roots: Sequence[Verifier]
 ) -> tuple[list[tuple[int, Verifier]], list[Problem]]:
     """Which key signs which tree sizes: the trusted key(s) from size 0, then each rotation signed by the old key."""
     schedule = [(0, key) for key in roots]
@@ -569,24 +616,40 @@ def verify_log(
     cannot both be true). What this does NOT prove: that the log's timestamps are true (they are the log's
     claim), or that nothing was appended after the newest checkpoint and then withheld.
     """
-    listed = list(entries)
-    report = Report(entries=len(listed))
-    schedule, rotation_problems = _key_schedule(listed, keys)
+    return verify_leaves(
+        ((*entry_leaf(entry), entry) for entry in entries), checkpoints, keys, origin=origin, since=since
+    )
+
+
+def verify_leaves(
+    leaves: Iterable[Leaf],
+    checkpoints: Sequence[tuple[str, str]],
+    keys: Sequence[Verifier],
+    *,
+    origin: str | None = None,
+    since: tuple[str, str] | None = None,
+) -> Report:
+    """`verify_log` over (leaf data, hash, entry) triples, streamed: memory stays flat for any log size."""
+    report = Report()
+    notes = [*checkpoints, *([since] if since else [])]
+    parsed = _parsed_checkpoints(notes, origin, report)
+    rotations: list[dict[str, Any]] = []
+    roots = _walk(leaves, {cp.size for _, cp, _ in parsed}, report, rotations)
+    schedule, rotation_problems = _key_schedule(rotations, keys)
     report.problems.extend(rotation_problems)
-    signed = _signed_checkpoints([*checkpoints, *([since] if since else [])], schedule, origin, report)
+    signed = _signed_checkpoints(parsed, schedule, report)
     report.checkpoints = len(signed)
-    roots = _walk(listed, {s.checkpoint.size for s in signed}, report)
-    _judge(signed, roots, len(listed), since, report)
+    _judge(signed, roots, report.entries, since, report)
     return report
 
 
-def _signed_checkpoints(
-    notes: Sequence[tuple[str, str]], schedule: Sequence[tuple[int, Verifier]], origin: str | None, report: Report
-) -> list[_Signed]:
-    signed: list[_Signed] = []
+def _parsed_checkpoints(
+    notes: Sequence[tuple[str, str]], origin: str | None, report: Report
+) -> list[tuple[str, Checkpoint, str]]:
+    parsed = []
     for source, note in notes:
         try:
-            text, signers = open_note(note, [key for _, key in schedule])
+            text, _ = open_note(note, [])
             checkpoint = Checkpoint.parse(text)
         except ValueError as exc:
             report.problems.append(Problem("format", f"checkpoint {source}: {exc}"))
@@ -596,6 +659,16 @@ def _signed_checkpoints(
                 Problem("origin", f"checkpoint {source} is for {checkpoint.origin!r}, not {origin!r}")
             )
             continue
+        parsed.append((source, checkpoint, note))
+    return parsed
+
+
+def _signed_checkpoints(
+    parsed: Sequence[tuple[str, Checkpoint, str]], schedule: Sequence[tuple[int, Verifier]], report: Report
+) -> list[_Signed]:
+    signed: list[_Signed] = []
+    for source, checkpoint, note in parsed:
+        _, signers = open_note(note, [key for _, key in schedule])
         if not set(signers) & set(_keys_for(checkpoint.size, schedule)):
             report.problems.append(
                 Problem("signature", f"checkpoint {source} (size {checkpoint.size}) is not signed by the key in force")
@@ -605,16 +678,20 @@ def _signed_checkpoints(
     return signed
 
 
-def _walk(listed: Sequence[dict[str, Any]], wanted: set[int], report: Report) -> dict[int, bytes]:
-    """Check the chain (first problem only) and compute the tree's root at every wanted size."""
+def _walk(
+    leaves: Iterable[Leaf], wanted: set[int], report: Report, rotations: list[dict[str, Any]]
+) -> dict[int, bytes]:
+    """Check the chain (first problem only), compute the root at every wanted size, collect key rotations."""
     roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in wanted else {}
-    frontier = Frontier()
+    sha256 = hashlib.sha256
+    stack: list[bytes] = []  # the frontier, inlined: this loop is the verifier's hot path
     prev = GENESIS
     chain_ok = True
-    for position, entry in enumerate(listed, 1):
-        data, stored = entry_leaf(entry)
-        seq = entry.get("seq")
+    position = 0
+    for data, stored, entry in leaves:
+        position += 1
         if chain_ok:
+            seq = entry.get("seq")
             problem = None
             if seq != position:
                 what = "missing (deleted?)" if isinstance(seq, int) and seq > position else "out of order or duplicated"
@@ -623,17 +700,34 @@ def _walk(listed: Sequence[dict[str, Any]], wanted: set[int], report: Report) ->
                 problem = Problem(
                     "link", "prev does not match the previous entry's hash (changed, removed or inserted)", position
                 )
-            elif hashlib.sha256(data).hexdigest() != stored:
+            elif sha256(data).hexdigest() != stored:
                 problem = Problem("hash", "the entry's content does not match its hash (edited)", position)
             if problem is not None:
                 report.problems.append(problem)
                 chain_ok = False
+        if entry.get("type") == KEY_ROTATION_EVENT:
+            rotations.append(entry)
         prev = stored
-        frontier.append(leaf_hash(data))
-        if frontier.size in wanted:
-            roots[frontier.size] = frontier.root()
-    report.root = frontier.root()
+        value = sha256(b"\x00" + data).digest()
+        merges = position
+        while not merges & 1:
+            value = sha256(b"\x01" + stack.pop() + value).digest()
+            merges >>= 1
+        stack.append(value)
+        if position in wanted:
+            roots[position] = _fold(stack)
+    report.entries = position
+    report.root = _fold(stack)
     return roots
+
+
+def _fold(stack: Sequence[bytes]) -> bytes:
+    if not stack:
+        return EMPTY_ROOT
+    value = stack[-1]
+    for left in reversed(stack[:-1]):
+        value = node_hash(left, value)
+    return value
 
 
 def _judge(
@@ -706,8 +800,8 @@ def verify_bundle(
     for path in extra_checkpoints:
         notes += notes_in(path)
     since_note = (str(since), since.read_text(encoding="utf-8")) if since else None
-    return verify_log(
-        read_entries(directory / "entries.jsonl"),
+    return verify_leaves(
+        read_leaves(directory / "entries.jsonl"),
         notes,
         keys,
         origin=str(manifest["origin"]),

@@ -201,7 +201,8 @@ def test_bad_signatures_are_detected(history: tuple[Amber, Path, Path]) -> None:
     amber, bundle, _ = history
     lines = (bundle / "checkpoints.jsonl").read_text().splitlines()
     item = json.loads(lines[1])
-    item["note"] = item["note"].replace(item["note"].split("\n")[1], "3", 1)  # claim a different size
+    lines_of_note = item["note"].split("\n")
+    item["note"] = "\n".join([lines_of_note[0], "3", *lines_of_note[2:]])  # claim a different size
     lines[1] = json.dumps(item)
     (bundle / "checkpoints.jsonl").write_text("\n".join(lines) + "\n")
     report = _verify(amber, bundle)

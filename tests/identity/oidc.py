@@ -138,6 +138,8 @@ class OidcProvider:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(10)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
             self.process = None
 
     def rotate(self, *, keep_old: bool = True) -> str:

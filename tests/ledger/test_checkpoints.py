@@ -13,7 +13,8 @@ from sqlalchemy.exc import DBAPIError
 from amber import ledger
 from amber.core.errors import ConfigError
 from amber.ledger import checkpoints, tlog, tree
-from amber.ledger.checkpoints import Checkpointer, CheckpointError, load_signer, rotate_key, write_key
+from amber.ledger.checkpointer import Checkpointer
+from amber.ledger.checkpoints import CheckpointError, load_signer, rotate_key, write_key
 from tests.conftest import Amber
 
 # The example key and note published with Go's golang.org/x/mod/sumdb/note (the signed-note reference code).

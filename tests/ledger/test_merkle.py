@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select
+from sqlalchemy import DateTime, Engine, bindparam, func, select
 
 from amber import ledger
 from amber.core.db import make_engine, make_unit_of_work
@@ -318,3 +318,54 @@ def test_a_failed_transaction_leaves_neither_entry_nor_node(engine: Engine) -> N
     with make_unit_of_work(engine)() as session:
         assert ledger.count(session) == 4
         assert tree.root(session, 4) == tlog.root_of(leaf_hashes)
+
+
+def test_upgrading_a_ledger_with_entries_builds_its_tree_once(state_url: str) -> None:
+    from sqlalchemy import text
+
+    from amber.ledger.chain import GENESIS, entry_body, hash_body, payload_text
+
+    engine = make_engine(state_url)
+    try:
+        upgrade(engine, "0002")  # a ledger written before the Merkle tree existed
+        prev = GENESIS
+        with engine.begin() as conn:
+            for seq in range(1, 38):
+                at = T0 + timedelta(seconds=seq)
+                body = entry_body(
+                    seq=seq,
+                    at=at,
+                    event_type="test.event",
+                    actor=ledger.SYSTEM,
+                    subject_kind="test",
+                    subject_id=f"t{seq}",
+                    payload={"seq": seq},
+                    prev_hash=prev,
+                )
+                entry_hash = hash_body(body)
+                conn.execute(
+                    text(
+                        "INSERT INTO ledger_entries (seq, entry_at, event_type, actor_issuer, actor_subject, "
+                        "actor_name, subject_kind, subject_id, payload, prev_hash, entry_hash) VALUES (:seq, :at, "
+                        "'test.event', 'amber', 'system', 'amber', 'test', :sid, :payload, :prev, :hash)"
+                    ).bindparams(bindparam("at", type_=DateTime(timezone=True))),
+                    {
+                        "seq": seq,
+                        "at": at,
+                        "sid": f"t{seq}",
+                        "payload": payload_text({"seq": seq}),
+                        "prev": prev,
+                        "hash": entry_hash,
+                    },
+                )
+                prev = entry_hash
+        upgrade(engine)
+        _append(engine, 5)
+        leaf_hashes = _leaf_hashes(engine)
+        with make_unit_of_work(engine)() as session:
+            assert ledger.count(session) == 42
+            assert tree.root(session, 37) == tlog.root_of(leaf_hashes[:37])
+            assert tree.root(session, 42) == tlog.root_of(leaf_hashes)
+            assert ledger.verify_chain(ledger.iter_raw(session)).ok
+    finally:
+        engine.dispose()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from amber import __version__
-from amber.api import problems
+from amber.api import problems, scim_routes, web_auth
 from amber.api.ledger_routes import router as ledger_router
 from amber.api.routes import router
 from amber.api.runtime import Runtime
@@ -51,6 +51,8 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
     problems.install(app)
     app.include_router(router)
     app.include_router(ledger_router)
+    app.include_router(web_auth.router)
+    app.include_router(scim_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:

@@ -1,4 +1,14 @@
-"""Authentication for the API: a bearer JWT, verified on every call through the one TokenVerifier."""
+"""Authentication for the API: who is calling, verified on every call, and which amber roles they hold.
+
+A caller is either a bearer JWT (verified through the one TokenVerifier) or a browser session cookie from
+web sign-in (amber.api.web_auth). Either way amber then refuses people SCIM deprovisioned, derives roles
+from the groups the token carries now (amber.identity.roles), and checks the role the route needs
+(`ROUTE_ROLES`). Admin and auditor checks stay in the routes (`is_admin` / `is_auditor`, which read the
+same role mapping); policy still decides every request and approval.
+
+What this does NOT check: CSRF for bearer calls (a bearer token is not ambient); cookie calls that change
+state must send `X-Requested-With`, which a cross-site form cannot.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +17,20 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from amber.api.runtime import Runtime
-from amber.core.errors import NotAuthenticated
-from amber.identity import Principal
+from amber.core.errors import Forbidden, NotAuthenticated
+from amber.identity import APPROVER, REQUESTER, Principal, with_roles
+from amber.identity.directory import is_deprovisioned
+from amber.identity.sessions import session_principal
+
+SESSION_COOKIE = "amber_session"
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+# The role a route needs beyond being signed in, by (method, route path). Policy still decides the rest.
+ROUTE_ROLES: dict[tuple[str, str], str] = {
+    ("POST", "/v1/requests"): REQUESTER,
+    ("POST", "/v1/requests/{request_id}/approve"): APPROVER,
+    ("POST", "/v1/requests/{request_id}/deny"): APPROVER,
+}
 
 
 def runtime(request: Request) -> Runtime:
@@ -16,12 +38,39 @@ def runtime(request: Request) -> Runtime:
     return value
 
 
-def principal(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Principal:
+def authenticate(request: Request, rt: Runtime) -> Principal:
+    """Bearer token or session cookie -> a Principal with roles; raises NotAuthenticated otherwise."""
     header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise NotAuthenticated("send `Authorization: Bearer <token>` (get one with `amber login`)")
-    return rt.verifier.verify(token.strip())
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthenticated("send `Authorization: Bearer <token>` (get one with `amber login`)")
+        found = rt.verifier.verify(token.strip())
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise NotAuthenticated("send `Authorization: Bearer <token>` (get one with `amber login`) or sign in")
+        if request.method not in _SAFE_METHODS and not request.headers.get("x-requested-with"):
+            raise Forbidden("a signed-in browser must send X-Requested-With on calls that change something")
+        with rt.uow() as session:
+            maybe = session_principal(session, cookie, now=rt.clock.now())
+        if maybe is None:
+            raise NotAuthenticated("your session has ended; sign in again")
+        found = maybe
+    with rt.uow() as session:
+        if is_deprovisioned(session, found.issuer, found.subject):
+            raise NotAuthenticated("this account was deactivated at the identity provider")
+    return with_roles(found, rt.catalog().identity.roles.model_dump())
+
+
+def principal(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Principal:
+    who = authenticate(request, rt)
+    route = request.scope.get("route")
+    needed = ROUTE_ROLES.get((request.method, getattr(route, "path", "")))
+    if needed is not None and not who.has_role(needed):
+        groups = rt.catalog().identity.roles.model_dump().get(needed, [])
+        raise Forbidden(f"this needs the {needed} role (groups: {', '.join(groups)})")
+    return who
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]

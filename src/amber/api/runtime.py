@@ -226,18 +226,7 @@ class Runtime:
             requests=requests,
         )
         checkpointer = build_checkpointer(settings, uow, clock, install_id, warnings)
-        dev_url = dev_issuer.issuer_url if dev_issuer is not None else None
-
-        def scim_settings() -> ScimSettings:
-            current = catalog().identity
-            return ScimSettings(
-                issuer=_scim_issuer(current, dev_url),
-                subject_attribute=current.scim.subject_attribute,
-                group_map={k: v for i in current.issuers for k, v in i.group_map.items()},
-                roles=current.roles.model_dump(),
-            )
-
-        scim = ScimService(uow=uow, clock=clock, settings=scim_settings, grants=grants, requests=requests)
+        scim = build_scim(catalog, dev_issuer, uow=uow, clock=clock, grants=grants, requests=requests)
         runtime = cls(
             checkpointer=checkpointer,
             settings=settings,
@@ -363,3 +352,29 @@ def _scim_issuer(identity: IdentityConfig, dev_url: str | None) -> str:
     if not wanted and not identity.issuers and dev_url:
         return dev_url
     raise ConfigError(f"identity.scim.issuer {wanted!r} names no configured issuer")
+
+
+def build_scim(
+    catalog: CatalogHolder,
+    dev_issuer: DevIssuer | None,
+    *,
+    uow: UnitOfWork,
+    clock: Clock,
+    grants: GrantService,
+    requests: AccessRequestService,
+) -> ScimService:
+    """SCIM provisioning, reading its settings from the running catalog at each call."""
+    dev_url = dev_issuer.issuer_url if dev_issuer is not None else None
+
+    def scim_settings() -> ScimSettings:
+        current = catalog().identity
+        return ScimSettings(
+            issuer=_scim_issuer(current, dev_url),
+            subject_attribute=current.scim.subject_attribute,
+            group_map={k: v for i in current.issuers for k, v in i.group_map.items()},
+            roles=current.roles.model_dump(),
+        )
+
+    if catalog().identity.scim.token:
+        scim_settings()  # a scim.issuer that names no issuer is refused at start, not at the first call
+    return ScimService(uow=uow, clock=clock, settings=scim_settings, grants=grants, requests=requests)

@@ -14,11 +14,11 @@ from typing import Annotated, Any
 import click
 import typer
 
-from amber.cli import ledger_cmds
+from amber.cli import ledger_cmds, login_cmds
 from amber.cli.client import Client, default_url, save_token
 from amber.cli.policy_cmds import policy_app, relative_start
 from amber.core.durations import format_duration, parse_duration
-from amber.core.errors import AmberError, InvalidInput
+from amber.core.errors import AmberError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -52,7 +52,7 @@ def _out(data: Any, as_json: bool, human: str) -> None:
 
 
 def _client(profile: str, url: str | None) -> Client:
-    return Client.for_profile(profile, url)
+    return login_cmds.client_for(profile, url)
 
 
 def _when(value: str | None) -> str:
@@ -159,6 +159,9 @@ def login(
     dev: Annotated[str | None, typer.Option("--dev", help="User name at the development issuer.")] = None,
     groups: Annotated[str, typer.Option(help="Comma-separated groups (dev issuer only).")] = "",
     token: Annotated[str | None, typer.Option(help="Store this bearer token from your identity provider.")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="Identity provider (see /auth/providers).")] = None,
+    browser: Annotated[bool, typer.Option("--browser", help="Browser + loopback redirect, not a device code.")] = False,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the browser for --browser.")] = True,
     profile: ProfileOpt = "default",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -174,7 +177,10 @@ def login(
     elif token:
         access_token = token
     else:
-        raise InvalidInput("use `amber login --dev USER --groups a,b` (development) or `--token TOKEN`")
+        login_cmds.provider_login(
+            base, provider, profile=profile, as_json=as_json, browser=browser, open_browser=open_browser
+        )
+        return
     me = Client(base, access_token).call("GET", "/v1/me")
     path = save_token(profile, base, access_token, me["name"])
     _out(

@@ -175,7 +175,7 @@ class Session:
                 self.upstream_w.write(bytes(out))
                 await self.upstream_w.drain()
 
-    async def handle(self, msg: codec.Message) -> bytes:  # noqa: PLR0911, PLR0912 - one branch per message
+    async def handle(self, msg: codec.Message) -> bytes:
         if isinstance(msg, codec.Sync):
             error, self.batch_error, self.skip_until_sync = self.batch_error, None, False
             self.pending.append(_Pending(error=error))

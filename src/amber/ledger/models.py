@@ -66,3 +66,18 @@ class Cursor(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     position: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TreeHead(Base):
+    """One row: the ledger's size, last entry hash and Merkle frontier (32-byte hashes, largest subtree first).
+
+    Updated in the same transaction as every append so an append reads one row instead of scanning; it is a
+    cache of what `ledger_entries` and `ledger_tree_nodes` say, and verification recomputes both.
+    """
+
+    __tablename__ = "ledger_tree_head"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)

@@ -13,17 +13,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from amber.core.clock import as_utc
 from amber.core.crypto import canonical_json, sha256_hex
-from amber.core.db import is_postgres
+from amber.core.db import Base, is_postgres
 from amber.ledger import tlog, tree
 from amber.ledger.chain import GENESIS, Actor, entry_body, parse_payload, payload_text
-from amber.ledger.models import LedgerEntry
+from amber.ledger.models import LedgerEntry, TreeHead, TreeNode
 
 LOCK_KEY = 0x616D626572  # "amber"
+
+# The append path's statements, built once: constructing them per call costs more than running them.
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_HEAD = select(TreeHead.size, TreeHead.last_hash, TreeHead.frontier).where(TreeHead.id == 1)
+_INSERT_ENTRY = insert(Base.metadata.tables[LedgerEntry.__tablename__])
+_INSERT_NODE = insert(Base.metadata.tables[TreeNode.__tablename__])
+_UPDATE_HEAD = (
+    update(Base.metadata.tables[TreeHead.__tablename__])
+    .where(Base.metadata.tables[TreeHead.__tablename__].c.id == 1)
+    .values(size=bindparam("new_size"), last_hash=bindparam("new_last_hash"), frontier=bindparam("new_frontier"))
+)
 
 
 @dataclass(frozen=True)
@@ -84,13 +95,14 @@ def append_many(session: Session, items: Sequence[NewEntry]) -> list[EntryView]:
     """
     if not items:
         return []
+    conn = session.connection()
     if is_postgres(session):
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-    last = session.execute(
-        select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
-    ).first()
-    seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
-    edge = tree.frontier(session, seq)
+        conn.execute(_LOCK, {"key": LOCK_KEY})
+    current = conn.execute(_HEAD).first()
+    if current is None:
+        raise tree.TreeError("the ledger has no tree head; run `amber db upgrade`")
+    seq, prev_hash = current.size, current.last_hash
+    edge = tlog.Frontier.from_blob(seq, current.frontier)
     rows: list[dict[str, Any]] = []
     nodes: list[tuple[int, int, bytes]] = []
     views: list[EntryView] = []
@@ -138,8 +150,9 @@ def append_many(session: Session, items: Sequence[NewEntry]) -> list[EntryView]:
             )
         )
         prev_hash = entry_hash
-    session.execute(insert(LedgerEntry), rows)
-    tree.store(session, nodes)
+    conn.execute(_INSERT_ENTRY, rows)
+    conn.execute(_INSERT_NODE, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
+    conn.execute(_UPDATE_HEAD, {"new_size": seq, "new_last_hash": prev_hash, "new_frontier": edge.blob()})
     return views
 
 

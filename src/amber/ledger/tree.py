@@ -8,10 +8,11 @@ in one query. Callers serialize appends (see service.py); this module does not l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import Select, and_, bindparam, insert, or_, select
 from sqlalchemy.orm import Session
 
 from amber.core.errors import AmberError
@@ -30,14 +31,31 @@ class TreeError(AmberError):
 def _fetch(session: Session, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
     if not keys:
         return {}
-    rows = session.execute(
-        select(TreeNode.level, TreeNode.idx, TreeNode.hash).where(tuple_(TreeNode.level, TreeNode.idx).in_(set(keys)))
-    )
+    by_level: dict[int, list[int]] = {}
+    for level, idx in keys:
+        by_level.setdefault(level, []).append(idx)
+    params: dict[str, object] = {}
+    for n, (level, ids) in enumerate(by_level.items()):
+        params[f"l{n}"], params[f"i{n}"] = level, sorted(set(ids))
+    rows = session.execute(_lookup(len(by_level)), params)
     found = {(level, idx): bytes(value) for level, idx, value in rows}
     missing = [key for key in keys if key not in found]
     if missing:
         raise TreeError(f"the ledger's Merkle tree is missing node(s) {missing[:3]}; run `amber db upgrade`")
     return found
+
+
+@functools.cache
+def _lookup(levels: int) -> Select[int, int, bytes]:
+    """Nodes at `levels` distinct levels, one primary-key range per level (a row-value IN list makes SQLite
+    scan the table). Built once per number of levels so SQLAlchemy's compiled cache applies."""
+    condition = or_(
+        *(
+            and_(TreeNode.level == bindparam(f"l{n}"), TreeNode.idx.in_(bindparam(f"i{n}", expanding=True)))
+            for n in range(levels)
+        )
+    )
+    return select(TreeNode.level, TreeNode.idx, TreeNode.hash).where(condition)
 
 
 def frontier(session: Session, size: int) -> tlog.Frontier:

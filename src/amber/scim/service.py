@@ -239,7 +239,7 @@ class ScimService:
         self._recheck(removed, call=call, left=result["displayName"])
         return result
 
-    def patch_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any] | None:
+    def patch_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         operations = _operations(body)
         with self._uow() as session:
             group = self._group(session, group_id)
@@ -329,22 +329,32 @@ class ScimService:
     # -- what SCIM changes set off --------------------------------------------------------------------------
 
     def _revoke_all(self, user_id: str, *, call: str, why: str) -> list[Revocation]:
-        """Revoke every live grant of a deprovisioned person. Each revocation ends the target sessions."""
+        """Revoke every live grant of a deprovisioned person. Each revocation ends the target sessions.
+
+        Also finishes what an earlier deprovisioning left live (a crash between its commit and its
+        revocations): every live grant of anyone the directory says is deactivated or deleted goes too.
+        """
         with self._uow() as session:
-            user = self._user(session, user_id, include_deleted=True)
-            if user.subject is None:
-                return []
-            live = list(
-                session.scalars(
-                    select(Grant.id).where(
-                        Grant.grantee_issuer == user.issuer,
-                        Grant.grantee_subject == user.subject,
-                        Grant.status.in_(LIVE),
-                    )
+            rows = session.execute(
+                select(Grant.id, ScimUser.id)
+                .join(
+                    ScimUser,
+                    (ScimUser.issuer == Grant.grantee_issuer) & (ScimUser.subject == Grant.grantee_subject),
                 )
+                .where(
+                    Grant.status.in_(LIVE),
+                    (ScimUser.active.is_(False)) | (ScimUser.deleted_at.is_not(None)),
+                )
+            ).all()
+        done = []
+        for grant_id, owner in rows:
+            reason = (
+                f"scim {call}: user {why}" if owner == user_id else f"scim {call}: finishing earlier deprovisioning"
             )
-        reason = f"scim {call}: user {why}"
-        return [r for grant_id in live if (r := self._revoke(grant_id, reason)) is not None]
+            revocation = self._revoke(grant_id, reason)
+            if revocation is not None:
+                done.append(revocation)
+        return done
 
     def _recheck(self, user_ids: Collection[str], *, call: str, left: str) -> list[Revocation]:
         """Ask policy again about each live grant of people who left a group; revoke what it now denies."""
@@ -355,8 +365,9 @@ class ScimService:
                 user = session.get(ScimUser, user_id)
                 if user is None or user.subject is None or not user.active or user.deleted_at is not None:
                     continue
-                rows = list(
-                    session.execute(
+                rows = [
+                    (row[0], row[1])
+                    for row in session.execute(
                         select(Grant.id, AccessRequest)
                         .join(AccessRequest, AccessRequest.id == Grant.request_id)
                         .where(
@@ -364,8 +375,8 @@ class ScimService:
                             Grant.grantee_subject == user.subject,
                             Grant.status.in_(LIVE),
                         )
-                    ).tuples()
-                )
+                    )
+                ]
                 groups_of = self._groups_now(session, user, settings)
                 checks = [
                     (grant_id, request, groups_of(_json_list(request.requester_groups))) for grant_id, request in rows
@@ -476,6 +487,12 @@ class ScimService:
             member = session.get(ScimMember, (group.id, user_id))
             if member is not None:
                 session.delete(member)
+            # A browser session keeps the groups of its sign-in: whoever leaves a group signs in again.
+            user = session.get(ScimUser, user_id)
+            if user is not None and user.subject is not None:
+                end_sessions_of(
+                    session, user.issuer, user.subject, now=self._clock.now(), reason=f"left group {group.display_name}"
+                )
         session.flush()
         return sorted(target - current), sorted(current - target)
 

@@ -215,7 +215,7 @@ class FrontendParser:
         return Startup(raw, params)
 
 
-def parse_frontend(kind: str, raw: bytes) -> Message:  # noqa: PLR0911 - one branch per message type
+def parse_frontend(kind: str, raw: bytes) -> Message:
     body = raw[5:]
     if kind == "Q":
         sql, pos = _cstring(body, 0)

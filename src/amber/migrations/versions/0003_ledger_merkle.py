@@ -1,5 +1,6 @@
 """Ledger Merkle tree and signed checkpoints: `ledger_tree_nodes`, `ledger_checkpoints` (both append-only),
-and `ledger_cursors` (how far each witness and SIEM stream has received).
+`ledger_cursors` (how far each witness and SIEM stream has received) and `ledger_tree_head` (one row: size,
+last hash and frontier, so an append reads one row).
 
 Existing entries are added to the tree here, once, in seq order (the same leaf bytes `ledger.append` uses).
 
@@ -47,6 +48,14 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("name", name="pk_ledger_cursors"),
     )
+    op.create_table(
+        "ledger_tree_head",
+        sa.Column("id", sa.SmallInteger, autoincrement=False, nullable=False),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("last_hash", sa.String(64), nullable=False),
+        sa.Column("frontier", sa.LargeBinary, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_ledger_tree_head"),
+    )
     _backfill()
     if op.get_bind().dialect.name == "postgresql":
         for table in TABLES:
@@ -72,10 +81,11 @@ def _backfill() -> None:
     rows = bind.execute(
         sa.text(
             "SELECT seq, entry_at, event_type, actor_issuer, actor_subject, actor_name, subject_kind, subject_id, "
-            "payload, prev_hash FROM ledger_entries ORDER BY seq"
+            "payload, prev_hash, entry_hash FROM ledger_entries ORDER BY seq"
         ).columns(entry_at=TS)
     )
     edge = tlog.Frontier()
+    last_hash = tlog.GENESIS
     batch: list[dict[str, object]] = []
     nodes = sa.table("ledger_tree_nodes", sa.column("level"), sa.column("idx"), sa.column("hash"))
     for row in rows:
@@ -89,6 +99,7 @@ def _backfill() -> None:
             payload=parse_payload(row.payload),
             prev_hash=row.prev_hash,
         )
+        last_hash = row.entry_hash
         batch += [
             {"level": lv, "idx": ix, "hash": h} for lv, ix, h in edge.append(tlog.leaf_hash(tlog.canonical_json(body)))
         ]
@@ -97,6 +108,10 @@ def _backfill() -> None:
             batch = []
     if batch:
         bind.execute(nodes.insert(), batch)
+    head = sa.table(
+        "ledger_tree_head", sa.column("id"), sa.column("size"), sa.column("last_hash"), sa.column("frontier")
+    )
+    bind.execute(head.insert(), [{"id": 1, "size": edge.size, "last_hash": last_hash, "frontier": edge.blob()}])
 
 
 def downgrade() -> None:

@@ -1,0 +1,200 @@
+"""Gateway sessions: login rules, cuts at expiry and revocation, recording, wire-level refusals, cancel."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from amber.gateway.pgwire import codec
+from tests.conftest import Amber
+from tests.gateway.conftest import gateway_credential
+
+
+def gateway_port(amber: Amber) -> int:
+    assert amber.rt.gateway is not None
+    return amber.rt.gateway.server.port
+
+
+def url_with(cred: dict[str, Any], **changes: str) -> str:
+    url = str(cred["url"])
+    for old, new in changes.items():
+        url = url.replace(old, new)
+    return url
+
+
+def test_wrong_token_unknown_grant_and_no_tls_are_refused(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    with pytest.raises(psycopg.OperationalError, match="wrong token"):
+        psycopg.connect(url_with(cred, **{cred["password"]: cred["password"][:-2] + "xx"}))
+    with pytest.raises(psycopg.OperationalError, match="no such grant"):
+        psycopg.connect(url_with(cred, **{cred["user"]: "grt_nope"}))
+    with pytest.raises(psycopg.OperationalError, match="needs TLS"):
+        psycopg.connect(url_with(cred, **{"sslmode=require": "sslmode=disable"}))
+    with pytest.raises(psycopg.OperationalError, match="refuses the startup parameter"):
+        psycopg.connect(cred["url"], options="-c default_transaction_read_only=off")
+
+
+def test_failed_logins_are_rate_limited_and_recorded(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    bad = url_with(cred, **{cred["password"]: "amb_gw_wrong"})
+    for _ in range(5):
+        with pytest.raises(psycopg.OperationalError, match="wrong token"):
+            psycopg.connect(bad)
+    with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
+        psycopg.connect(cred["url"])  # even the right token, for a while
+
+
+def test_session_is_cut_at_expiry_with_a_clear_message(gw: Amber) -> None:
+    cred = gateway_credential(gw, duration="10m")
+    conn = psycopg.connect(cred["url"], autocommit=True)
+    assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (50,)
+    gw.clock.advance(timedelta(minutes=10))
+    assert gw.tick() == [cred["grant_id"]]
+    with pytest.raises(psycopg.OperationalError, match=f"grant {cred['grant_id']} expired"):
+        for _ in range(50):  # the cut is asynchronous: it lands within moments
+            conn.execute("SELECT 1")
+            time.sleep(0.02)
+    conn.close()
+    with pytest.raises(psycopg.OperationalError, match="is expired|expired"):
+        psycopg.connect(cred["url"])
+
+
+def test_statement_after_expiry_is_refused_even_before_the_worker_runs(gw: Amber) -> None:
+    cred = gateway_credential(gw, duration="10m")
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        gw.clock.advance(timedelta(minutes=11))  # no worker tick: the gateway's own check catches it
+        with pytest.raises(psycopg.OperationalError, match="expired"):
+            conn.execute("SELECT 1")
+
+
+def test_revocation_cuts_live_sessions(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    conn = psycopg.connect(cred["url"], autocommit=True)
+    conn.execute("SELECT 1")
+    response = gw.api.post(f"/v1/grants/{cred['grant_id']}/revoke", json={"reason": "incident closed"},
+                           headers=gw.headers("alice", "engineering"))
+    assert response.status_code == 200
+    with pytest.raises(psycopg.OperationalError, match="was revoked: incident closed"):
+        for _ in range(50):
+            conn.execute("SELECT 1")
+            time.sleep(0.02)
+    conn.close()
+
+
+def test_every_statement_is_recorded(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        conn.execute("SELECT id FROM public.orders WHERE id <= 3").fetchall()
+        with pytest.raises(psycopg.Error):
+            conn.execute("DELETE FROM public.orders")
+    assert gw.rt.gateway is not None
+    for _ in range(100):
+        entries = gw.api.get("/v1/ledger", params={"subject": cred["grant_id"], "limit": 100},
+                             headers=gw.headers("sue", "security")).json()["entries"]
+        statements = [e for e in entries if e["type"] == "gateway.statement"]
+        if len(statements) >= 2 and any(e["type"] == "gateway.session_ended" for e in entries):
+            break
+        time.sleep(0.05)
+    read = next(e for e in statements if e["payload"]["outcome"] == "allowed")
+    assert read["payload"]["statement"] == "SELECT id FROM public.orders WHERE id <= 3"
+    assert read["payload"]["rows"] == 3
+    assert read["payload"]["tables"] == ["public.orders"]
+    assert read["payload"]["fingerprint"]
+    assert read["payload"]["duration_ms"] >= 0
+    assert read["actor"]["sub"] == "dev:alice"
+    refused = next(e for e in statements if e["payload"]["outcome"] == "refused")
+    assert refused["payload"]["rule"] == "write"
+    types = [e["type"] for e in entries]
+    assert "gateway.session_started" in types
+    assert "gateway.session_ended" in types
+    verified = gw.api.get("/v1/ledger/verify", headers=gw.headers("sue", "security")).json()
+    assert verified["ok"], verified
+
+
+class RawClient:
+    """A minimal protocol client over TLS, to send what libpq never would."""
+
+    def __init__(self, port: int, user: str, password: str) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(struct.pack("!ii", 8, codec.SSL_REQUEST))
+        assert sock.recv(1) == b"S"
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = context.wrap_socket(sock)
+        self.parser = codec.BackendParser()
+        self.sock.sendall(codec.startup_message({"user": user, "database": "x"}))
+        self.expect("R")
+        self.sock.sendall(codec.password_message(password))
+        self.until("Z")
+
+    def recv(self) -> list[codec.BackendMessage]:
+        data = self.sock.recv(65536)
+        return self.parser.feed(data) if data else []
+
+    def until(self, kind: str) -> list[codec.BackendMessage]:
+        seen: list[codec.BackendMessage] = []
+        for _ in range(100):
+            batch = self.recv()
+            if not batch:
+                break
+            seen += batch
+            if any(m.kind == kind for m in batch):
+                return seen
+        return seen
+
+    def expect(self, kind: str) -> None:
+        assert kind in [m.kind for m in self.until(kind)]
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def test_fast_path_function_call_is_refused_and_the_session_survives(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    with RawClient(gateway_port(gw), cred["user"], cred["password"]) as client:
+        client.sock.sendall(codec.message("F", struct.pack("!i", 2228) + struct.pack("!hhi", 0, 0, 0) + b"\0\0"))
+        replies = client.until("Z")
+        errors = [codec.error_fields(m.body) for m in replies if m.kind == "E"]
+        assert errors
+        assert "fast-path function call" in errors[0]["M"]
+        client.sock.sendall(codec.message("Q", b"SELECT 7\0"))
+        rows = [m for m in client.until("Z") if m.kind == "D"]
+        assert len(rows) == 1
+
+
+def test_garbage_gets_a_protocol_error_and_the_gateway_keeps_serving(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    with RawClient(gateway_port(gw), cred["user"], cred["password"]) as client:
+        client.sock.sendall(b"Q" + struct.pack("!i", 2))  # an impossible length
+        replies = client.until("E")
+    fatal = [codec.error_fields(m.body) for m in replies if m.kind == "E"]
+    assert fatal[0]["S"] == "FATAL"
+    assert "protocol violation" in fatal[0]["M"]
+    with psycopg.connect(cred["url"], autocommit=True) as conn:  # everyone else is fine
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_cancel_reaches_the_right_upstream_backend(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        # NOTE: cancel_safe, not cancel: libpq's blocking PQcancel holds the GIL while it waits for the server,
+        # and this server runs in the same process as the test.
+        timer = threading.Timer(0.3, conn.cancel_safe)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(5)")
+        timer.join()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
