@@ -15,8 +15,9 @@ from tests.conftest import Amber, build_runtime, drop_roles_tagged
 
 
 @pytest.fixture
-def gw(state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, target_db: str,
-       target_url: str) -> Iterator[Amber]:
+def gw(
+    state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, target_db: str, target_url: str
+) -> Iterator[Amber]:
     rt = build_runtime(state_url, catalog_path, tmp_path, clock, gateway_port=0)
     try:
         with TestClient(create_app(rt, run_worker=False), raise_server_exceptions=False) as api:

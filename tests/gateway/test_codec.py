@@ -46,11 +46,27 @@ def test_extended_protocol_messages() -> None:
     describe = codec.message("D", b"Pp1\0")
     execute = codec.message("E", b"p1\0" + struct.pack("!i", 0))
     close = codec.message("C", b"Ss1\0")
-    got = parser.feed(parse + bind + describe + execute + close + codec.message("H") + codec.message("S")
-                      + codec.message("F", b"\0\0\0\1"))
-    assert [type(m).__name__ for m in got] == ["Parse", "Bind", "Describe", "Execute", "Close", "Flush", "Sync",
-                                               "FunctionCall"]
-    assert got[0].name == "s1" and got[0].sql == "SELECT $1" and got[0].param_types == (23,)  # type: ignore[attr-defined]
+    got = parser.feed(
+        parse
+        + bind
+        + describe
+        + execute
+        + close
+        + codec.message("H")
+        + codec.message("S")
+        + codec.message("F", b"\0\0\0\1")
+    )
+    assert [type(m).__name__ for m in got] == [
+        "Parse",
+        "Bind",
+        "Describe",
+        "Execute",
+        "Close",
+        "Flush",
+        "Sync",
+        "FunctionCall",
+    ]
+    assert (got[0].name, got[0].sql, got[0].param_types) == ("s1", "SELECT $1", (23,))  # type: ignore[attr-defined]
     assert (got[1].portal, got[1].statement) == ("p1", "s1")  # type: ignore[attr-defined]
     assert (got[2].kind, got[2].name) == ("P", "p1")  # type: ignore[attr-defined]
     assert got[3].max_rows == 0  # type: ignore[attr-defined]
@@ -90,8 +106,13 @@ def test_bad_messages_raise_protocol_error(data: bytes, needle: str) -> None:
 
 
 def test_backend_parser_and_builders() -> None:
-    data = (codec.auth_ok() + codec.parameter_status("server_version", "15") + codec.backend_key_data(1, 2)
-            + codec.error_response("25006", "no", detail="d") + codec.ready_for_query("I"))
+    data = (
+        codec.auth_ok()
+        + codec.parameter_status("server_version", "15")
+        + codec.backend_key_data(1, 2)
+        + codec.error_response("25006", "no", detail="d")
+        + codec.ready_for_query("I")
+    )
     parser = codec.BackendParser()
     messages = parser.feed(data[:9]) + parser.feed(data[9:])
     assert [m.kind for m in messages] == ["R", "S", "K", "E", "Z"]

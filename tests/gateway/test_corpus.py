@@ -8,7 +8,6 @@ must still work in the same session.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -191,25 +190,30 @@ READS = [
 
 
 @pytest.fixture
-def cred(gw: Amber) -> Iterator[dict[str, Any]]:
+def cred(gw: Amber) -> dict[str, Any]:
     with connect_as(gw.target_url) as admin:
         admin.execute(SETUP)
-    yield gateway_credential(gw)
+    return gateway_credential(gw)
 
 
 def snapshot(url: str) -> dict[str, Any]:
     with connect_as(url) as admin:
         return {
-            "orders": admin.execute("SELECT count(*), sum(total_cents), md5(string_agg(id::text || total_cents::text,"
-                                    " ',' ORDER BY id)) FROM public.orders").fetchone(),
+            "orders": admin.execute(
+                "SELECT count(*), sum(total_cents), md5(string_agg(id::text || total_cents::text,"
+                " ',' ORDER BY id)) FROM public.orders"
+            ).fetchone(),
             "customers": admin.execute("SELECT count(*) FROM public.customers").fetchone(),
             "sequence": admin.execute("SELECT last_value, is_called FROM public.order_ids").fetchone(),
             "large_objects": admin.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone(),
-            "tables": admin.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace")
-            .fetchone(),
+            "tables": admin.execute(
+                "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+            ).fetchone(),
             "role_settings": admin.execute("SELECT count(*) FROM pg_db_role_setting").fetchone(),
-            "advisory_locks": admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-                                          "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone(),
+            "advisory_locks": admin.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchone(),
         }
 
 
@@ -267,14 +271,18 @@ def test_reads_work_extended_and_prepared(gw: Amber, cred: dict[str, Any]) -> No
             cur.execute("SELECT id FROM public.orders ORDER BY id")
             assert len(cur.fetchmany(10)) == 10
         with conn.cursor().copy("COPY (SELECT id FROM public.customers ORDER BY id) TO STDOUT") as copy:
-            rows = [row for row in copy.rows()]
+            rows = list(copy.rows())
         assert len(rows) == 10
 
 
 def test_refusal_inside_a_pipeline_keeps_the_session_usable(gw: Amber, cred: dict[str, Any]) -> None:
-    with psycopg.connect(cred["url"], autocommit=True) as conn:
-        with pytest.raises(psycopg.Error, match="amber refused"), conn.pipeline():
+    def pipeline(conn: psycopg.Connection[Any]) -> None:
+        with conn.pipeline():
             conn.execute("SELECT 1")
             conn.execute("DELETE FROM public.orders")
             conn.execute("SELECT 2")
+
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        with pytest.raises(psycopg.Error, match="amber refused"):
+            pipeline(conn)
         assert conn.execute("SELECT 3").fetchone() == (3,)

@@ -18,7 +18,7 @@ from amber.cli import ledger_cmds, login_cmds
 from amber.cli.client import Client, default_url, save_token
 from amber.cli.policy_cmds import policy_app, relative_start
 from amber.core.durations import format_duration, parse_duration
-from amber.core.errors import AmberError
+from amber.core.errors import AmberError, InvalidInput
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -124,6 +124,8 @@ def serve(
     for warning in rt.warnings:
         print(f"WARNING: {warning}")
     print(f"  API docs: {url}/docs    health: {url}/healthz    metrics: {url}/metrics")
+    if rt.gateway is not None:
+        print(f"  PostgreSQL gateway: {settings.gateway_host}:{settings.gateway_port} (TLS; user = grant id)")
     resources = ", ".join(rt.catalog().resources) or "none"
     print(f"  resources: {resources}")
     if rt.dev_issuer is not None:
@@ -353,6 +355,30 @@ def credentials(grant_id: str, profile: ProfileOpt = "default", url: UrlOpt = No
     _out(data, as_json, f"grant {grant_id}: role {data['user']}")
     if not as_json:
         _print_credential(data)
+
+
+@app.command()
+def connect(
+    grant_id: str,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the connection string instead of starting psql.")
+    ] = False,
+    profile: ProfileOpt = "default",
+    url: UrlOpt = None,
+) -> None:
+    """Start psql on a grant (through the gateway: a fresh token each time; direct: only once)."""
+    import os
+    import shutil
+
+    data = _client(profile, url).call("POST", f"/v1/grants/{grant_id}/credentials")
+    if print_only:
+        print(data["url"])
+        return
+    psql = shutil.which("psql")
+    if psql is None:
+        print(data["url"])
+        raise InvalidInput("psql is not installed; use the connection string above with your client")
+    os.execv(psql, [psql, data["url"]])  # noqa: S606 - replacing this process with psql is the point
 
 
 @app.command()

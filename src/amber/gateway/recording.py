@@ -73,7 +73,9 @@ class LedgerRecorder:
                     await asyncio.to_thread(self._write, batch)
                 except Exception as exc:  # noqa: BLE001 - any failure: keep the batch, refuse, retry
                     if self._healthy:
-                        log.error("gateway: cannot write to the ledger, refusing statements: %s", type(exc).__name__)
+                        log.error(  # noqa: TRY400 - the type is the story; the batch is kept and retried
+                            "gateway: cannot write to the ledger, refusing statements: %s", type(exc).__name__
+                        )
                     self._healthy = False
                     await asyncio.sleep(self._retry_s)
                     continue

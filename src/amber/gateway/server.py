@@ -131,6 +131,7 @@ class Session:
     def __init__(
         self,
         server: GatewayServer,
+        *,
         grant: GatewayGrant,
         client_w: asyncio.StreamWriter,
         upstream_r: asyncio.StreamReader,
@@ -175,7 +176,7 @@ class Session:
                 self.upstream_w.write(bytes(out))
                 await self.upstream_w.drain()
 
-    async def handle(self, msg: codec.Message) -> bytes:
+    async def handle(self, msg: codec.Message) -> bytes:  # noqa: PLR0915 - one branch per message type
         if isinstance(msg, codec.Sync):
             error, self.batch_error, self.skip_until_sync = self.batch_error, None, False
             self.pending.append(_Pending(error=error))
@@ -497,7 +498,7 @@ class GatewayServer:
                     startup = msg
         await self._session(startup, parser, reader, writer, source, tls_on)
 
-    async def _session(
+    async def _session(  # noqa: PLR0917 - one connection's state, passed once from _serve
         self,
         startup: codec.Startup,
         parser: codec.FrontendParser,
@@ -542,7 +543,9 @@ class GatewayServer:
             await _fatal(writer, "08006", f"amber could not reach the database for grant {grant.grant_id}: {exc}")
             return
         session_id = secrets.token_hex(8)
-        session = Session(self, grant, writer, upstream_r, upstream_w, session_id)
+        session = Session(
+            self, grant=grant, client_w=writer, upstream_r=upstream_r, upstream_w=upstream_w, session_id=session_id
+        )
         client_key = (secrets.randbits(31), secrets.randbits(31))
         self._cancel_keys[client_key] = (grant.host, grant.port, key[0], key[1])
         self.sessions.setdefault(grant.grant_id, set()).add(session)

@@ -140,7 +140,7 @@ def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozense
             prepares = node.name
         elif isinstance(node, ast.ExecuteStmt):
             if node.name not in prepared:
-                raise Refused(
+                raise Refused(  # noqa: TRY301 - Refused is the verdict, caught right below
                     "prepared",
                     f"EXECUTE {node.name}: only statements prepared through amber and allowed can be executed",
                 )

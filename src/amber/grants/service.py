@@ -301,14 +301,16 @@ class GrantService:
         return Activation(grant, password=password, gateway=self.gateway)
 
     def claim_credential(self, grant_id: str, *, issuer: str, subject: str) -> Activation:
-        """Show the grant's password to its grantee, exactly once."""
+        """Show the grant's credential to its grantee: a database password exactly once; a gateway token each
+        time it is asked for, replacing the one before (every issue is on record)."""
         with self._uow() as session:
             grant = get(session, grant_id, for_update=True)
             if (grant.grantee_issuer, grant.grantee_subject) != (issuer, subject):
                 raise Forbidden("only the person the grant was issued to can get its credential")
             if grant.status != "active":
                 raise Conflict(f"grant {grant_id} is {grant.status}; credentials exist only for active grants")
-            if grant.credential_shown_at is not None:
+            if grant.credential_shown_at is not None and grant.via != "gateway":
+                # A gateway token can be re-issued (the old one stops working); a database password cannot.
                 raise Conflict(
                     f"the credential for grant {grant_id} was already shown; it is shown exactly once "
                     "(revoke the grant and request again if it was lost)"
