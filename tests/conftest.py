@@ -210,9 +210,7 @@ class Amber:
             return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 
 
-def build_runtime(
-    state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, **overrides: Any
-) -> Runtime:
+def build_runtime(state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, **overrides: Any) -> Runtime:
     settings = Settings(
         env="test",
         state_dir=tmp_path / "state",

@@ -2,17 +2,14 @@
 `scim_members`), web sign-in sessions (`web_sessions`, stored as hashes) and sign-ins in flight (`web_logins`).
 
 Revision ID: 0004
-Revises: 0005 (see the NOTE below)
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-# NOTE: planned as `down_revision = "0003"`. The gateway's 0005 was written against 0003 before this file
-# existed; two revisions on 0003 would leave two heads and `upgrade head` would fail. Until 0005 is
-# re-pointed to "0004" (then set this back to "0003"), this follows 0005 so the history stays one line.
-down_revision = "0005"
+down_revision = "0003"
 
 TS = sa.DateTime(timezone=True)
 

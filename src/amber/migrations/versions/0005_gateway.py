@@ -1,14 +1,14 @@
 """Gateway: how a grant is reached (direct or through the gateway) and the hash of its gateway token.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 
 
 def upgrade() -> None:
