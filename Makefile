@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CATALOG ?= examples/quickstart/amber.yaml
 export AMBER_DEMO_PG_URL ?= postgresql://postgres@127.0.0.1:5432/amber_demo
+GATEWAY_PORT ?= 6432
 
 .PHONY: run test lint fmt bench install dev clean services
 
@@ -29,7 +30,7 @@ dev: $(VENV)/.installed-dev
 
 run: install
 	@$(BIN)/amber demo setup || echo "amber: the demo database could not be prepared (is PostgreSQL on 127.0.0.1:5432?); starting anyway"
-	AMBER_CATALOG=$(CATALOG) $(BIN)/amber serve
+	AMBER_CATALOG=$(CATALOG) AMBER_GATEWAY_PORT=$(GATEWAY_PORT) $(BIN)/amber serve
 
 services:
 	bash scripts/services.sh

@@ -29,7 +29,7 @@ def test_quickstart_policy_tests_pass() -> None:
     result = amber("policy", "test")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
-    assert "policy tests: 14 passed, 0 failed" in result.stdout
+    assert "policy tests: 15 passed, 0 failed" in result.stdout
 
 
 def test_a_failing_case_is_reported_like_a_test_runner(tmp_path: Path) -> None:
@@ -42,16 +42,16 @@ def test_a_failing_case_is_reported_like_a_test_runner(tmp_path: Path) -> None:
     )
     result = amber("policy", "test", catalog=root / "amber.yaml")
     assert result.returncode == 1
-    assert f"FAIL  someone outside engineering is denied by default  ({cases}:23)" in result.stdout
+    assert f"FAIL  someone outside engineering is denied by default  ({cases}:30)" in result.stdout
     assert "expected outcome auto_approve, got deny by ['default:deny']" in result.stdout
-    assert "13 passed, 1 failed" in result.stdout
+    assert "14 passed, 1 failed" in result.stdout
 
 
 def test_validate_names_file_and_line(tmp_path: Path) -> None:
     root = copy_quickstart(tmp_path)
     good = amber("policy", "validate", catalog=root / "amber.yaml")
     assert good.returncode == 0
-    assert "OK, 9 policies" in good.stdout
+    assert "OK, 10 policies" in good.stdout
     broken = root / "policies" / "approvals.cedar"
     broken.write_text(
         broken.read_text() + '\n@id("typo")\npermit (principal, action == Amber::Action::"aprove", resource);\n'
