@@ -24,9 +24,11 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
+
+import pglast
 
 from amber.core.clock import Clock
 from amber.gateway.pgwire import codec
@@ -399,6 +401,7 @@ class GatewayServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancel_keys: dict[tuple[int, int], tuple[str, int, int, int]] = {}
         self._verdicts: dict[tuple[str, str, frozenset[str]], list[Verdict]] = {}
+        self._shapes: dict[tuple[str, tuple[tuple[str, str], ...], frozenset[str]], Verdict] = {}
         self._verdict_cache_size = verdict_cache_size
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -438,16 +441,31 @@ class GatewayServer:
             session.client_w.close()
 
     def judge(self, resource: str, sql: str, prepared: frozenset[str]) -> list[Verdict]:
-        # NOTE: verdicts depend on the text, the prepared-statement names and the upstream schema, never on
-        # literal values, so caching by exact text is safe; the cache is cleared when it fills up.
+        """Judge `sql`, from a cache when the answer cannot differ.
+
+        NOTE: two caches. By exact text: a verdict depends on the text, the prepared names and the upstream
+        schema, never on anything else. By shape (the text with its literal constants blanked by PostgreSQL's
+        own scanner): only for a single SELECT or SHOW, whose verdict never depends on a literal's value
+        (EXPLAIN, BEGIN or SET can: `EXPLAIN (ANALYZE 0)` differs from `(ANALYZE 1)`, so they are never cached
+        by shape). Both caches are cleared when they fill up.
+        """
         key = (resource, sql, prepared)
         cached = self._verdicts.get(key)
-        if cached is None:
-            cached = judge(sql, self.schema_for(resource), prepared=prepared)
-            if len(self._verdicts) >= self._verdict_cache_size:
-                self._verdicts.clear()
-            self._verdicts[key] = cached
-        return cached
+        if cached is not None:
+            return cached
+        shape = _shape(sql)
+        if shape is not None:
+            by_shape = self._shapes.get((resource, shape, prepared))
+            if by_shape is not None:
+                return [replace(by_shape, sql=sql.strip())]
+        verdicts = judge(sql, self.schema_for(resource), prepared=prepared)
+        if len(self._verdicts) >= self._verdict_cache_size:
+            self._verdicts.clear()
+            self._shapes.clear()
+        self._verdicts[key] = verdicts
+        if shape is not None and len(verdicts) == 1 and verdicts[0].kind in SHAPE_CACHEABLE:
+            self._shapes[(resource, shape, prepared)] = verdicts[0]
+        return verdicts
 
     # -- one client connection -----------------------------------------------------------------------------
 
@@ -642,6 +660,19 @@ class GatewayServer:
 
 class UpstreamRefused(Exception):
     pass
+
+
+SHAPE_CACHEABLE = frozenset({"SelectStmt", "VariableShowStmt"})
+_LITERALS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
+
+
+def _shape(sql: str) -> tuple[tuple[str, str], ...] | None:
+    """The token sequence of `sql` with literal constants blanked; None if it does not scan."""
+    try:
+        tokens = pglast.parser.scan(sql)
+    except pglast.parser.ParseError:
+        return None
+    return tuple((t.name, "" if t.name in _LITERALS else sql[t.start : t.end + 1]) for t in tokens)
 
 
 async def _read_password(parser: codec.FrontendParser, reader: asyncio.StreamReader) -> codec.PasswordMessage | None:
