@@ -124,6 +124,12 @@ resources:
         schemas: [public]
         max_ttl: 8h
         via: gateway
+      masked:
+        schemas: [public]
+        max_ttl: 8h
+        via: gateway
+        masked_columns:
+          public.customers: [name]
 """
 
 POLICIES = """
@@ -148,6 +154,11 @@ permit (principal, action == Amber::Action::"request", resource == Amber::Level:
 @auto_approve
 permit (principal in Amber::Group::"oncall", action == Amber::Action::"request",
         resource == Amber::Level::"orders-db/gateway");
+
+@id("oncall-masked-through-the-gateway")
+@auto_approve
+permit (principal in Amber::Group::"oncall", action == Amber::Action::"request",
+        resource == Amber::Level::"orders-db/masked");
 
 @id("approvers-approve")
 permit (principal, action == Amber::Action::"approve", resource);

@@ -212,6 +212,7 @@ def test_bad_signatures_are_detected(history: tuple[Amber, Path, Path]) -> None:
     assert {p.check for p in tlog.verify_bundle(bundle, [stranger]).problems} == {"signature"}
 
 
+@pytest.mark.parametrize("state_url", ["sqlite"], indirect=True)  # a fresh interpreter per command: one store
 def test_export_and_verify_from_the_command_line(history: tuple[Amber, Path, Path], tmp_path: Path) -> None:
     amber, _, kept = history
     env = {

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from amber.ledger import tlog
 from tests.conftest import Amber
 
@@ -18,6 +20,9 @@ def _amber(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# The commands are the same code on both stores (covered store by store in tests/ledger); one store keeps the
+# suite fast, as each command is a fresh interpreter.
+@pytest.mark.parametrize("state_url", ["sqlite"], indirect=True)
 def test_key_lifecycle_receipts_and_proofs_from_the_command_line(amber: Amber, tmp_path: Path) -> None:
     amber.request("alice", "engineering", "oncall")
     key = tmp_path / "ledger.key"

@@ -39,7 +39,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_quickstart_catalog_loads() -> None:
     catalog = load_catalog(ROOT / "examples" / "quickstart" / "amber.yaml")
     assert "orders-db" in catalog.resources
-    assert set(catalog.resource("orders-db").levels) == {"read-only", "analytics"}
+    assert set(catalog.resource("orders-db").levels) == {"read-only", "audited", "analytics"}
 
 
 def test_good_catalog_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

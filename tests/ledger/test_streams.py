@@ -141,6 +141,7 @@ def test_syslog_sink_sends_rfc5424_messages(amber: Amber) -> None:
     assert entry["seq"] == 1
 
 
+@pytest.mark.parametrize("state_url", ["sqlite"], indirect=True)  # a fresh interpreter per command: one store
 def test_cli_streams_to_stdout_from_its_cursor(amber: Amber, tmp_path: Path) -> None:
     amber.request("alice", "engineering", "oncall")
     env = {

@@ -55,6 +55,11 @@ class PostgresLevel(_Strict):
 
     access: Literal["read-only"] = "read-only"
     schemas: list[str] = Field(min_length=1)
+    masked_columns: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="schema.table -> columns the role may not read (column-level grants; the gateway also "
+        "refuses statements that would touch them).",
+    )
     privileges: list[str] = Field(default_factory=lambda: ["SELECT"])
     statement_timeout: Duration = timedelta(seconds=30)
     connection_limit: int = Field(default=2, ge=1, le=100)
@@ -79,6 +84,18 @@ class PostgresLevel(_Strict):
         for name in value:
             if not _IDENT.match(name):
                 raise ValueError(f"not a plain schema name: {name!r}")
+        return value
+
+    @field_validator("masked_columns")
+    @classmethod
+    def _masked_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for table, columns in value.items():
+            parts = table.split(".")
+            if len(parts) != 2 or not all(_IDENT.match(part) for part in parts):
+                raise ValueError(f"masked_columns keys are schema.table, not {table!r}")
+            for column in columns:
+                if not _IDENT.match(column):
+                    raise ValueError(f"not a plain column name: {column!r}")
         return value
 
     @field_validator("privileges")

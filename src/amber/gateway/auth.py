@@ -8,6 +8,7 @@ and never shown to anyone. What this does NOT check: the client's TLS certificat
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -20,7 +21,14 @@ from amber.grants.models import Grant
 
 
 class GrantAuthenticator:
-    def __init__(self, uow: UnitOfWork, clock: Clock, secret_key: bytes) -> None:
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        clock: Clock,
+        secret_key: bytes,
+        masked_for: Callable[[str, str], dict[str, list[str]]] | None = None,
+    ) -> None:
+        self._masked_for = masked_for
         self._uow = uow
         self._clock = clock
         self._secret_key = secret_key
@@ -57,7 +65,14 @@ class GrantAuthenticator:
                 port=grant.connect_port,
                 database=grant.connect_database,
                 upstream_password=derived_secret(self._secret_key, "upstream", grant.id),
+                masked=self._masked(grant.resource, grant.level),
             )
+
+    def _masked(self, resource: str, level: str) -> tuple[tuple[str, frozenset[str]], ...]:
+        if self._masked_for is None:
+            return ()
+        masked = self._masked_for(resource, level)
+        return tuple(sorted((table, frozenset(columns)) for table, columns in masked.items()))
 
     def still_live(self, grant_id: str) -> str | None:
         with self._lock:

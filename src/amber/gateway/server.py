@@ -70,6 +70,7 @@ class GatewayGrant:
     port: int
     database: str
     upstream_password: str = field(repr=False)
+    masked: tuple[tuple[str, frozenset[str]], ...] = ()  # ("schema.table", columns) the level masks
 
 
 class Authenticator(Protocol):
@@ -276,7 +277,7 @@ class Session:
         return b""
 
     def judge(self, sql: str) -> list[Verdict]:
-        return self.server.judge(self.grant.resource, sql, frozenset(self.sql_prepared))
+        return self.server.judge(self.grant.resource, sql, frozenset(self.sql_prepared), self.grant.masked)
 
     def refusal(self, verdict: Verdict) -> bytes:
         return codec.error_response(
@@ -400,8 +401,8 @@ class GatewayServer:
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cancel_keys: dict[tuple[int, int], tuple[str, int, int, int]] = {}
-        self._verdicts: dict[tuple[str, str, frozenset[str]], list[Verdict]] = {}
-        self._shapes: dict[tuple[str, tuple[tuple[str, str], ...], frozenset[str]], Verdict] = {}
+        self._verdicts: dict[tuple[Any, ...], list[Verdict]] = {}
+        self._shapes: dict[tuple[Any, ...], Verdict] = {}
         self._verdict_cache_size = verdict_cache_size
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -440,7 +441,13 @@ class GatewayServer:
         with contextlib.suppress(Exception):
             session.client_w.close()
 
-    def judge(self, resource: str, sql: str, prepared: frozenset[str]) -> list[Verdict]:
+    def judge(
+        self,
+        resource: str,
+        sql: str,
+        prepared: frozenset[str],
+        masked: tuple[tuple[str, frozenset[str]], ...] = (),
+    ) -> list[Verdict]:
         """Judge `sql`, from a cache when the answer cannot differ.
 
         NOTE: two caches. By exact text: a verdict depends on the text, the prepared names and the upstream
@@ -449,22 +456,22 @@ class GatewayServer:
         (EXPLAIN, BEGIN or SET can: `EXPLAIN (ANALYZE 0)` differs from `(ANALYZE 1)`, so they are never cached
         by shape). Both caches are cleared when they fill up.
         """
-        key = (resource, sql, prepared)
+        key = (resource, sql, prepared, masked)
         cached = self._verdicts.get(key)
         if cached is not None:
             return cached
         shape = _shape(sql)
         if shape is not None:
-            by_shape = self._shapes.get((resource, shape, prepared))
+            by_shape = self._shapes.get((resource, shape, prepared, masked))
             if by_shape is not None:
                 return [replace(by_shape, sql=sql.strip())]
-        verdicts = judge(sql, self.schema_for(resource), prepared=prepared)
+        verdicts = judge(sql, self.schema_for(resource), prepared=prepared, masked=dict(masked))
         if len(self._verdicts) >= self._verdict_cache_size:
             self._verdicts.clear()
             self._shapes.clear()
         self._verdicts[key] = verdicts
         if shape is not None and len(verdicts) == 1 and verdicts[0].kind in SHAPE_CACHEABLE:
-            self._shapes[(resource, shape, prepared)] = verdicts[0]
+            self._shapes[(resource, shape, prepared, masked)] = verdicts[0]
         return verdicts
 
     # -- one client connection -----------------------------------------------------------------------------

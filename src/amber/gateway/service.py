@@ -23,6 +23,7 @@ class Gateway:
         clock: Clock,
         secret_key: bytes,
         admin_dsn: Callable[[str], str],
+        masked_for: Callable[[str, str], dict[str, list[str]]] | None = None,
         host: str,
         port: int,
         state_dir: Path,
@@ -31,7 +32,7 @@ class Gateway:
     ) -> None:
         if tls_cert is None or tls_key is None:
             tls_cert, tls_key = self_signed(state_dir)
-        self.authenticator = GrantAuthenticator(uow, clock, secret_key)
+        self.authenticator = GrantAuthenticator(uow, clock, secret_key, masked_for)
         self.recorder = LedgerRecorder(uow, clock)
         self._admin_dsn = admin_dsn
         self._schemas: dict[str, UpstreamSchema] = {}

@@ -61,6 +61,9 @@ SETTABLE = frozenset(
 MAX_VIEW_DEPTH = 8
 
 
+Masked = dict[str, frozenset[str]]  # "schema.table" -> masked column names
+
+
 class SchemaInfo(Protocol):
     """What the judge needs to know about the upstream database (looked up and cached by the server)."""
 
@@ -95,6 +98,7 @@ class _Scan:
     prepared: frozenset[str]
     tables: list[str] = field(default_factory=list)
     depth: int = 0
+    masked: Masked = field(default_factory=dict)
 
 
 class Refused(Exception):
@@ -105,7 +109,9 @@ class Refused(Exception):
         self.sqlstate = sqlstate
 
 
-def judge(sql: str, schema: SchemaInfo, *, prepared: frozenset[str] = frozenset()) -> list[Verdict]:
+def judge(
+    sql: str, schema: SchemaInfo, *, prepared: frozenset[str] = frozenset(), masked: Masked | None = None
+) -> list[Verdict]:
     """Judge every statement in `sql`. An unparsable string is one refused verdict."""
     try:
         statements = pglast.parse_sql(sql)
@@ -119,7 +125,7 @@ def judge(sql: str, schema: SchemaInfo, *, prepared: frozenset[str] = frozenset(
         text = sql[start : start + raw.stmt_len] if raw.stmt_len else sql[start:]
         if raw.stmt is None:
             continue
-        verdicts.append(_judge_one(raw.stmt, text.strip(), schema, prepared))
+        verdicts.append(_judge_one(raw.stmt, text.strip(), schema, prepared, masked or {}))
     return verdicts
 
 
@@ -130,8 +136,8 @@ def _fingerprint(text: str) -> str:
         return ""
 
 
-def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozenset[str]) -> Verdict:
-    scan = _Scan(schema, prepared)
+def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozenset[str], masked: Masked) -> Verdict:
+    scan = _Scan(schema, prepared, masked=masked)
     kind = type(node).__name__
     prepares = executes = None
     try:
@@ -187,6 +193,13 @@ def _check(node: Any, scan: _Scan) -> None:
             _check(node.query, scan)
         elif node.relation is not None:
             scan.tables.append(_relname(node.relation))
+            if _masked_columns(node.relation, scan):
+                raise Refused(
+                    "masked",
+                    f"COPY of {_relname(node.relation)} would include masked columns; "
+                    "COPY a query naming the columns you need",
+                    PRIVILEGE,
+                )
     elif isinstance(node, ast.VariableSetStmt):
         _check_set(node)
     elif isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
@@ -200,6 +213,8 @@ def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
         raise Refused("select-into", "SELECT INTO creates a table; amber grants read-only access")
     if node.lockingClause:
         raise Refused("locking", "SELECT ... FOR UPDATE/SHARE takes row locks; amber grants read-only access")
+    if scan.masked:
+        _check_masked(node, scan)
     for child in _walk(node):
         if isinstance(child, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
             raise Refused("nested-write", f"a nested {_verb(child)} writes data (writable CTE?)")
@@ -214,6 +229,52 @@ def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
             _check_relation(child, scan)
         elif isinstance(child, ast.RangeFunction | ast.RangeTableFunc):
             continue
+
+
+def _masked_columns(relation: ast.RangeVar, scan: _Scan) -> frozenset[str]:
+    name = str(relation.relname)
+    if relation.schemaname:
+        return scan.masked.get(f"{relation.schemaname}.{name}", frozenset())
+    hidden: set[str] = set()
+    for table, columns in scan.masked.items():
+        if table.split(".", 1)[1] == name:
+            hidden |= columns
+    return frozenset(hidden)
+
+
+def _check_masked(node: ast.SelectStmt, scan: _Scan) -> None:
+    """Refuse any reference to a masked column, `*` over a masked table, or a whole-row reference to one.
+
+    Conservative by name: a column named like a masked one is refused even when it belongs to another table.
+    """
+    hidden: set[str] = set()
+    masked_names: set[str] = set()
+    for child in _walk(node):
+        if isinstance(child, ast.RangeVar):
+            columns = _masked_columns(child, scan)
+            if columns:
+                hidden |= columns
+                masked_names.add(str(child.relname))
+                if child.alias is not None:
+                    masked_names.add(str(child.alias.aliasname))
+    if not hidden:
+        return
+    for child in _walk(node):
+        if not isinstance(child, ast.ColumnRef):
+            continue
+        fields = list(child.fields or ())
+        last = fields[-1] if fields else None
+        if isinstance(last, ast.A_Star):
+            raise Refused(
+                "masked",
+                f"`*` would include masked columns ({', '.join(sorted(hidden))}); name the columns you need",
+                PRIVILEGE,
+            )
+        name = getattr(last, "sval", None)
+        if name in hidden:
+            raise Refused("masked", f"column {name} is masked for this access level", PRIVILEGE)
+        if len(fields) == 1 and name in masked_names:
+            raise Refused("masked", f"{name} as a whole row would include masked columns", PRIVILEGE)
 
 
 def _check_function(funcname: Any, scan: _Scan) -> None:
@@ -253,7 +314,7 @@ def _check_relation(node: ast.RangeVar, scan: _Scan) -> None:
         inner = pglast.parse_sql(definition)
     except pglast.parser.ParseError:
         raise Refused("view", f"view {_relname(node)} could not be checked") from None
-    sub = _Scan(scan.schema, scan.prepared, [], scan.depth + 1)
+    sub = _Scan(scan.schema, scan.prepared, [], scan.depth + 1, scan.masked)
     for raw in inner:
         try:
             _check(raw.stmt, sub)

@@ -215,6 +215,11 @@ class GrantService:
             schemas=tuple(level.schemas),
             statement_timeout=level.statement_timeout,
             connection_limit=1 if grant.single_use else level.connection_limit,
+            masked_columns=tuple(
+                (table.split(".", 1)[0], table.split(".", 1)[1], column)
+                for table, columns in sorted(level.masked_columns.items())
+                for column in columns
+            ),
         )
 
     def activate(self, grant_id: str, *, with_credential: bool) -> Activation:

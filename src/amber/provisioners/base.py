@@ -38,6 +38,8 @@ class GrantSpec:
     schemas: tuple[str, ...]
     statement_timeout: timedelta
     connection_limit: int
+    # (schema, table, column) the role may not read: it gets SELECT on the table's other columns only.
+    masked_columns: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

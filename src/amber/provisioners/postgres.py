@@ -219,6 +219,8 @@ class PostgresProvisioner:
                                 f"not amber's role for grant {spec.grant_id}; refusing to adopt it"
                             )
                         conn.execute(sql.SQL("; ").join([*head, *statements.common]))
+                        if spec.masked_columns:
+                            self._mask_columns(conn, spec)
                 except psycopg.errors.DuplicateObject:
                     # Another process created the role between our look-up and CREATE ROLE: look again.
                     if attempt == 2:
@@ -439,6 +441,33 @@ class PostgresProvisioner:
             common.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
             common.append(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role))
         return _Statements(create=[create], update=update, common=common)
+
+    def _mask_columns(self, conn: _Conn, spec: GrantSpec) -> None:
+        """Replace table-wide SELECT by SELECT on every column but the masked ones (inside provision's transaction).
+
+        A masked table that does not exist is an error (fail closed: the catalog names something that is not there).
+        """
+        role = sql.Identifier(spec.role_name)
+        tables: dict[tuple[str, str], set[str]] = {}
+        for schema, table, column in spec.masked_columns:
+            tables.setdefault((schema, table), set()).add(column)
+        for (schema, table), masked in tables.items():
+            rows = conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+                " ORDER BY attnum",
+                [f"{_quote_ident(schema)}.{_quote_ident(table)}"],
+            ).fetchall()
+            if not rows:
+                raise ProvisionerError(f"PostgreSQL at {self._where}: masked table {schema}.{table} does not exist")
+            relation = sql.Identifier(schema, table)
+            conn.execute(sql.SQL("REVOKE SELECT ON {} FROM {}").format(relation, role))
+            visible = [str(row[0]) for row in rows if str(row[0]) not in masked]
+            if visible:
+                conn.execute(
+                    sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
+                        sql.SQL(", ").join(sql.Identifier(c) for c in visible), relation, role
+                    )
+                )
 
     @staticmethod
     def _role_comment(conn: _Conn, role_name: str) -> tuple[str | None] | None:
@@ -786,6 +815,10 @@ class PostgresProvisioner:
             if secret:
                 detail = detail.replace(secret, "***")
         return ProvisionerError(f"PostgreSQL at {self._where}: {detail[:300]}")
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _check_role_name(role_name: str) -> None:
