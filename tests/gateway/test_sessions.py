@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -218,3 +219,41 @@ def test_gateway_token_can_be_reissued_and_the_old_one_stops_working(gw: Amber) 
         psycopg.connect(cred["url"])
     other = gw.api.post(f"/v1/grants/{cred['grant_id']}/credentials", headers=gw.headers("mallory", "engineering"))
     assert other.status_code == 403
+
+
+def test_a_refusal_inside_a_transaction_aborts_it_like_postgresql_would(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    with psycopg.connect(cred["url"]) as conn:  # not autocommit: psycopg opens a transaction block
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.Error, match="amber refused"):
+            conn.execute("DELETE FROM public.orders")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 2")
+        conn.rollback()
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+        conn.commit()
+    result = subprocess.run(
+        [
+            "psql",
+            cred["url"],
+            "-X",
+            "-c",
+            "BEGIN",
+            "-c",
+            "DELETE FROM public.orders",
+            "-c",
+            "SELECT 4",
+            "-c",
+            "COMMIT",
+            "-c",
+            "SELECT 5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert "current transaction is aborted" in result.stderr
+    assert "ROLLBACK" in result.stdout  # COMMIT of an aborted transaction rolls back, as in PostgreSQL
+    assert " 5" in result.stdout

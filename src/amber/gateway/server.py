@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import pglast
+from pglast.enums import TransactionStmtKind
 
 from amber.core.clock import Clock
 from amber.gateway.pgwire import codec
@@ -155,6 +156,10 @@ class Session:
         self.skip_until_sync = False
         self.batch_error: bytes | None = None
         self.closed = asyncio.Event()
+        # PostgreSQL aborts a transaction block on any error; a refused statement never reached the upstream, so
+        # the gateway plays that part: until ROLLBACK (or COMMIT, which then rolls back) it refuses everything.
+        self.in_transaction = False
+        self.aborted = False
         self.cut_reason: str | None = None
 
     # -- client -> upstream ------------------------------------------------------------------------------
@@ -204,6 +209,8 @@ class Session:
                     self.pending.append(_Pending(error=self.refusal(down), swallow_empty=True))
                     return codec.empty_query()
                 return self.refuse_in_batch(down)
+        if isinstance(msg, codec.Query) and self.aborted:
+            return await self.while_aborted(msg)
         if isinstance(msg, codec.Query):
             verdicts = self.judge(msg.sql)
             refused = next((v for v in verdicts if not v.allowed), None)
@@ -211,6 +218,7 @@ class Session:
                 if not await self.record_verdict(verdict, refused):
                     refused = refused or verdict
             if refused is not None:
+                self.aborted = self.in_transaction
                 self.pending.append(_Pending(error=self.refusal(refused), swallow_empty=True))
                 return codec.empty_query()
             now = time.perf_counter()
@@ -221,6 +229,16 @@ class Session:
                     self.sql_prepared.add(verdict.prepares)
             self.pending.append(_Pending())
             return msg.raw
+        if isinstance(msg, codec.Parse) and self.aborted:
+            if _is_rollback(msg.sql):
+                self.aborted = False
+                self.prepared[msg.name] = Verdict(True, msg.sql, "TransactionStmt")
+                return msg.raw
+            return self.refuse_in_batch(
+                Verdict(
+                    False, msg.sql, "any", "aborted", "the transaction was aborted; only ROLLBACK is accepted", "25P02"
+                )
+            )
         if isinstance(msg, codec.Parse):
             verdicts = self.judge(msg.sql)
             refused = next((v for v in verdicts if not v.allowed), None)
@@ -276,6 +294,27 @@ class Session:
         await self.fatal("08P01", f"unexpected message type {getattr(msg, 'kind', type(msg).__name__)!r}")
         return b""
 
+    async def while_aborted(self, msg: codec.Query) -> bytes:
+        """In an aborted transaction block: ROLLBACK passes, COMMIT becomes ROLLBACK, anything else is refused."""
+        kind = _transaction_kind(msg.sql)
+        if kind in (
+            TransactionStmtKind.TRANS_STMT_ROLLBACK,
+            TransactionStmtKind.TRANS_STMT_ROLLBACK_TO,
+            TransactionStmtKind.TRANS_STMT_COMMIT,
+        ):
+            self.aborted = False
+            self.pending.append(_Pending())
+            if kind == TransactionStmtKind.TRANS_STMT_COMMIT:
+                return codec.message("Q", codec.cstr("ROLLBACK"))
+            return msg.raw
+        error = codec.error_response(
+            "25P02",
+            "current transaction is aborted (amber refused a statement in it), commands ignored until end "
+            "of transaction block",
+        )
+        self.pending.append(_Pending(error=error, swallow_empty=True))
+        return codec.empty_query()
+
     def judge(self, sql: str) -> list[Verdict]:
         return self.server.judge(self.grant.resource, sql, frozenset(self.sql_prepared), self.grant.masked)
 
@@ -287,6 +326,7 @@ class Session:
         )
 
     def refuse_in_batch(self, verdict: Verdict | None) -> bytes:
+        self.aborted = self.aborted or self.in_transaction
         if verdict is not None:
             self.batch_error = self.refusal(verdict)
         elif self.batch_error is None:
@@ -356,8 +396,14 @@ class Session:
             return b""
         if kind == "Z":
             entry = self.pending.popleft() if self.pending else _Pending()
+            status = msg.body[:1]
+            self.in_transaction = status in (b"T", b"E")
+            if not self.in_transaction:
+                self.aborted = False
+            raw = codec.ready_for_query("E") if self.aborted and status == b"T" else msg.raw
             if entry.error is not None:
-                return entry.error + msg.raw
+                return entry.error + raw
+            return raw
         return msg.raw
 
     async def finish(self, running: _Running, outcome: str, rows: int) -> None:
@@ -667,6 +713,25 @@ class GatewayServer:
 
 class UpstreamRefused(Exception):
     pass
+
+
+def _transaction_kind(sql: str) -> TransactionStmtKind | None:
+    """The kind of a single transaction-control statement, else None."""
+    try:
+        statements = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return None
+    if len(statements) == 1 and isinstance(statements[0].stmt, pglast.ast.TransactionStmt):
+        kind = statements[0].stmt.kind
+        return kind if isinstance(kind, TransactionStmtKind) else None
+    return None
+
+
+def _is_rollback(sql: str) -> bool:
+    return _transaction_kind(sql) in (
+        TransactionStmtKind.TRANS_STMT_ROLLBACK,
+        TransactionStmtKind.TRANS_STMT_ROLLBACK_TO,
+    )
 
 
 SHAPE_CACHEABLE = frozenset({"SelectStmt", "VariableShowStmt"})
