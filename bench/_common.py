@@ -63,11 +63,18 @@ resources:
         statement_timeout: {statement_timeout}
         connection_limit: {connection_limit}
         max_ttl: 8h
-        policy:
-          requesters: [engineering]
-          auto_approve: [oncall]
-          approvals: 1
-          approvers: [leads]
+"""
+
+POLICIES = """
+@id("oncall-at-once")
+@auto_approve
+permit (principal in Amber::Group::"oncall", action == Amber::Action::"request", resource)
+when {{ principal in Amber::Group::"engineering" }};
+
+@id("engineers-with-approval")
+@approvals("1")
+@approvers("leads")
+permit (principal in Amber::Group::"engineering", action == Amber::Action::"request", resource);
 """
 
 
@@ -207,6 +214,8 @@ def serve_amber(
         else:
             database_url = f"sqlite:///{workdir / 'state' / 'amber.db'}"
         catalog = workdir / "amber.yaml"
+        (workdir / "policies").mkdir(exist_ok=True)
+        (workdir / "policies" / "bench.cedar").write_text(POLICIES.replace("{{", "{").replace("}}", "}"))
         catalog.write_text(
             textwrap.dedent(CATALOG).format(
                 resource=RESOURCE,

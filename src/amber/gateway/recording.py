@@ -89,13 +89,17 @@ class LedgerRecorder:
 
     def _write(self, batch: list[tuple[str, GatewayGrant, dict[str, Any], Any]]) -> None:
         with self._uow() as session:
-            for event, grant, payload, at in batch:
-                ledger.append(
-                    session,
-                    at=at,
-                    event_type=event,
-                    actor=Actor(grant.grantee_issuer, grant.grantee_subject, grant.grantee_name),
-                    subject_kind="grant",
-                    subject_id=grant.grant_id,
-                    payload=payload,
-                )
+            ledger.append_many(
+                session,
+                [
+                    ledger.NewEntry(
+                        at=at,
+                        event_type=event,
+                        actor=Actor(grant.grantee_issuer, grant.grantee_subject, grant.grantee_name),
+                        subject_kind="grant",
+                        subject_id=grant.grant_id,
+                        payload=payload,
+                    )
+                    for event, grant, payload, at in batch
+                ],
+            )
