@@ -53,6 +53,8 @@ bench: install services
 	$(BIN)/python bench/time_to_access.py
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/policy_decide.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/ledger.py
 
 clean:
 	rm -rf $(VENV) .amber build src/*.egg-info
