@@ -32,6 +32,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the lock on Linux
+    uvloop = None  # type: ignore[assignment]
+
 from amber.api.runtime import Runtime
 from amber.core.settings import Settings
 from amber.identity import Principal
@@ -75,7 +80,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
     bouncer: subprocess.Popen[bytes] | None = None
     rt: Runtime | None = None
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()  # as `amber serve` does
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     try:
         subprocess.run(

@@ -18,7 +18,8 @@ from tests.conftest import Amber, build_runtime, drop_roles_tagged
 def gw(
     state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, target_db: str, target_url: str
 ) -> Iterator[Amber]:
-    rt = build_runtime(state_url, catalog_path, tmp_path, clock, gateway_port=0)
+    # NOTE: ledger entries are written in-process here; test_recorder_process.py covers the child writer.
+    rt = build_runtime(state_url, catalog_path, tmp_path, clock, gateway_port=0, gateway_recorder_process=False)
     try:
         with TestClient(create_app(rt, run_worker=False), raise_server_exceptions=False) as api:
             yield Amber(rt=rt, api=api, clock=clock, target_db=target_db, target_url=target_url)

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     gateway_public_port: int | None = None
     gateway_tls_cert: Path | None = None
     gateway_tls_key: Path | None = None
+    # Write the gateway's per-statement ledger entries from a child process (keeps hashing off the gateway).
+    gateway_recorder_process: bool = True
     # The ledger's checkpoint signing key, by reference only: `file:/path` or `env:NAME` holding a
     # `PRIVATE+KEY+...` Ed25519 note key (`amber audit keygen`). Unset outside production: a dev key in state_dir.
     ledger_signing_key: str | None = None

@@ -3,6 +3,10 @@
 Entries go into a bounded queue; one writer task appends them in batches (one transaction per batch). When the
 queue is full, `record` waits (back-pressure). When a batch cannot be written, the recorder turns unhealthy
 (the server then refuses new statements), keeps the batch, and retries it until it is written.
+
+With `database_url` set, batches are hashed and written by a child process (ChildWriter): hashing the chain and
+the Merkle tree in the gateway's own process costs it about half its throughput in GIL time (bench/gateway.py).
+A batch counts as written only when the child says it committed; if the child dies, a new one gets the batch.
 """
 
 from __future__ import annotations
@@ -10,21 +14,116 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+from multiprocessing.connection import Connection
 from typing import Any
 
 from amber import ledger
 from amber.core.clock import Clock
-from amber.core.db import UnitOfWork
+from amber.core.db import UnitOfWork, make_engine, make_unit_of_work
 from amber.gateway.server import GatewayGrant, RecorderDown
 from amber.ledger import Actor
 
 log = logging.getLogger(__name__)
 
 
+Row = tuple[Any, str, str, str, str, str, dict[str, Any]]  # at, event, iss, sub, name, grant id, payload
+
+
+def _entries(rows: list[Row]) -> list[ledger.NewEntry]:
+    return [
+        ledger.NewEntry(
+            at=at,
+            event_type=event,
+            actor=Actor(iss, sub, name),
+            subject_kind="grant",
+            subject_id=grant_id,
+            payload=payload,
+        )
+        for at, event, iss, sub, name, grant_id, payload in rows
+    ]
+
+
+def _child_main(database_url: str, conn: Connection) -> None:
+    """The child process: append each batch it receives in one transaction and say how it went."""
+    engine = make_engine(database_url)
+    uow = make_unit_of_work(engine)
+    try:
+        while True:
+            try:
+                rows = conn.recv()
+            except EOFError:
+                return
+            try:
+                with uow() as session:
+                    ledger.append_many(session, _entries(rows))
+            except Exception as exc:  # noqa: BLE001 - reported to the parent, which keeps the batch
+                conn.send(f"error: {type(exc).__name__}")
+            else:
+                conn.send("ok")
+    finally:
+        engine.dispose()
+
+
+class ChildWriter:
+    """Writes batches through a child process; `write` blocks (in a worker thread) until the child committed."""
+
+    def __init__(self, database_url: str, timeout_s: float = 30.0) -> None:
+        self._url = database_url
+        self._timeout_s = timeout_s
+        self._proc: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def _ensure(self) -> Connection:
+        if self._proc is None or not self._proc.is_alive() or self._conn is None:
+            self.close()
+            context = multiprocessing.get_context("spawn")
+            parent, child = context.Pipe()
+            self._proc = context.Process(
+                target=_child_main, args=(self._url, child), name="amber-ledger-writer", daemon=True
+            )
+            self._proc.start()
+            child.close()
+            self._conn = parent
+        return self._conn
+
+    def write(self, rows: list[Row]) -> None:
+        conn = self._ensure()
+        try:
+            conn.send(rows)
+            if not conn.poll(self._timeout_s):
+                raise TimeoutError("the ledger writer did not answer")  # noqa: TRY301 - handled with the others
+            reply = conn.recv()
+        except (OSError, EOFError, TimeoutError):
+            self.close()
+            raise
+        if reply != "ok":
+            raise RuntimeError(str(reply))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.join(timeout=5)
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc = None
+
+
 class LedgerRecorder:
     def __init__(
-        self, uow: UnitOfWork, clock: Clock, *, queue_max: int = 10_000, batch_max: int = 500, retry_s: float = 0.5
+        self,
+        uow: UnitOfWork,
+        clock: Clock,
+        *,
+        queue_max: int = 10_000,
+        batch_max: int = 500,
+        retry_s: float = 0.5,
+        database_url: str | None = None,
     ) -> None:
+        self._child = ChildWriter(database_url) if database_url else None
         self._uow = uow
         self._clock = clock
         self._queue: asyncio.Queue[tuple[str, GatewayGrant, dict[str, Any], Any]] | None = None
@@ -50,6 +149,8 @@ class LedgerRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._child is not None:
+            await asyncio.to_thread(self._child.close)
 
     async def record(self, event: str, grant: GatewayGrant, payload: dict[str, Any]) -> None:
         if not self._healthy:
@@ -88,18 +189,12 @@ class LedgerRecorder:
                 queue.task_done()
 
     def _write(self, batch: list[tuple[str, GatewayGrant, dict[str, Any], Any]]) -> None:
+        rows: list[Row] = [
+            (at, event, grant.grantee_issuer, grant.grantee_subject, grant.grantee_name, grant.grant_id, payload)
+            for event, grant, payload, at in batch
+        ]
+        if self._child is not None:
+            self._child.write(rows)
+            return
         with self._uow() as session:
-            ledger.append_many(
-                session,
-                [
-                    ledger.NewEntry(
-                        at=at,
-                        event_type=event,
-                        actor=Actor(grant.grantee_issuer, grant.grantee_subject, grant.grantee_name),
-                        subject_kind="grant",
-                        subject_id=grant.grant_id,
-                        payload=payload,
-                    )
-                    for event, grant, payload, at in batch
-                ],
-            )
+            ledger.append_many(session, _entries(rows))

@@ -24,6 +24,7 @@ class Gateway:
         secret_key: bytes,
         admin_dsn: Callable[[str], str],
         masked_for: Callable[[str, str], dict[str, list[str]]] | None = None,
+        recorder_database_url: str | None = None,
         host: str,
         port: int,
         state_dir: Path,
@@ -33,7 +34,7 @@ class Gateway:
         if tls_cert is None or tls_key is None:
             tls_cert, tls_key = self_signed(state_dir)
         self.authenticator = GrantAuthenticator(uow, clock, secret_key, masked_for)
-        self.recorder = LedgerRecorder(uow, clock)
+        self.recorder = LedgerRecorder(uow, clock, database_url=recorder_database_url)
         self._admin_dsn = admin_dsn
         self._schemas: dict[str, UpstreamSchema] = {}
         self._lock = threading.Lock()
