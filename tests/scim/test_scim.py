@@ -276,3 +276,24 @@ def test_next_deprovisioning_finishes_one_a_crash_left_half_done(amber: Amber) -
     assert grant_status(amber, bob_grant["id"])["status"] == "active"
     scim(amber, "DELETE", f"/Users/{alice['id']}")
     assert grant_status(amber, bob_grant["id"])["status"] == "revoked"
+
+
+def test_deactivation_cancels_pending_requests_so_nobody_approves_them_later(amber: Amber) -> None:
+    user = scim(amber, "POST", "/Users", okta_user("bob", "dev:bob"))
+    pending = amber.request("bob", "engineering")
+    assert pending["status"] == "pending"
+    scim(
+        amber,
+        "PATCH",
+        f"/Users/{user['id']}",
+        {"schemas": [PATCH_SCHEMA], "Operations": [{"op": "replace", "value": {"active": False}}]},
+    )
+    late = amber.api.post(f"/v1/requests/{pending['id']}/approve", json={}, headers=amber.headers("carol", "leads"))
+    assert late.status_code == 409
+    shown = amber.api.get(f"/v1/requests/{pending['id']}", headers=amber.headers("sue", "security")).json()
+    assert shown["status"] == "cancelled"
+    (event,) = [e for e in ledger_events(amber, pending["id"]) if e.event_type == "request.cancelled"]
+    assert event.payload == {
+        "by": "deprovisioning",
+        "reason": f"scim PATCH /scim/v2/Users/{user['id']}: user deactivated",
+    }

@@ -445,6 +445,22 @@ class AccessRequestService:
             self._move(session, request, "cancelled", actor_of(principal), {}, now=self._clock.now())
         return Outcome(request)
 
+    def withdraw_pending(self, issuer: str, subject: str, *, actor: Actor, reason: str) -> list[str]:
+        """Cancel every pending request of one person (they were deprovisioned): nobody may approve them later."""
+        with self._uow() as session:
+            query = select(AccessRequest).where(
+                AccessRequest.requester_issuer == issuer,
+                AccessRequest.requester_subject == subject,
+                AccessRequest.status == "pending",
+            )
+            if is_postgres(session):
+                query = query.with_for_update()
+            pending = list(session.scalars(query))
+            now = self._clock.now()
+            for request in pending:
+                self._move(session, request, "cancelled", actor, {"by": "deprovisioning", "reason": reason}, now=now)
+        return [request.id for request in pending]
+
     def complete_review(self, request_id: str, principal: Principal, *, comment: str) -> AccessRequest:
         """Close the post-hoc review of a break-glass access. Owners, reviewers and admins; never the requester."""
         catalog = self._catalog()

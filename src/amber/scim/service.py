@@ -354,7 +354,21 @@ class ScimService:
             revocation = self._revoke(grant_id, reason)
             if revocation is not None:
                 done.append(revocation)
+        self._withdraw_pending(user_id, call=call, why=why)
         return done
+
+    def _withdraw_pending(self, user_id: str, *, call: str, why: str) -> None:
+        """A deprovisioned person's pending requests are cancelled, so that nobody approves them afterwards."""
+        with self._uow() as session:
+            user = self._user(session, user_id, include_deleted=True)
+            issuer, subject = user.issuer, user.subject
+        if subject is None:
+            return  # never matched to a token subject: this person never signed in, so never asked
+        withdrawn = self._requests.withdraw_pending(
+            issuer, subject, actor=SCIM_ACTOR, reason=f"scim {call}: user {why}"
+        )
+        if withdrawn:
+            log.info("scim: cancelled %d pending request(s) of a deprovisioned user", len(withdrawn))
 
     def _recheck(self, user_ids: Collection[str], *, call: str, left: str) -> list[Revocation]:
         """Ask policy again about each live grant of people who left a group; revoke what it now denies."""
