@@ -8,25 +8,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 
-from amber.api.app import create_app
 from amber.core.clock import FrozenClock
-from tests.conftest import Amber, build_runtime, drop_roles_tagged
-from tests.gateway.conftest import gateway_credential
+from tests.conftest import Amber
+from tests.gateway.conftest import gateway_credential, running
 
 
 @pytest.fixture
 def gwp(
     state_url: str, catalog_path: Path, tmp_path: Path, clock: FrozenClock, target_db: str, target_url: str
 ) -> Iterator[Amber]:
-    rt = build_runtime(state_url, catalog_path, tmp_path, clock, gateway_port=0, gateway_recorder_process=True)
-    try:
-        with TestClient(create_app(rt, run_worker=False), raise_server_exceptions=False) as api:
-            yield Amber(rt=rt, api=api, clock=clock, target_db=target_db, target_url=target_url)
-    finally:
-        rt.close()
-        drop_roles_tagged(rt.installation_id, target_db)
+    with running(state_url, catalog_path, tmp_path, clock, target_db, target_url, recorder_process=True) as amber:
+        yield amber
 
 
 def statements(amber: Amber, grant_id: str) -> list[dict]:  # type: ignore[type-arg]
