@@ -1,8 +1,9 @@
 """Recording gateway statements in the ledger: batched off the hot path, never dropped, fail closed.
 
 Entries go into a bounded queue; one writer task appends them in batches (one transaction per batch). When the
-queue is full, `record` waits (back-pressure). When a batch cannot be written, the recorder turns unhealthy
-(the server then refuses new statements), keeps the batch, and retries it until it is written.
+queue is full, `record` waits (back-pressure); it never drops an entry. When a batch cannot be written, the
+recorder turns unhealthy (the server then refuses new statements and logins), keeps the batch, and retries it
+until it is written.
 
 With `database_url` set, batches are hashed and written by a child process (ChildWriter): hashing the chain and
 the Merkle tree in the gateway's own process costs it about half its throughput in GIL time (bench/gateway.py).
@@ -21,7 +22,7 @@ from typing import Any
 from amber import ledger
 from amber.core.clock import Clock
 from amber.core.db import UnitOfWork, make_engine, make_unit_of_work
-from amber.gateway.server import GatewayGrant, RecorderDown
+from amber.gateway.server import GatewayGrant
 from amber.ledger import Actor
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,6 @@ class LedgerRecorder:
             await asyncio.to_thread(self._child.close)
 
     async def record(self, event: str, grant: GatewayGrant, payload: dict[str, Any]) -> None:
-        if not self._healthy:
-            raise RecorderDown("the ledger is unavailable")
         assert self._queue is not None, "LedgerRecorder.start() was not called"  # noqa: S101 - wiring bug
         await self._queue.put((event, grant, payload, self._clock.now()))
 

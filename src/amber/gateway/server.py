@@ -6,11 +6,12 @@ Invariants:
   gateway sends an empty query in its place so that its own ErrorResponse lands in protocol order).
 - A session lives only as long as its grant: liveness is checked before every statement, and `cut()` ends every
   session of a grant at once with a FATAL message naming the grant and why.
-- Every statement, allowed or refused, is handed to the recorder before the client sees its result; if the
-  recorder is down, statements are refused (fail closed).
+- Every statement, allowed or refused, is handed to the recorder before the client sees its result, and one that
+  reached the database but never completed is recorded as interrupted when the session ends; the recorder never
+  drops an entry, and while it cannot write, new statements and logins are refused (fail closed).
 - A client never sees the upstream password or the upstream's cancel key.
-What this does NOT do yet: SCRAM towards the client (cleartext passwords are accepted only inside TLS),
-emulate the aborted-transaction state after a refusal inside a transaction block, or COPY FROM STDIN (refused).
+What this does NOT do yet: SCRAM towards the client (cleartext passwords are accepted only inside TLS), or
+COPY FROM STDIN (refused).
 """
 
 from __future__ import annotations
@@ -82,16 +83,14 @@ class Authenticator(Protocol):
         ...
 
 
-class RecorderDown(Exception):
-    pass
-
-
 class Recorder(Protocol):
     @property
-    def healthy(self) -> bool: ...
+    def healthy(self) -> bool:
+        """False while entries cannot be written: the server then refuses new statements and logins."""
+        ...
 
     async def record(self, event: str, grant: GatewayGrant, payload: dict[str, Any]) -> None:
-        """Queue one entry; waits when the queue is full; raises RecorderDown when entries cannot be written."""
+        """Queue one entry, waiting while the queue is full. Never drops an entry."""
         ...
 
 
@@ -205,6 +204,7 @@ class Session:
                     "the ledger is unavailable, so amber refuses "
                     "statements it cannot record (fail closed); try again shortly",
                 )
+                await self.record_refusal(down)
                 if isinstance(msg, codec.Query | codec.FunctionCall):
                     self.pending.append(_Pending(error=self.refusal(down), swallow_empty=True))
                     return codec.empty_query()
@@ -214,10 +214,9 @@ class Session:
         if isinstance(msg, codec.Query):
             verdicts = self.judge(msg.sql)
             refused = next((v for v in verdicts if not v.allowed), None)
-            for verdict in verdicts:
-                if not await self.record_verdict(verdict, refused):
-                    refused = refused or verdict
             if refused is not None:
+                for verdict in verdicts:  # the whole string is refused, so every part is recorded as refused
+                    await self.record_refusal(verdict)
                 self.aborted = self.in_transaction
                 self.pending.append(_Pending(error=self.refusal(refused), swallow_empty=True))
                 return codec.empty_query()
@@ -246,11 +245,11 @@ class Session:
                 refused = Verdict(
                     False, msg.sql, "multi", "multi-statement", "a prepared statement must be a single statement"
                 )
-            verdict = refused or verdicts[0]
-            if not await self.record_verdict(verdict, refused, extended=True) or refused is not None:
+            if refused is not None:
+                await self.record_refusal(refused)
                 self.prepared.pop(msg.name, None)
-                return self.refuse_in_batch(verdict if refused else None)
-            self.prepared[msg.name] = verdict
+                return self.refuse_in_batch(refused)
+            self.prepared[msg.name] = verdicts[0]
             return msg.raw
         if isinstance(msg, codec.Bind):
             statement = self.prepared.get(msg.statement)
@@ -284,7 +283,7 @@ class Session:
                 "function-call",
                 "the fast-path function call protocol is not allowed; use SQL",
             )
-            await self.record_verdict(verdict, verdict)
+            await self.record_refusal(verdict)
             self.pending.append(_Pending(error=self.refusal(verdict), swallow_empty=True))
             return codec.empty_query()
         if isinstance(msg, codec.CopyFromClient):
@@ -325,24 +324,15 @@ class Session:
             hint="amber grants read-only access; see `amber grants`",
         )
 
-    def refuse_in_batch(self, verdict: Verdict | None) -> bytes:
+    def refuse_in_batch(self, verdict: Verdict) -> bytes:
         self.aborted = self.aborted or self.in_transaction
-        if verdict is not None:
-            self.batch_error = self.refusal(verdict)
-        elif self.batch_error is None:
-            self.batch_error = codec.error_response("25006", "amber: statement refused (recording unavailable)")
+        self.batch_error = self.refusal(verdict)
         self.skip_until_sync = True
         return b""
 
-    async def record_verdict(self, verdict: Verdict, refused: Verdict | None, *, extended: bool = False) -> bool:
-        """Record judged-but-not-run statements now (refused ones); allowed ones are recorded when they finish."""
-        if verdict.allowed and refused is None:
-            return True
-        try:
-            await self.server.recorder.record("gateway.statement", self.grant, self.payload(verdict, "refused"))
-        except RecorderDown:
-            return False
-        return True
+    async def record_refusal(self, verdict: Verdict) -> None:
+        """Refused statements are recorded at once; allowed ones when they finish (with rows and duration)."""
+        await self.server.recorder.record("gateway.statement", self.grant, self.payload(verdict, "refused"))
 
     def payload(
         self, verdict: Verdict, outcome: str, *, rows: int | None = None, duration_ms: float | None = None
@@ -408,12 +398,9 @@ class Session:
 
     async def finish(self, running: _Running, outcome: str, rows: int) -> None:
         duration = (time.perf_counter() - running.started) * 1000
-        with contextlib.suppress(RecorderDown):
-            # NOTE: an entry that cannot be queued here is for a statement that already ran; the next
-            # statement of the session is refused until the recorder is back.
-            await self.server.recorder.record(
-                "gateway.statement", self.grant, self.payload(running.verdict, outcome, rows=rows, duration_ms=duration)
-            )
+        await self.server.recorder.record(
+            "gateway.statement", self.grant, self.payload(running.verdict, outcome, rows=rows, duration_ms=duration)
+        )
 
     async def fatal(self, code: str, text: str) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -608,6 +595,11 @@ class GatewayServer:
             log.warning("gateway: failed login for user %r from %s: %s", user[:64], source, exc)
             await _fatal(writer, "28P01", f"amber: login failed for {user[:64]!r}: {exc}")
             return
+        if not self.recorder.healthy:
+            await _fatal(
+                writer, "08006", "amber cannot record sessions right now (the ledger is unavailable); try again shortly"
+            )
+            return
         try:
             upstream_r, upstream_w, key, status = await self._connect_upstream(grant, params)
         except (OSError, ScramError, codec.ProtocolError, UpstreamRefused) as exc:
@@ -642,10 +634,12 @@ class GatewayServer:
             self._cancel_keys.pop(client_key, None)
             with contextlib.suppress(Exception):
                 upstream_w.close()
-            with contextlib.suppress(RecorderDown):
-                await self.recorder.record(
-                    "gateway.session_ended", grant, {"session": session_id, "reason": session.cut_reason or "closed"}
-                )
+            # Statements that reached the database but never reported completion are recorded too.
+            while session.running:
+                await session.finish(session.running.popleft(), "interrupted", 0)
+            await self.recorder.record(
+                "gateway.session_ended", grant, {"session": session_id, "reason": session.cut_reason or "closed"}
+            )
 
     async def _connect_upstream(
         self, grant: GatewayGrant, params: dict[str, str]

@@ -224,18 +224,9 @@ class ScimService:
             lowered = _lower_keys(body)
             if "externalid" in lowered:
                 group.external_id = _opt_str(lowered["externalid"])
-            added, removed = self._set_members(session, group, _member_ids(lowered.get("members")))
-            now = self._clock.now()
-            group.updated_at = now
-            self._record(
-                session,
-                "scim.group_replaced",
-                group.id,
-                call,
-                {"displayName": group.display_name, "added": added, "removed": removed},
-                now=now,
+            result, removed = self._save_members(
+                session, group, _member_ids(lowered.get("members")), "scim.group_replaced", call
             )
-            result = self._group_out(session, group, members=True)
         self._recheck(removed, call=call, left=result["displayName"])
         return result
 
@@ -274,20 +265,26 @@ class ScimService:
                     wanted.discard(member)
                 else:
                     raise scim_error(InvalidInput, f"unsupported Group PATCH {op} {path!r}", "invalidPath")
-            added, removed = self._set_members(session, group, sorted(wanted))
-            now = self._clock.now()
-            group.updated_at = now
-            self._record(
-                session,
-                "scim.group_updated",
-                group.id,
-                call,
-                {"displayName": group.display_name, "added": added, "removed": removed},
-                now=now,
-            )
-            result = self._group_out(session, group, members=True)
+            result, removed = self._save_members(session, group, sorted(wanted), "scim.group_updated", call)
         self._recheck(removed, call=call, left=result["displayName"])
         return result
+
+    def _save_members(
+        self, session: Session, group: ScimGroup, wanted: list[str], event: str, call: str
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Set a group's members, record the change, and return the group as SCIM shows it and who left."""
+        added, removed = self._set_members(session, group, wanted)
+        now = self._clock.now()
+        group.updated_at = now
+        self._record(
+            session,
+            event,
+            group.id,
+            call,
+            {"displayName": group.display_name, "added": added, "removed": removed},
+            now=now,
+        )
+        return self._group_out(session, group, members=True), removed
 
     def delete_group(self, group_id: str, *, call: str) -> None:
         with self._uow() as session:
