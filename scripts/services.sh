@@ -50,4 +50,17 @@ if [ -w "$hba" ] && ! grep -q '+amber_grantees' "$hba"; then
 elif ! grep -q '+amber_grantees' "$hba" 2>/dev/null; then
   say "warning: cannot edit $hba; tests that check VALID UNTIL and passwords will fail"
 fi
+# The PostgreSQL JDBC driver, for the gateway's JDBC client test (Java itself comes with the machine image).
+jdbc_jar=/usr/share/java/postgresql.jar
+if [ ! -f "$jdbc_jar" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing the PostgreSQL JDBC driver (libpostgresql-jdbc-java)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends libpostgresql-jdbc-java >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libpostgresql-jdbc-java >/dev/null; } \
+      || say "warning: could not install libpostgresql-jdbc-java; the JDBC gateway test will fail"
+  else
+    say "warning: $jdbc_jar is missing (apt-get install libpostgresql-jdbc-java as root); the JDBC gateway test will fail"
+  fi
+fi
 say "ready"

@@ -7,7 +7,7 @@ history" against the operator: the verifier trusts only the public key it is giv
 NOTE: this module imports ONLY the Python standard library and `cryptography`, and nothing from amber. It is
 copied verbatim to tools/amber_verify.py (a test keeps the two identical) so auditors can run it alone:
 
-    python3 amber_verify.py bundle DIR --key VKEY [--checkpoint FILE ...] [--since FILE]
+    python3 amber_verify.py bundle DIR --key VKEY [--checkpoint FILE ...] [--since FILE] [--jobs N]
     python3 amber_verify.py receipt FILE --key VKEY
 
 Formats (docs/ledger.md):
@@ -22,9 +22,13 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -630,11 +634,28 @@ def verify_leaves(
     since: tuple[str, str] | None = None,
 ) -> Report:
     """`verify_log` over (leaf data, hash, entry) triples, streamed: memory stays flat for any log size."""
+    return _verify(
+        lambda wanted, report, rotations: _walk(leaves, wanted, report, rotations), checkpoints, keys, origin, since
+    )
+
+
+Walker = Callable[[set[int], Report, list[dict[str, Any]]], dict[int, bytes]]
+"""Reads the log once: checks the chain into the report, collects key rotations, returns the root at each wanted
+size (and sets the report's entry count and final root)."""
+
+
+def _verify(
+    walk: Walker,
+    checkpoints: Sequence[tuple[str, str]],
+    keys: Sequence[Verifier],
+    origin: str | None,
+    since: tuple[str, str] | None,
+) -> Report:
     report = Report()
     notes = [*checkpoints, *([since] if since else [])]
     parsed = _parsed_checkpoints(notes, origin, report)
     rotations: list[dict[str, Any]] = []
-    roots = _walk(leaves, {cp.size for _, cp, _ in parsed}, report, rotations)
+    roots = walk({cp.size for _, cp, _ in parsed}, report, rotations)
     schedule, rotation_problems = _key_schedule(rotations, keys)
     report.problems.extend(rotation_problems)
     signed = _signed_checkpoints(parsed, schedule, report)
@@ -730,6 +751,199 @@ def _fold(stack: Sequence[bytes]) -> bytes:
     return value
 
 
+# -- the same walk, split across processes ---------------------------------------------------------------
+#
+# entries.jsonl is cut into byte ranges; each process checks its lines and folds their leaf hashes into the
+# perfect subtrees its range covers, assuming the range starts at the leaf its first `seq` names. The parent
+# then checks that each range starts where the previous one ended (count and `prev`) and joins the subtrees
+# into the tree. Any doubt (a problem, a line to parse in full other than a key rotation, a gap at a seam)
+# and the caller walks the whole file again in one process, which names the problem precisely: the parallel
+# walk only ever says "all good" or "look closer".
+
+_PARALLEL_MIN_BYTES = 32 << 20
+_CHUNK_BYTES = (4 << 20, 32 << 20)
+_HASH_KEY = b',"hash":"'
+_PREV_KEY = b',"prev":"'
+_TYPE_KEY = b',"type":"'
+_ROTATION_TYPE = KEY_ROTATION_EVENT.encode() + b'"'
+
+Chunk = tuple[int, int, str, str, list[bytes], dict[int, list[bytes]], list[dict[str, Any]]]
+"""(first leaf index, entries, first `prev`, last hash, subtree hashes, {wanted size: subtree hashes}, rotations)."""
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def _walk_in_parallel(
+    path: Path, wanted: set[int], report: Report, rotations: list[dict[str, Any]], processes: int | None
+) -> dict[int, bytes] | None:
+    """`_walk` over an entries.jsonl file in `processes` processes; None if the file needs a closer look (or
+    processes cannot be used here), and then `report` and `rotations` are untouched."""
+    size = path.stat().st_size
+    workers = min(_cpus(), 8) if processes is None else processes
+    if workers < 2 or size == 0 or (processes is None and size < _PARALLEL_MIN_BYTES):
+        return None
+    step = min(max(size // (workers * 4), _CHUNK_BYTES[0]), _CHUNK_BYTES[1])
+    if processes is not None:  # as asked, even for a small file (tests use this)
+        step = max(1, -(-size // (workers * 2)))
+    wanted_sizes = tuple(sorted(wanted))
+    jobs = [(str(path), lo, min(lo + step, size), wanted_sizes) for lo in range(0, size, step)]
+    # Fork is cheap and safe only while this process has a single thread; otherwise start fresh interpreters.
+    single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if single else "spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            result = _join(pool.map(_check_chunk, jobs), wanted)
+            if result is None:
+                pool.shutdown(wait=False, cancel_futures=True)
+    except Exception:  # noqa: BLE001 - no processes here (no semaphores, an unimportable module ...): one will do
+        return None
+    if result is None:
+        return None
+    roots, found, entries, root = result
+    rotations.extend(found)
+    report.entries, report.root = entries, root
+    return roots
+
+
+def _join(
+    chunks: Iterable[Chunk | None], wanted: set[int]
+) -> tuple[dict[int, bytes], list[dict[str, Any]], int, bytes] | None:
+    """Stitch the ranges' results in file order: (roots at the wanted sizes, rotations, entries, final root)."""
+    roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in wanted else {}
+    rotations: list[dict[str, Any]] = []
+    edge: list[tuple[int, bytes]] = []  # (level, hash): the frontier of everything joined so far
+    size, prev = 0, GENESIS
+    for chunk in chunks:
+        if chunk is None:
+            return None
+        start, count, first_prev, last_hash, hashes, snapshots, found = chunk
+        if count == 0:
+            continue
+        if start != size or first_prev != prev:
+            return None
+        for at, nodes in snapshots.items():
+            partial = _attach(list(edge), start, at, nodes)
+            if partial is None:
+                return None
+            roots[at] = _fold([value for _, value in partial])
+        joined = _attach(edge, start, start + count, hashes)
+        if joined is None:
+            return None
+        edge = joined
+        size, prev = start + count, last_hash
+        rotations += found
+    return roots, rotations, size, _fold([value for _, value in edge])
+
+
+def _attach(edge: list[tuple[int, bytes]], lo: int, hi: int, hashes: list[bytes]) -> list[tuple[int, bytes]] | None:
+    """Extend the frontier of a tree of `lo` leaves by the perfect subtrees covering leaves [lo, hi) in order
+    (largest aligned first: what `_check_chunk`'s stack holds). None if `hashes` is not that many."""
+    levels = []
+    at = lo
+    while at < hi:
+        level = (at & -at).bit_length() - 1 if at else hi.bit_length() - 1
+        while at + (1 << level) > hi:
+            level -= 1
+        levels.append(level)
+        at += 1 << level
+    if len(levels) != len(hashes):
+        return None
+    for first_level, subtree in zip(levels, hashes, strict=True):
+        level, value = first_level, subtree
+        while edge and edge[-1][0] == level:
+            value = node_hash(edge.pop()[1], value)
+            level += 1
+        edge.append((level, value))
+    return edge
+
+
+def _chunk_lines(path: str, lo: int, hi: int) -> list[bytes]:
+    """The lines that start in bytes [lo, hi) of the file, without their line ends."""
+    with open(path, "rb") as handle:
+        if lo > 0:
+            handle.seek(lo - 1)
+            handle.readline()  # the end of a line that started before lo: the previous range's
+        start = handle.tell()
+        if start >= hi:
+            return []
+        data = handle.read(hi - start)
+        if not data.endswith(b"\n"):
+            data += handle.readline()
+    lines = data.split(b"\n")
+    if b"\r" in data:
+        lines = [line.rstrip(b"\r") for line in lines]
+    return lines
+
+
+def _check_chunk(job: tuple[str, int, int, tuple[int, ...]]) -> Chunk | None:
+    """In a worker process: check one range of entries.jsonl as `read_leaves` + `_walk` would, assuming it
+    starts at the leaf its first line names. None at the first doubt (the caller then walks sequentially)."""
+    path, lo, hi, wanted_sizes = job
+    try:
+        return _check_lines(_chunk_lines(path, lo, hi), set(wanted_sizes))
+    except Exception:  # noqa: BLE001 - whatever it is, the sequential walk will meet it and report it
+        return None
+
+
+def _check_lines(lines: Iterable[bytes], wanted: set[int]) -> Chunk | None:
+    sha256, hexlify = hashlib.sha256, binascii.hexlify
+    stack: list[bytes] = []
+    snapshots: dict[int, list[bytes]] = {}
+    rotations: list[dict[str, Any]] = []
+    start = position = -1
+    first_prev = prev = b""
+    for line in lines:
+        # The layout checks of `_fields`, inlined (this loop is the verifier's hot path).
+        h = line.find(_HASH_KEY)
+        p = line.rfind(_PREV_KEY)
+        t = line.rfind(_TYPE_KEY)
+        if h < 0 or p < 0 or t < p or line[h + 73 : h + 74] != b'"' or line[p + 73 : p + 81] != b'","seq":':
+            if not line.strip():
+                continue
+            return None
+        comma = line.find(b",", p + 81)
+        digits = line[p + 81 : comma]
+        if comma < 0 or line.find(b'"', t + 9) < 0 or not digits.isdigit():
+            return None
+        seq = int(digits)
+        entry_prev = line[p + 9 : p + 73]
+        if line.startswith(_ROTATION_TYPE, t + 9):
+            entry = json.loads(line)
+            data, stored = entry_leaf(entry)
+            if entry.get("seq") != seq or entry.get("prev") != entry_prev.decode():
+                return None
+            rotations.append(entry)
+            stored_hash = stored.encode()
+        else:
+            data = line[:h] + line[h + 74 :]
+            stored_hash = line[h + 9 : h + 73]
+        if start < 0:
+            start, position, first_prev = seq - 1, seq - 1, entry_prev
+        elif entry_prev != prev:
+            return None
+        position += 1
+        if seq != position or hexlify(sha256(data).digest()) != stored_hash:
+            return None
+        prev = stored_hash
+        value = sha256(b"\x00" + data).digest()
+        merges, width = position, 2
+        while not merges & 1 and position - width >= start:  # else the sibling lies before this range
+            value = sha256(b"\x01" + stack.pop() + value).digest()
+            merges >>= 1
+            width <<= 1
+        stack.append(value)
+        if position in wanted:
+            snapshots[position] = list(stack)
+    if start < 0:
+        return 0, 0, GENESIS, GENESIS, [], {}, []
+    return start, position - start, first_prev.decode(), prev.decode(), stack, snapshots, rotations
+
+
 def _judge(
     signed: Sequence[_Signed], roots: dict[int, bytes], size: int, since: tuple[str, str] | None, report: Report
 ) -> None:
@@ -787,8 +1001,13 @@ def verify_bundle(
     *,
     extra_checkpoints: Sequence[Path] = (),
     since: Path | None = None,
+    processes: int | None = None,
 ) -> Report:
-    """Verify an `amber audit export` bundle. Without `keys`, trusts the bundle's keys.txt (say so to the user)."""
+    """Verify an `amber audit export` bundle. Without `keys`, trusts the bundle's keys.txt (say so to the user).
+
+    `processes`: how many processes check entries.jsonl (None: one per CPU for files of 32 MiB or more, else 1).
+    The result is the same either way (see `_walk_in_parallel`).
+    """
     manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
     if keys is None:
         keys = [Verifier.parse(line) for line in (directory / "keys.txt").read_text().splitlines() if line.strip()]
@@ -800,13 +1019,13 @@ def verify_bundle(
     for path in extra_checkpoints:
         notes += notes_in(path)
     since_note = (str(since), since.read_text(encoding="utf-8")) if since else None
-    return verify_leaves(
-        read_leaves(directory / "entries.jsonl"),
-        notes,
-        keys,
-        origin=str(manifest["origin"]),
-        since=since_note,
-    )
+    path = directory / "entries.jsonl"
+
+    def walk(wanted: set[int], report: Report, rotations: list[dict[str, Any]]) -> dict[int, bytes]:
+        roots = _walk_in_parallel(path, wanted, report, rotations, processes)
+        return _walk(read_leaves(path), wanted, report, rotations) if roots is None else roots
+
+    return _verify(walk, notes, keys, str(manifest["origin"]), since_note)
 
 
 def _say(line: str, *, err: bool = False) -> None:
@@ -831,6 +1050,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle.add_argument("--key", action="append", default=[], help="trusted verifier key (name+id+key)")
     bundle.add_argument("--checkpoint", action="append", type=Path, default=[], help="a witnessed checkpoint")
     bundle.add_argument("--since", type=Path, help="a checkpoint you kept: prove the log only grew since")
+    bundle.add_argument("--jobs", type=int, help="processes checking the entries (default: one per CPU if large)")
     receipt = sub.add_parser("receipt", help="verify a receipt (c2sp.org/tlog-proof@v1)")
     receipt.add_argument("file", type=Path)
     receipt.add_argument("--key", action="append", default=[], required=True)
@@ -841,7 +1061,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_report(verify_receipt(args.file.read_text(encoding="utf-8"), keys), "receipt")
         if not keys:
             _say("warning: no --key given; trusting the keys in the bundle itself", err=True)
-        report = verify_bundle(args.directory, keys or None, extra_checkpoints=args.checkpoint, since=args.since)
+        report = verify_bundle(
+            args.directory, keys or None, extra_checkpoints=args.checkpoint, since=args.since, processes=args.jobs
+        )
     except (OSError, ValueError, KeyError) as exc:
         _say(f"error: {exc}", err=True)
         return 2

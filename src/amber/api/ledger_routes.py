@@ -8,11 +8,9 @@ entry's actor, whoever may see the request or grant it concerns) and auditors ge
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
@@ -29,22 +27,7 @@ from amber.ledger.models import LedgerEntry
 WELL_KNOWN = "/.well-known/amber-ledger"
 TEXT = "text/plain; charset=utf-8"
 
-
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    rt: Runtime = app.state.runtime
-    # Tests (AMBER_ENV=test) sign checkpoints explicitly on a moved clock; a server signs on its own.
-    background = rt.checkpointer is not None and rt.settings.env != "test"
-    if background and rt.checkpointer is not None:
-        rt.checkpointer.start()
-    try:
-        yield
-    finally:
-        if rt.checkpointer is not None:
-            rt.checkpointer.stop()
-
-
-router = APIRouter(lifespan=_lifespan)
+router = APIRouter()
 
 
 def _checkpointer(rt: Runtime) -> Checkpointer:

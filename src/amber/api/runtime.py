@@ -64,7 +64,8 @@ def build_checkpointer(
         origin=settings.ledger_origin or f"amber/{install_id}",
         every_entries=settings.ledger_checkpoint_every_entries,
         every=timedelta(seconds=settings.ledger_checkpoint_interval_s),
-        witnesses=build_witnesses(settings.ledger_witnesses),
+        witnesses=build_witnesses(settings.ledger_witnesses, clock=clock),
+        poll_s=settings.ledger_checkpoint_poll_s,
     )
 
 
@@ -259,6 +260,7 @@ class Runtime:
                 state_dir=settings.state_dir,
                 tls_cert=settings.gateway_tls_cert,
                 tls_key=settings.gateway_tls_key,
+                watch_interval_s=settings.gateway_watch_interval_s,
             )
             grants.on_ended.append(runtime.gateway.grant_ended)
             grants.gateway = (
@@ -276,6 +278,18 @@ class Runtime:
             # A port of 0 means "any free port" (tests): advertise the one we got.
             host = self.settings.gateway_public_host or self.settings.gateway_host
             self.grants.gateway = (host, self.gateway.server.port)
+
+    def start_checkpoints(self) -> None:
+        """Sign checkpoints in the background while the server runs. Not under AMBER_ENV=test: tests sign
+        explicitly on a moved clock (or build a non-test runtime to exercise the thread)."""
+        if self.checkpointer is not None and self.settings.env != "test":
+            self.checkpointer.start()
+
+    def stop_checkpoints(self) -> None:
+        """Stop the background signer; it signs a final checkpoint. Call it after everything else that appends
+        (worker, gateway) has stopped, so that checkpoint covers every entry."""
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
 
     def record_catalog(self, actor: ledger.Actor = ledger.SYSTEM) -> bool:
         """Append `catalog.loaded` / `policy.loaded` when what runs differs from the last one on record.
@@ -334,9 +348,8 @@ class Runtime:
         return catalog
 
     def close(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
         self.worker.stop()
+        self.stop_checkpoints()
         self.provisioners.close()
         self.engine.dispose()
 

@@ -1,14 +1,17 @@
 """`amber audit ...` commands for the tamper-evident ledger: keys, checkpoints, proofs, receipts, export, verify.
 
 They run where amber's state store is reachable (like `amber audit verify`), from AMBER_* settings; none of
-them needs the catalog. `verify_bundle_cmd` needs nothing but the bundle and a key. Private keys are read by
-reference and never printed, except by `keygen`, which writes them to a 0600 file.
+them needs the catalog. `verify --bundle` needs nothing but the bundle and a key; `checkpoints fetch` needs
+nothing but the witness (and its credentials, by reference). Private keys are read by reference and never
+printed, except by `keygen`, which writes them to a 0600 file.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -165,20 +168,20 @@ def export(directory: Annotated[Path, typer.Argument(help="Directory to write th
 def rotate_key(
     new_key: Annotated[str, typer.Option("--new-key", help="The new signing key: file:/path or env:NAME.")],
 ) -> None:
-    """Hand checkpoint signing over to a new key: a ledger entry signed by the current key, then a checkpoint.
+    """Hand checkpoint signing over to a new key: a ledger entry signed by the current key, then a checkpoint
+    (delivered to the witnesses, like every checkpoint).
 
     Afterwards set AMBER_LEDGER_SIGNING_KEY to the new key; the old key can no longer sign.
     """
-    from amber.core.clock import SystemClock
     from amber.ledger import SYSTEM
     from amber.ledger.checkpoints import load_signer, rotate_key
 
     ctx = local()
+    current = ctx.checkpointer()
     new = load_signer(new_key)
     with ctx.uow() as session:
-        view = rotate_key(
-            session, old=ctx.checkpointer().signer, new=new, origin=ctx.origin, at=SystemClock().now(), actor=SYSTEM
-        )
+        view = rotate_key(session, old=current.signer, new=new, origin=ctx.origin, at=current.clock.now(), actor=SYSTEM)
+    current.publish()
     print(f"signing key rotated to {new.verifier.vkey}; first checkpoint by it: size {view.tree_size}")
 
 
@@ -201,6 +204,89 @@ def stream(
             print(f"streamed {sent} entries to {to}")
 
 
+def fetch_checkpoints(
+    dest: Annotated[Path, typer.Option("--dest", help="Directory to save them in, one note per file.")],
+    witness: Annotated[
+        str | None, typer.Option("--witness", help="A witness of AMBER_LEDGER_WITNESSES, by name.")
+    ] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A file witness's JSON lines.")] = None,
+    s3_endpoint: Annotated[str | None, typer.Option("--s3-endpoint", help="An S3 witness's server URL.")] = None,
+    bucket: Annotated[str | None, typer.Option("--bucket", help="The S3 witness's bucket.")] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="The S3 witness's key prefix.")] = "",
+    region: Annotated[str, typer.Option("--region", help="The S3 region (for signing).")] = "us-east-1",
+    access_key: Annotated[
+        str, typer.Option("--access-key", help="S3 access key by reference: env:NAME or file:/path.")
+    ] = "env:AWS_ACCESS_KEY_ID",
+    secret_key: Annotated[
+        str, typer.Option("--secret-key", help="S3 secret key by reference: env:NAME or file:/path.")
+    ] = "env:AWS_SECRET_ACCESS_KEY",  # noqa: S107 - a reference to where the secret is, not a secret
+    as_json: JsonOpt = False,
+) -> None:
+    """Download every checkpoint a witness holds (file: every line; S3: every version of every object) into
+    DEST, then verify the ledger against them all with `amber audit verify --checkpoint DEST`.
+
+    A webhook witness cannot be fetched: amber only pushes to it. Nothing here trusts amber's database.
+    """
+    import httpx
+
+    from amber.core.clock import SystemClock
+    from amber.core.errors import Unavailable
+    from amber.core.settings import Settings
+    from amber.ledger import witnesses
+
+    if sum(x is not None for x in (witness, file, s3_endpoint)) != 1:
+        raise typer.BadParameter("give exactly one of --witness NAME, --file PATH, --s3-endpoint URL")
+    clock = SystemClock()
+    source: witnesses.Witness
+    if witness is not None:
+        source = witnesses.build_named(Settings().ledger_witnesses, witness, clock=clock)
+    elif file is not None:
+        source = witnesses.FileWitness(str(file), file)
+    else:
+        if not bucket or s3_endpoint is None:
+            raise typer.BadParameter("--s3-endpoint needs --bucket")
+        client = witnesses.S3Client(s3_endpoint, witnesses.secret(access_key), witnesses.secret(secret_key), region)
+        # Retention is only used to write; fetching never writes.
+        source = witnesses.S3Witness(bucket, client, bucket, retention=timedelta(0), clock=clock, prefix=prefix)
+    try:
+        fetched = witnesses.fetch(source, dest)
+    except (httpx.HTTPError, witnesses.S3Error) as exc:
+        raise Unavailable(f"ledger witness {source.name}: {exc}") from None
+    data = {
+        "witness": source.name,
+        "dest": str(dest),
+        "saved": [str(p) for p in fetched.saved],
+        "already": fetched.already,
+        "unreadable": fetched.unreadable,
+    }
+    human = [
+        f"fetched {len(fetched.saved)} new checkpoint(s) from {source.name} into {dest} "
+        f"({fetched.already} held twice or fetched before)",
+        *(f"  not a checkpoint note: {where}" for where in fetched.unreadable),
+        f"verify with: amber audit verify --key KEY --checkpoint {dest}",
+    ]
+    _print(data, as_json, "\n".join(human))
+    if fetched.unreadable:
+        raise typer.Exit(1)
+
+
+def checkpoint_files(paths: Sequence[Path]) -> list[Path]:
+    """`--checkpoint` values: a file as given (a note, or JSON lines with a `note` each); a directory means
+    every `*.checkpoint` in it, as `checkpoints fetch` saves them. An empty directory is an error, not a pass."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.checkpoint"))
+            if not found:
+                raise typer.BadParameter(f"{path} holds no *.checkpoint files (amber audit checkpoints fetch)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise typer.BadParameter(f"{path}: no such file or directory")
+    return files
+
+
 def register(audit_app: typer.Typer) -> None:
     audit_app.command("stream")(stream)
     audit_app.command("keygen")(keygen)
@@ -211,6 +297,9 @@ def register(audit_app: typer.Typer) -> None:
     audit_app.command("verify-receipt")(verify_receipt)
     audit_app.command("export")(export)
     audit_app.command("rotate-key")(rotate_key)
+    checkpoints_app = typer.Typer(no_args_is_help=True, help="Checkpoints kept by witnesses.")
+    checkpoints_app.command("fetch")(fetch_checkpoints)
+    audit_app.add_typer(checkpoints_app, name="checkpoints")
 
 
 def verify_offline(bundle: Path, keys: list[str], witnessed: list[Path], since: Path | None, as_json: bool) -> None:

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import click
 import typer
@@ -381,7 +382,15 @@ def connect(
     if psql is None:
         print(data["url"])
         raise InvalidInput("psql is not installed; use the connection string above with your client")
-    os.execv(psql, [psql, data["url"]])  # noqa: S606 - replacing this process with psql is the point
+    # The token goes to psql in its environment, not on its command line, where `ps` would show it to everyone
+    # on the machine; libpq then proves it with SCRAM (the gateway) or sends it inside TLS (never in the clear).
+    env = {**os.environ, "PGPASSWORD": data["password"]}
+    os.execve(psql, [psql, _without_password(data["url"], data["password"])], env)  # noqa: S606 - the point
+
+
+def _without_password(url: str, password: str) -> str:
+    """`postgresql://user:password@host/...` -> `postgresql://user@host/...`."""
+    return url.replace(f":{quote(password, safe='')}@", "@", 1)
 
 
 @app.command()
@@ -405,23 +414,27 @@ def audit_verify(
     as_json: JsonOpt = False,
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Verify an `amber audit export` directory.")] = None,
     key: Annotated[list[str] | None, typer.Option("--key", help="Trusted checkpoint key (name+id+key).")] = None,
-    checkpoint: Annotated[list[Path] | None, typer.Option("--checkpoint", help="A witnessed checkpoint.")] = None,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option("--checkpoint", help="Witnessed checkpoints: a note, a file witness's lines, a fetched DIR."),
+    ] = None,
     since: Annotated[Path | None, typer.Option("--since", help="A checkpoint you kept: the log only grew.")] = None,
 ) -> None:
     """Verify the ledger (chain, Merkle tree, checkpoints) and replay it against the state tables."""
     from amber import audit
-    from amber.cli.ledger_cmds import local, verify_offline
+    from amber.cli.ledger_cmds import checkpoint_files, local, verify_offline
     from amber.ledger.tlog import Verifier, notes_in
 
+    witnessed = checkpoint_files(checkpoint or [])
     if bundle is not None:
-        verify_offline(bundle, key or [], checkpoint or [], since, as_json)
+        verify_offline(bundle, key or [], witnessed, since, as_json)
         return
     ctx = local()
     with ctx.uow() as session:
         report = audit.verify(
             session,
             keys=[Verifier.parse(k) for k in key or []],
-            witnessed=[note for p in checkpoint or [] for note in notes_in(p)],
+            witnessed=[note for p in witnessed for note in notes_in(p)],
             since=(str(since), since.read_text()) if since else None,
             origin=ctx.origin,
         )
@@ -564,6 +577,9 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # typer vendors its own click: usage errors, BadParameter
+        print(f"amber: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (AmberError, ValueError) as exc:
         message = exc.message if isinstance(exc, AmberError) else str(exc)

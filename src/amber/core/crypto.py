@@ -80,3 +80,25 @@ def load_or_create_key(path: Path) -> bytes:
     with os.fdopen(fd, "w") as handle:
         handle.write(key.hex())
     return key
+
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations); libpq, asyncpg and JDBC all accept it
+
+
+def scram_sha256_verifier(secret: str, *, iterations: int = SCRAM_ITERATIONS, salt: bytes | None = None) -> str:
+    """A SCRAM-SHA-256 verifier for `secret`, in PostgreSQL's format:
+    `SCRAM-SHA-256$<iterations>:<b64 salt>$<b64 StoredKey>:<b64 ServerKey>` (RFC 5802/7677).
+
+    It lets a server check a SCRAM proof without holding the secret; recovering the secret from it takes a
+    brute-force search per guess of `iterations` PBKDF2 rounds, hopeless for amber's 192-bit tokens.
+    NOTE: no SASLprep: amber's secrets are printable ASCII, which SASLprep leaves unchanged.
+    """
+    salt = secrets.token_bytes(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", hashlib.sha256).digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"

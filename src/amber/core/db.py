@@ -46,13 +46,18 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint the WAL into the database every ~40 MB instead of ~4 MB: a page rewritten by many commits
+        # (the ledger's head, index leaves) is copied back once, and the checkpoint's fsyncs come 10x less
+        # often. Durability is unchanged: a commit is in the WAL either way.
+        cursor.execute("PRAGMA wal_autocheckpoint=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # On the driver connection directly: through `exec_driver_sql` this costs a fifth of a unit of work.
+        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
 
 
 def make_unit_of_work(engine: Engine) -> UnitOfWork:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     gateway_tls_key: Path | None = None
     # Write the gateway's per-statement ledger entries from a child process (keeps hashing off the gateway).
     gateway_recorder_process: bool = True
+    # How often the gateway asks the state database whether a grant with a live session here ended in another
+    # amber process (replicas sharing one state database). In-process revocations cut at once regardless.
+    gateway_watch_interval_s: float = Field(default=0.5, gt=0, le=1.0)
     # The ledger's checkpoint signing key, by reference only: `file:/path` or `env:NAME` holding a
     # `PRIVATE+KEY+...` Ed25519 note key (`amber audit keygen`). Unset outside production: a dev key in state_dir.
     ledger_signing_key: str | None = None
@@ -47,6 +50,8 @@ class Settings(BaseSettings):
     # Sign a checkpoint every N entries or S seconds (whichever comes first) while `amber serve` runs.
     ledger_checkpoint_every_entries: int = Field(default=1000, ge=1)
     ledger_checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    # How often (real seconds) the checkpoint thread looks whether N entries or S seconds are reached.
+    ledger_checkpoint_poll_s: float = Field(default=1.0, gt=0, le=60)
     # Where every checkpoint is also delivered (JSON list): {"kind": "file", "path": ...},
     # {"kind": "webhook", "url": ..., "secret": "env:NAME"}, {"kind": "s3", "endpoint": ..., "bucket": ...,
     # "access_key": "env:NAME", "secret_key": "env:NAME", "retention_days": 3650}. Secrets only by reference.

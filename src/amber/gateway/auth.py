@@ -1,12 +1,16 @@
 """Who may use the gateway: the grant id as user name, the amber gateway token as password.
 
-The token is shown once and stored only as an HMAC-SHA-256 hash on the grant; the comparison is constant
-time. The upstream role's password is derived from amber's secret key and the grant id, so it is never stored
+The token is shown once and stored only as an HMAC-SHA-256 hash and a SCRAM-SHA-256 verifier on the grant.
+A client proves it holds the token either with SCRAM (the token never crosses the wire) or, for tokens issued
+before verifiers were stored, by sending it in cleartext inside TLS; both comparisons are constant time, and
+every check after the proof (the grant is active, unexpired, provisioned) is one code path for both.
+The upstream role's password is derived from amber's secret key and the grant id, so it is never stored
 and never shown to anyone. What this does NOT check: the client's TLS certificate (tokens are the credential).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -16,8 +20,11 @@ from sqlalchemy import select
 from amber.core.clock import Clock, as_utc
 from amber.core.crypto import constant_time_equal, derived_secret, hash_secret
 from amber.core.db import UnitOfWork
-from amber.gateway.server import AuthFailed, GatewayGrant
+from amber.gateway.scram import ScramVerifier, mock_verifier
+from amber.gateway.server import AuthFailed, CleartextToken, GatewayGrant, LoginProof
 from amber.grants.models import Grant
+
+log = logging.getLogger(__name__)
 
 
 class GrantAuthenticator:
@@ -36,37 +43,68 @@ class GrantAuthenticator:
         self._ended: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, user: str, token: str) -> GatewayGrant:
-        grant_id = user.rsplit("@", 1)[-1].strip()
+    def scram_verifier(self, user: str) -> str | None:
+        """The SCRAM verifier to challenge `user` with; None if its grant's token has only a hash (issued before
+        amber stored verifiers), so the client must send it in cleartext. A grant that does not exist or has no
+        gateway credential gets a made-up verifier: its exchange fails at the end, like a wrong token."""
+        grant_id = _grant_id(user)
         with self._uow() as session:
-            grant = session.scalar(select(Grant).where(Grant.id == grant_id))
+            row = session.execute(
+                select(Grant.gateway_scram_verifier, Grant.gateway_token_hash).where(Grant.id == grant_id)
+            ).one_or_none()
+        if row is not None and row.gateway_scram_verifier is not None:
+            if _well_formed(row.gateway_scram_verifier):
+                return str(row.gateway_scram_verifier)
+            log.error("gateway: grant %s has a malformed SCRAM verifier; its logins will fail", grant_id)
+        elif row is not None and row.gateway_token_hash is not None:
+            return None
+        return mock_verifier(self._secret_key, grant_id)
+
+    def authenticate(self, user: str, proof: LoginProof) -> GatewayGrant:
+        """The live grant `user` names, if `proof` shows its holder has the grant's current token; else AuthFailed.
+
+        Only the proof check depends on how the client logged in; what follows it is the same for both.
+        """
+        with self._uow() as session:
+            grant = session.scalar(select(Grant).where(Grant.id == _grant_id(user)))
             if grant is None or grant.gateway_token_hash is None:
                 raise AuthFailed("no such grant, or it has no gateway credential")
-            if not constant_time_equal(hash_secret(token, self._secret_key), grant.gateway_token_hash):
+            if not self._proves(grant, proof):
                 raise AuthFailed("wrong token")
-            now = self._clock.now()
-            if grant.status != "active":
-                raise AuthFailed(f"grant {grant.id} is {grant.status}")
-            if as_utc(grant.expires_at) <= now:
-                raise AuthFailed(f"grant {grant.id} expired")
-            if grant.connect_host is None or grant.connect_port is None or grant.connect_database is None:
-                raise AuthFailed(f"grant {grant.id} is not provisioned yet")
-            with self._lock:
-                self._expiry[grant.id] = as_utc(grant.expires_at)
-            return GatewayGrant(
-                grant_id=grant.id,
-                role_name=grant.role_name,
-                grantee_issuer=grant.grantee_issuer,
-                grantee_subject=grant.grantee_subject,
-                grantee_name=grant.grantee_name,
-                resource=grant.resource,
-                expires_at=as_utc(grant.expires_at),
-                host=grant.connect_host,
-                port=grant.connect_port,
-                database=grant.connect_database,
-                upstream_password=derived_secret(self._secret_key, "upstream", grant.id),
-                masked=self._masked(grant.resource, grant.level),
+            return self._live(grant)
+
+    def _proves(self, grant: Grant, proof: LoginProof) -> bool:
+        if isinstance(proof, CleartextToken):
+            return grant.gateway_token_hash is not None and constant_time_equal(
+                hash_secret(proof.token, self._secret_key), grant.gateway_token_hash
             )
+        return grant.gateway_scram_verifier is not None and proof.proves(grant.gateway_scram_verifier)
+
+    def _live(self, grant: Grant) -> GatewayGrant:
+        """The grant as the gateway needs it, if it may be used now; else AuthFailed saying why not."""
+        now = self._clock.now()
+        if grant.status != "active":
+            raise AuthFailed(f"grant {grant.id} is {grant.status}")
+        if as_utc(grant.expires_at) <= now:
+            raise AuthFailed(f"grant {grant.id} expired")
+        if grant.connect_host is None or grant.connect_port is None or grant.connect_database is None:
+            raise AuthFailed(f"grant {grant.id} is not provisioned yet")
+        with self._lock:
+            self._expiry[grant.id] = as_utc(grant.expires_at)
+        return GatewayGrant(
+            grant_id=grant.id,
+            role_name=grant.role_name,
+            grantee_issuer=grant.grantee_issuer,
+            grantee_subject=grant.grantee_subject,
+            grantee_name=grant.grantee_name,
+            resource=grant.resource,
+            expires_at=as_utc(grant.expires_at),
+            host=grant.connect_host,
+            port=grant.connect_port,
+            database=grant.connect_database,
+            upstream_password=derived_secret(self._secret_key, "upstream", grant.id),
+            masked=self._masked(grant.resource, grant.level),
+        )
 
     def _masked(self, resource: str, level: str) -> tuple[tuple[str, frozenset[str]], ...]:
         if self._masked_for is None:
@@ -86,3 +124,16 @@ class GrantAuthenticator:
     def mark_ended(self, grant_id: str, reason: str) -> None:
         with self._lock:
             self._ended[grant_id] = reason
+
+
+def _grant_id(user: str) -> str:
+    """The grant id in a user name: the part after the last `@`, if there is one."""
+    return user.rsplit("@", 1)[-1].strip()
+
+
+def _well_formed(verifier: str) -> bool:
+    try:
+        ScramVerifier.parse(verifier)
+    except ValueError:
+        return False
+    return True

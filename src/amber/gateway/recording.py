@@ -1,7 +1,8 @@
 """Recording gateway statements in the ledger: batched off the hot path, never dropped, fail closed.
 
-Entries go into a bounded queue; one writer task appends them in batches (one transaction per batch). When the
-queue is full, `record` waits (back-pressure); it never drops an entry. When a batch cannot be written, the
+Entries go into a queue; one writer task appends them in batches (one transaction per batch). When the queue is
+over its limit, sessions stop reading their clients until there is room again (back-pressure: `over_limit`,
+`room`); an entry is never dropped. When a batch cannot be written, the
 recorder turns unhealthy (the server then refuses new statements and logins), keeps the batch, and retries it
 until it is written.
 
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 
 Row = tuple[Any, str, str, str, str, str, dict[str, Any]]  # at, event, iss, sub, name, grant id, payload
+GATEWAY_ACTOR = ("amber", "gateway", "amber gateway")  # who records what no authenticated person did
 
 
 def _entries(rows: list[Row]) -> list[ledger.NewEntry]:
@@ -122,30 +125,47 @@ class LedgerRecorder:
         queue_max: int = 10_000,
         batch_max: int = 500,
         retry_s: float = 0.5,
+        linger_s: float = 0.005,
         database_url: str | None = None,
     ) -> None:
+        self._linger_s = linger_s
         self._child = ChildWriter(database_url) if database_url else None
         self._uow = uow
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[str, GatewayGrant, dict[str, Any], Any]] | None = None
-        self._queue_max = queue_max
+        self._queue: deque[Row] = deque()
+        self.queue_max = queue_max
         self._batch_max = batch_max
         self._retry_s = retry_s
         self._healthy = True
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        self._queued = 0  # entries ever queued; `written` counts those committed
+        self._written_event: asyncio.Event | None = None
         self.written = 0
 
     @property
     def healthy(self) -> bool:
         return self._healthy
 
+    @property
+    def queued(self) -> int:
+        """Entries waiting to be written (not counting a batch being written)."""
+        return len(self._queue)
+
+    @property
+    def over_limit(self) -> bool:
+        return len(self._queue) >= self.queue_max
+
     def start(self) -> None:
-        self._queue = asyncio.Queue(self._queue_max)
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._written_event = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._queue is not None:
-            await self._queue.join()
+        await self.flush()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -153,21 +173,69 @@ class LedgerRecorder:
         if self._child is not None:
             await asyncio.to_thread(self._child.close)
 
+    def record_nowait(self, event: str, grant: GatewayGrant, payload: dict[str, Any]) -> None:
+        assert self._wake is not None, "LedgerRecorder.start() was not called"  # noqa: S101 - wiring bug
+        assert self._room is not None  # noqa: S101
+        self._append(
+            (
+                self._clock.now(),
+                event,
+                grant.grantee_issuer,
+                grant.grantee_subject,
+                grant.grantee_name,
+                grant.grant_id,
+                payload,
+            )
+        )
+
+    def record_login_failure(self, user: str, source: str, why: str) -> None:
+        """A failed or malformed gateway login, by the gateway itself (nobody was authenticated), about the
+        grant the client named."""
+        assert self._wake is not None, "LedgerRecorder.start() was not called"  # noqa: S101 - wiring bug
+        payload = {"user": user[:200], "source": source, "reason": why[:500]}
+        self._append((self._clock.now(), "gateway.login_failed", *GATEWAY_ACTOR, user.rsplit("@", 1)[-1][:64], payload))
+
+    def _append(self, row: Row) -> None:
+        assert self._wake is not None  # noqa: S101 - set in start()
+        assert self._room is not None  # noqa: S101
+        self._queue.append(row)
+        self._queued += 1
+        if len(self._queue) >= self.queue_max:
+            self._room.clear()
+        self._wake.set()
+
     async def record(self, event: str, grant: GatewayGrant, payload: dict[str, Any]) -> None:
-        assert self._queue is not None, "LedgerRecorder.start() was not called"  # noqa: S101 - wiring bug
-        await self._queue.put((event, grant, payload, self._clock.now()))
+        await self.room()
+        self.record_nowait(event, grant, payload)
+
+    async def room(self) -> None:
+        assert self._room is not None, "LedgerRecorder.start() was not called"  # noqa: S101 - wiring bug
+        await self._room.wait()
 
     async def flush(self) -> None:
-        if self._queue is not None:
-            await self._queue.join()
+        """Wait until every entry queued so far is committed."""
+        if self._written_event is None:
+            return
+        target = self._queued
+        while self.written < target:
+            self._written_event.clear()
+            await self._written_event.wait()
 
     async def _run(self) -> None:
-        assert self._queue is not None  # noqa: S101 - set in start()
+        assert self._wake is not None  # noqa: S101 - set in start()
+        assert self._room is not None  # noqa: S101
+        assert self._written_event is not None  # noqa: S101
         queue = self._queue
         while True:
-            batch = [await queue.get()]
-            while len(batch) < self._batch_max and not queue.empty():
-                batch.append(queue.get_nowait())
+            if not queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(queue) < self._batch_max and self._linger_s > 0:
+                # Let a batch gather: one transaction per entry would cost the writer a core at a few thousand
+                # statements a second, and the clients' latency with it.
+                await asyncio.sleep(self._linger_s)
+            batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
             while True:
                 try:
                     await asyncio.to_thread(self._write, batch)
@@ -184,14 +252,11 @@ class LedgerRecorder:
                 log.warning("gateway: the ledger is writable again")
             self._healthy = True
             self.written += len(batch)
-            for _ in batch:
-                queue.task_done()
+            self._written_event.set()
+            if len(queue) < self.queue_max:
+                self._room.set()
 
-    def _write(self, batch: list[tuple[str, GatewayGrant, dict[str, Any], Any]]) -> None:
-        rows: list[Row] = [
-            (at, event, grant.grantee_issuer, grant.grantee_subject, grant.grantee_name, grant.grant_id, payload)
-            for event, grant, payload, at in batch
-        ]
+    def _write(self, rows: list[Row]) -> None:
         if self._child is not None:
             self._child.write(rows)
             return

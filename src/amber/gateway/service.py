@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from amber.gateway.auth import GrantAuthenticator
 from amber.gateway.recording import LedgerRecorder
 from amber.gateway.schema_info import UpstreamSchema
 from amber.gateway.server import GatewayServer
-from amber.gateway.tls import self_signed, server_context
+from amber.gateway.tls import self_signed, server_context, tls_server_end_point
+from amber.gateway.watch import GrantWatcher, ended_grants
 
 
 class Gateway:
@@ -30,9 +32,11 @@ class Gateway:
         state_dir: Path,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        watch_interval_s: float = 0.5,
     ) -> None:
         if tls_cert is None or tls_key is None:
             tls_cert, tls_key = self_signed(state_dir)
+        self._uow = uow
         self.authenticator = GrantAuthenticator(uow, clock, secret_key, masked_for)
         self.recorder = LedgerRecorder(uow, clock, database_url=recorder_database_url)
         self._admin_dsn = admin_dsn
@@ -46,7 +50,24 @@ class Gateway:
             tls=server_context(tls_cert, tls_key),
             host=host,
             port=port,
+            channel_binding=tls_server_end_point(tls_cert.read_bytes()),
         )
+
+        self.watcher = GrantWatcher(
+            uow,
+            lambda: [gid for gid, sessions in self.server.sessions.items() if sessions],
+            self.grant_ended,
+            interval_s=watch_interval_s,
+        )
+
+        self.server.explain_end = self.why_ended
+
+    async def why_ended(self, grant_id: str) -> str | None:
+        """None while the grant is live; otherwise why it ended (this process's knowledge, then the database)."""
+        reason = self.authenticator.still_live(grant_id)
+        if reason is not None:
+            return reason
+        return (await asyncio.to_thread(ended_grants, self._uow, [grant_id])).get(grant_id)
 
     def schema_for(self, resource: str) -> UpstreamSchema:
         with self._lock:
@@ -58,8 +79,10 @@ class Gateway:
     async def start(self) -> None:
         self.recorder.start()
         await self.server.start()
+        self.watcher.start()
 
     async def stop(self) -> None:
+        await self.watcher.stop()
         await self.server.stop()
         await self.recorder.stop()
         with self._lock:

@@ -56,6 +56,7 @@ SETTABLE = frozenset(
         "lc_numeric",
         "lc_time",
         "transaction_isolation",
+        "jit",  # a planner choice; asyncpg turns it off around its type introspection
     }
 )
 MAX_VIEW_DEPTH = 8
@@ -90,6 +91,21 @@ class Verdict:
     fingerprint: str = ""
     prepares: str | None = None  # PREPARE name AS ...: the name, so EXECUTE name can be allowed later
     executes: str | None = None  # EXECUTE name
+
+    def with_sql(self, sql: str) -> Verdict:
+        """The same verdict for another text of the same shape (faster than dataclasses.replace)."""
+        return Verdict(
+            self.allowed,
+            sql,
+            self.kind,
+            self.rule,
+            self.message,
+            self.sqlstate,
+            self.tables,
+            self.fingerprint,
+            self.prepares,
+            self.executes,
+        )
 
 
 @dataclass
@@ -222,7 +238,8 @@ def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
             if child.intoClause is not None or child.lockingClause:
                 raise Refused("locking", "a nested SELECT takes locks or creates a table")
         elif isinstance(child, ast.FuncCall):
-            _check_function(child.funcname, scan)
+            if not _is_harmless_set_config(child):
+                _check_function(child.funcname, scan)
         elif isinstance(child, ast.A_Expr) and child.name:
             _check_operator(child.name, scan)
         elif isinstance(child, ast.RangeVar):
@@ -275,6 +292,20 @@ def _check_masked(node: ast.SelectStmt, scan: _Scan) -> None:
             raise Refused("masked", f"column {name} is masked for this access level", PRIVILEGE)
         if len(fields) == 1 and name in masked_names:
             raise Refused("masked", f"{name} as a whole row would include masked columns", PRIVILEGE)
+
+
+def _is_harmless_set_config(call: ast.FuncCall) -> bool:
+    """`set_config('<setting>', value, is_local)` of a setting `SET` may change too (SETTABLE), named literally.
+
+    Drivers use it (asyncpg: `set_config('jit', 'off', false)`). Any other setting, or a name that is not a
+    string literal, goes through the volatility check and is refused.
+    """
+    parts = [part.sval for part in call.funcname or ()]  # unquoted names arrive lower-cased; quoted ones differ
+    args = call.args or ()
+    if parts[-1] != "set_config" or parts[:-1] not in ([], ["pg_catalog"]) or len(args) != 3:
+        return False
+    name = args[0]
+    return isinstance(name, ast.A_Const) and isinstance(name.val, ast.String) and str(name.val.sval).lower() in SETTABLE
 
 
 def _check_function(funcname: Any, scan: _Scan) -> None:

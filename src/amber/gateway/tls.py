@@ -1,4 +1,5 @@
-"""TLS for the gateway: the configured certificate, or a self-signed one generated for local development."""
+"""TLS for the gateway: the configured certificate, or a self-signed one generated for local development, and
+the certificate's `tls-server-end-point` channel binding data for SCRAM-SHA-256-PLUS."""
 
 from __future__ import annotations
 
@@ -19,6 +20,21 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     return context
+
+
+def tls_server_end_point(certificate_pem: bytes) -> bytes | None:
+    """The `tls-server-end-point` channel binding data of the (first) certificate in `certificate_pem`
+    (RFC 5929 4.1): its DER hashed with its signature's hash, SHA-256 instead of MD5 or SHA-1. None where that
+    is not well defined (Ed25519/Ed448, RSA-PSS): then SCRAM-SHA-256-PLUS is simply not offered."""
+    cert = x509.load_pem_x509_certificate(certificate_pem)
+    if cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.RSASSA_PSS:
+        return None
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None:
+        return None
+    if isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    return cert.fingerprint(algorithm)
 
 
 def self_signed(directory: Path, host: str = "localhost") -> tuple[Path, Path]:

@@ -43,6 +43,8 @@ class Grant(Base):
     session_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     via: Mapped[str] = mapped_column(String(16), default="direct", server_default="direct")
     gateway_token_hash: Mapped[str | None] = mapped_column(String(64))  # HMAC of the token shown once
+    # SCRAM-SHA-256 verifier of the same token (PostgreSQL format), so clients can log in without sending it.
+    gateway_scram_verifier: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),

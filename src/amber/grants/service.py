@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from amber import ledger
 from amber.catalog import Catalog
 from amber.core.clock import Clock, as_utc
-from amber.core.crypto import derived_secret, hash_secret, new_secret
+from amber.core.crypto import derived_secret, hash_secret, new_secret, scram_sha256_verifier
 from amber.core.db import UnitOfWork, is_postgres
 from amber.core.errors import Conflict, Forbidden, NotFound
 from amber.core.ids import new_id, short_id
@@ -292,6 +292,7 @@ class GrantService:
                     grant.credential_shown_at = now
                     if gateway:
                         grant.gateway_token_hash = hash_secret(password, self._secret_key)
+                        grant.gateway_scram_verifier = scram_sha256_verifier(password)
                     _record(
                         session,
                         grant,
@@ -333,6 +334,7 @@ class GrantService:
             if grant.via == "gateway":
                 token = new_secret("gw")
                 grant.gateway_token_hash = hash_secret(token, self._secret_key)
+                grant.gateway_scram_verifier = scram_sha256_verifier(token)
                 return Activation(grant, password=token, gateway=self.gateway)
             spec = self.spec(grant)
         password = new_secret("pg")

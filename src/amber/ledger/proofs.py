@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from sqlalchemy.orm import Session
 from amber.core.clock import as_utc
 from amber.core.errors import NotFound
 from amber.ledger import tlog, tree
-from amber.ledger.chain import Actor, entry_body, parse_payload
+from amber.ledger.chain import Actor, entry_body, entry_bytes, parse_payload
 from amber.ledger.checkpoints import CheckpointError, CheckpointView, checkpoints, key_history, latest_checkpoint
 from amber.ledger.models import LedgerEntry
-from amber.ledger.service import head, iter_raw
+from amber.ledger.service import head
 
 
 def exported(row: LedgerEntry) -> dict[str, Any]:
@@ -125,11 +126,11 @@ def export_bundle(session: Session, directory: Path, origin: str) -> dict[str, A
     signed = checkpoints(session)
     size, _ = head(session)
     count = 0
-    with (directory / "entries.jsonl").open("w", encoding="utf-8") as handle:
-        for row in iter_raw(session):
-            if row.seq > size:
+    with (directory / "entries.jsonl").open("wb") as handle:
+        for data, seq, _, _, entry_hash in _bodies(session):
+            if seq > size:
                 break
-            handle.write(tlog.canonical_json(exported(row)).decode() + "\n")
+            handle.write(_exported_line(data, entry_hash))
             count += 1
     with (directory / "checkpoints.jsonl").open("w", encoding="utf-8") as handle:
         for cp in signed:
@@ -196,25 +197,42 @@ _COLUMNS = (
 )
 
 
-def _leaves(session: Session, batch: int = 20_000) -> Iterator[tlog.Leaf]:
-    """(canonical body, stored hash, body) for every entry, read as plain rows (no ORM objects: this is the
-    1M-entry path). The body is rebuilt from the columns exactly as `append` built it."""
+def _bodies(session: Session, batch: int = 20_000) -> Iterator[tuple[bytes, int, str, str, str]]:
+    """(canonical body, seq, type, prev hash, entry hash) for every entry in seq order, from plain rows (no ORM
+    objects: this is the 1M-entry path). The body is rebuilt from the columns exactly as `append` built it, with
+    the stored payload text as is: `append` stored the very canonical JSON it hashed, so the entry hash covers
+    the column itself (re-encoding it would also accept a payload rewritten into another JSON spelling)."""
     after = 0
     while True:
-        rows = session.execute(select(*_COLUMNS).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(batch))
-        count = 0
+        query = select(*_COLUMNS).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq).limit(batch)
+        rows = session.connection().execute(query).all()  # Core rows: ORM rows cost more than hashing them
         for seq, at, kind, iss, sub, name, skind, sid, payload, prev, entry_hash in rows:
-            body = entry_body(
+            data = entry_bytes(
                 seq=seq,
                 at=as_utc(at),
                 event_type=kind,
                 actor=Actor(iss, sub, name),
                 subject_kind=skind,
                 subject_id=sid,
-                payload=parse_payload(payload),
+                payload_json=payload,
                 prev_hash=prev,
             )
-            yield tlog.canonical_json(body), entry_hash, body
-            after, count = seq, count + 1
-        if count < batch:
+            yield data, seq, kind, prev, entry_hash
+        if len(rows) < batch:
             return
+        after = rows[-1][0]
+
+
+def _exported_line(data: bytes, entry_hash: str) -> bytes:
+    """`canonical_json(exported(row))` from the body's canonical bytes: `hash` sorts between `at` and `payload`,
+    and `,"payload":` first occurs as that key (inside a JSON string a quote is always escaped)."""
+    cut = data.index(b',"payload":')
+    return data[:cut] + b',"hash":' + encode_basestring(entry_hash).encode() + data[cut:] + b"\n"
+
+
+def _leaves(session: Session) -> Iterator[tlog.Leaf]:
+    """(canonical body, stored hash, entry) for every entry; the entry is the whole body only for key rotations
+    (whose payload the verifier reads), else just seq, prev and type."""
+    for data, seq, kind, prev, entry_hash in _bodies(session):
+        entry = json.loads(data) if kind == tlog.KEY_ROTATION_EVENT else {"seq": seq, "prev": prev, "type": kind}
+        yield data, entry_hash, entry

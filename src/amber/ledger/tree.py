@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, bindparam, insert, or_, select
+from sqlalchemy import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from amber.core.errors import AmberError
@@ -29,33 +30,52 @@ class TreeError(AmberError):
 
 
 def _fetch(session: Session, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The stored nodes at `keys` (level, index), in one query on the session's DBAPI connection: a proof is a
+    few dozen primary-key lookups, and SQLAlchemy's expanding IN lists cost more than running them."""
     if not keys:
         return {}
-    by_level: dict[int, list[int]] = {}
-    for level, idx in keys:
-        by_level.setdefault(level, []).append(idx)
-    params: dict[str, object] = {}
-    for n, (level, ids) in enumerate(by_level.items()):
-        params[f"l{n}"], params[f"i{n}"] = level, sorted(set(ids))
-    rows = session.execute(_lookup(len(by_level)), params)
-    found = {(level, idx): bytes(value) for level, idx, value in rows}
-    missing = [key for key in keys if key not in found]
+    wanted = list(dict.fromkeys(keys))
+    conn = session.connection()
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is None:
+        raise TreeError("the session's database connection is closed")
+    dialect = conn.dialect
+    sql = _lookup(dialect.name, dialect.paramstyle, len(wanted))
+    if dialect.name == "postgresql":
+        params: list[Any] = [[level for level, _ in wanted], [idx for _, idx in wanted]]
+    else:
+        params = [value for key in wanted for value in key]
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(sql, params)
+        found = {(level, idx): bytes(value) for level, idx, value in cursor.fetchall()}
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+    finally:
+        cursor.close()
+    missing = [key for key in wanted if key not in found]
     if missing:
         raise TreeError(f"the ledger's Merkle tree is missing node(s) {missing[:3]}; run `amber db upgrade`")
     return found
 
 
 @functools.cache
-def _lookup(levels: int) -> Select[int, int, bytes]:
-    """Nodes at `levels` distinct levels, one primary-key range per level (a row-value IN list makes SQLite
-    scan the table). Built once per number of levels so SQLAlchemy's compiled cache applies."""
-    condition = or_(
-        *(
-            and_(TreeNode.level == bindparam(f"l{n}"), TreeNode.idx.in_(bindparam(f"i{n}", expanding=True)))
-            for n in range(levels)
+def _lookup(dialect: str, paramstyle: str, count: int) -> str:
+    """The lookup of `count` nodes: on PostgreSQL one statement for every count (prepared once by the driver),
+    joining two arrays; elsewhere a VALUES list joined on the primary key (a row-value IN list would make
+    SQLite scan the table)."""
+    table = TreeNode.__tablename__
+    if dialect == "postgresql":
+        return (
+            f"SELECT n.level, n.idx, n.hash FROM {table} AS n"
+            " JOIN unnest(%s::smallint[], %s::bigint[]) AS k(level, idx) ON n.level = k.level AND n.idx = k.idx"
         )
+    p = "?" if paramstyle == "qmark" else "%s"
+    values = ", ".join([f"({p}, {p})"] * count)
+    return (
+        f"WITH k(level, idx) AS (VALUES {values}) SELECT n.level, n.idx, n.hash FROM k"
+        f" JOIN {table} AS n ON n.level = k.level AND n.idx = k.idx"
     )
-    return select(TreeNode.level, TreeNode.idx, TreeNode.hash).where(condition)
 
 
 def frontier(session: Session, size: int) -> tlog.Frontier:

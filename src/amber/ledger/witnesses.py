@@ -8,8 +8,12 @@ Owns the per-witness delivery cursor (`ledger_cursors`, name `witness:<name>`) a
   created with object lock, on any S3-compatible server (SigV4, path-style).
 Invariant: delivery happens after the checkpoint committed, in id order, at least once; the cursor advances
 only after the witness accepted the checkpoint, so a witness that was down catches up without gaps.
+Reading back (`fetch`): every checkpoint a file or S3 witness holds (S3: every version of every object under
+`<prefix>checkpoints/`, so a version written over a locked one hides nothing), saved one note per file, named by
+content. A webhook cannot be read back: amber only pushes to it.
 What this does NOT do: make the witness trustworthy. That the file is append-only, the webhook's receiver is
-independent, and the bucket's lock cannot be lifted is the deployment's job.
+independent, and the bucket's lock cannot be lifted is the deployment's job. `fetch` does not judge what it
+reads either: the verifier does (`amber audit verify --checkpoint DIR`).
 """
 
 from __future__ import annotations
@@ -20,17 +24,19 @@ import hmac
 import json
 import logging
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
+from xml.etree import ElementTree
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from amber.core.clock import Clock
 from amber.core.db import UnitOfWork, is_postgres
 from amber.core.errors import ConfigError
 from amber.ledger.checkpoints import CheckpointView, checkpoints
@@ -83,21 +89,40 @@ class FileWitness:
         finally:
             os.close(fd)
 
+    def held(self) -> Iterator[tuple[str, bytes | None]]:
+        """(where, note) for every line of the file; note None for a line that is not a record with a note."""
+        try:
+            content = self.path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"file witness {self.name}: cannot read {self.path} ({exc.strerror})") from None
+        for number, line in enumerate(content.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                note = json.loads(line)["note"]
+            except (ValueError, TypeError, KeyError):
+                note = None
+            yield f"{self.path}:{number}", note.encode() if isinstance(note, str) else None
+
 
 def webhook_signature(key: bytes, timestamp: int, body: bytes) -> str:
     return hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 class WebhookWitness:
-    def __init__(self, name: str, url: str, key: bytes, *, timeout_s: float = 5.0) -> None:
+    """POSTs each checkpoint, signed `t=<unix time of the injected clock>,v1=<hex HMAC>`. Write-only: a webhook
+    cannot be read back (`fetch` refuses it); its receiver's own log is the record."""
+
+    def __init__(self, name: str, url: str, key: bytes, *, clock: Clock, timeout_s: float = 5.0) -> None:
         self.name = name
         self.url = url
         self._key = key
+        self._clock = clock
         self._timeout_s = timeout_s
 
     def publish(self, checkpoint: CheckpointView, origin: str) -> None:
         body = json.dumps(_record(checkpoint, origin), sort_keys=True).encode()
-        now = int(time.time())
+        now = int(self._clock.now().timestamp())
         headers = {
             "content-type": "application/json",
             "x-amber-signature": f"t={now},v1={webhook_signature(self._key, now, body)}",
@@ -129,6 +154,8 @@ class S3Client:
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
+        # NOTE: SigV4's x-amz-date is checked against the S3 server's own clock (15 minutes of skew at most),
+        # so it is the real time, never the injected clock.
         now = datetime.now(UTC)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         payload_hash = hashlib.sha256(body).hexdigest()
@@ -175,49 +202,177 @@ class S3Client:
     def get(self, bucket: str, key: str, version_id: str | None = None) -> httpx.Response:
         return self.request("GET", f"/{bucket}/{key}", query={"versionId": version_id} if version_id else None)
 
+    def list_versions(self, bucket: str, prefix: str, *, page_size: int = 1000) -> Iterator[S3Version]:
+        """Every version of every object under `prefix`, all pages (ListObjectVersions); delete markers skipped.
+
+        Versions rather than ListObjectsV2's latest objects: in a locked bucket an older version outlives any
+        newer one written over it, and both are evidence.
+        """
+        query = {"versions": "", "prefix": prefix, "max-keys": str(page_size)}
+        while True:
+            response = self.request("GET", f"/{bucket}", query=query)
+            if response.status_code != 200:
+                raise S3Error(f"list {bucket}/{prefix}: HTTP {response.status_code}: {response.text[:200]}")
+            try:
+                # The answer comes from the configured S3 server; expat (>= 2.4.1) refuses entity expansion
+                # bombs and ElementTree never fetches external entities.
+                root = ElementTree.fromstring(response.content)  # noqa: S314 - see above
+            except ElementTree.ParseError:
+                raise S3Error(f"list {bucket}/{prefix}: the server's answer is not XML") from None
+            for element in root:
+                if _local(element.tag) == "Version":
+                    fields = {_local(child.tag): child.text or "" for child in element}
+                    if not fields.get("Key"):
+                        raise S3Error(f"list {bucket}/{prefix}: a version without a key")
+                    yield S3Version(fields["Key"], fields.get("VersionId", "null"), fields.get("LastModified", ""))
+            values = {_local(child.tag): child.text or "" for child in root}
+            if values.get("IsTruncated") != "true":
+                return
+            markers = {
+                "key-marker": values.get("NextKeyMarker", ""),
+                "version-id-marker": values.get("NextVersionIdMarker", ""),
+            }
+            if not markers["key-marker"] or all(query.get(k) == v for k, v in markers.items()):
+                raise S3Error(f"list {bucket}/{prefix}: the server's listing does not advance")
+            query = {**query, **markers}
+
+
+@dataclass(frozen=True)
+class S3Version:
+    key: str
+    version_id: str
+    last_modified: str
+
+
+def _local(tag: str) -> str:
+    """An XML tag without its namespace (S3 servers differ in whether they send one)."""
+    return tag.rpartition("}")[2]
+
 
 class S3Witness:
-    def __init__(self, name: str, client: S3Client, bucket: str, *, retention: timedelta, prefix: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        client: S3Client,
+        bucket: str,
+        *,
+        retention: timedelta,
+        clock: Clock,
+        prefix: str = "",
+    ) -> None:
         self.name = name
         self.client = client
         self.bucket = bucket
         self.retention = retention
         self.prefix = prefix
+        self._clock = clock
 
     def key(self, checkpoint: CheckpointView) -> str:
         return f"{self.prefix}checkpoints/{checkpoint.tree_size:020d}-{checkpoint.id}.checkpoint"
 
     def publish(self, checkpoint: CheckpointView, origin: str) -> None:
-        retain_until = datetime.now(UTC) + self.retention
+        retain_until = self._clock.now() + self.retention
         self.client.put_locked(self.bucket, self.key(checkpoint), checkpoint.note.encode(), retain_until)
 
+    def held(self) -> Iterator[tuple[str, bytes | None]]:
+        """(where, bytes) for every version of every checkpoint object; bytes None if it cannot be read."""
+        for version in self.client.list_versions(self.bucket, f"{self.prefix}checkpoints/"):
+            where = f"s3://{self.bucket}/{version.key}?versionId={version.version_id}"
+            response = self.client.get(self.bucket, version.key, version.version_id)
+            yield where, response.content if response.status_code == 200 else None
 
-def build(configs: Sequence[Mapping[str, Any]]) -> list[Witness]:
+
+def _name(config: Mapping[str, Any], number: int) -> str:
+    """A witness's name (its cursor is `witness:<name>`): `name`, else kind and position in the list."""
+    return str(config.get("name") or f"{config.get('kind', '')}{number}")
+
+
+def build(configs: Sequence[Mapping[str, Any]], *, clock: Clock) -> list[Witness]:
     """Witnesses from settings (`AMBER_LEDGER_WITNESSES`, a JSON list). Secrets only by reference."""
-    witnesses: list[Witness] = []
+    return [_build(config, number, clock) for number, config in enumerate(configs, 1)]
+
+
+def build_named(configs: Sequence[Mapping[str, Any]], name: str, *, clock: Clock) -> Witness:
+    """The one configured witness called `name` (only its secrets are resolved)."""
     for number, config in enumerate(configs, 1):
-        kind = str(config.get("kind", ""))
-        name = str(config.get("name") or f"{kind}{number}")
+        if _name(config, number) == name:
+            return _build(config, number, clock)
+    known = ", ".join(_name(c, n) for n, c in enumerate(configs, 1)) or "none"
+    raise ConfigError(f"no ledger witness is named {name!r} in AMBER_LEDGER_WITNESSES (configured: {known})")
+
+
+def _build(config: Mapping[str, Any], number: int, clock: Clock) -> Witness:
+    kind, name = str(config.get("kind", "")), _name(config, number)
+    try:
         if kind == "file":
-            witnesses.append(FileWitness(name, Path(str(config["path"]))))
-        elif kind == "webhook":
-            witnesses.append(WebhookWitness(name, str(config["url"]), secret(str(config["secret"])).encode()))
-        elif kind == "s3":
+            return FileWitness(name, Path(str(config["path"])))
+        if kind == "webhook":
+            return WebhookWitness(name, str(config["url"]), secret(str(config["secret"])).encode(), clock=clock)
+        if kind == "s3":
             client = S3Client(
                 str(config["endpoint"]),
                 secret(str(config["access_key"])),
                 secret(str(config["secret_key"])),
                 str(config.get("region", "us-east-1")),
             )
-            retention = timedelta(days=int(config.get("retention_days", 3650)))
-            witnesses.append(
-                S3Witness(
-                    name, client, str(config["bucket"]), retention=retention, prefix=str(config.get("prefix", ""))
-                )
+            return S3Witness(
+                name,
+                client,
+                str(config["bucket"]),
+                retention=timedelta(days=int(config.get("retention_days", 3650))),
+                clock=clock,
+                prefix=str(config.get("prefix", "")),
             )
+    except KeyError as exc:
+        raise ConfigError(f"ledger witness {number} ({kind}): {exc.args[0]!r} is missing") from None
+    raise ConfigError(f"ledger witness {number}: kind must be file, webhook or s3, not {kind!r}")
+
+
+# -- reading back what a witness holds ---------------------------------------------------------------------
+
+
+@dataclass
+class Fetched:
+    saved: list[Path] = field(default_factory=list)
+    already: int = 0  # held twice (at-least-once delivery) or saved by an earlier fetch
+    unreadable: list[str] = field(default_factory=list)  # where the witness holds something that is not a note
+
+
+def note_file_name(content: bytes) -> str | None:
+    """`<tree size, 20 digits>-<first 16 hex of SHA-256(note)>.checkpoint`, or None if `content` is not a
+    checkpoint note (UTF-8 text, origin line, tree size line, blank line, signatures). Named by content: the
+    same note held twice is one file, two notes that differ are two files."""
+    try:
+        lines = content.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if len(lines) < 4 or not lines[0] or not lines[1].isdigit() or "" not in lines[2:-1]:
+        return None
+    return f"{int(lines[1]):020d}-{hashlib.sha256(content).hexdigest()[:16]}.checkpoint"
+
+
+def fetch(witness: Witness, dest: Path) -> Fetched:
+    """Save every checkpoint `witness` holds into `dest`, one note per file (see `note_file_name`), byte-exact.
+
+    Re-running adds only what is new. Does NOT check signatures, origin or consistency: the verifier does.
+    """
+    if not isinstance(witness, FileWitness | S3Witness):
+        raise ConfigError(
+            f"ledger witness {witness.name} cannot be fetched: amber only pushes to a webhook; ask the receiver's "
+            "operator for the JSON bodies it accepted (JSON lines, as `--checkpoint` reads them)"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    result = Fetched()
+    for where, content in witness.held():
+        name = note_file_name(content) if content is not None else None
+        if content is None or name is None:
+            result.unreadable.append(where)
+        elif (dest / name).exists():
+            result.already += 1
         else:
-            raise ConfigError(f"ledger witness {number}: kind must be file, webhook or s3, not {kind!r}")
-    return witnesses
+            (dest / name).write_bytes(content)
+            result.saved.append(dest / name)
+    return result
 
 
 def _cursor(session: Session, name: str) -> int:

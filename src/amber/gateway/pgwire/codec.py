@@ -156,6 +156,10 @@ class FrontendParser:
         self._buf = bytearray()
         self.in_startup = True
 
+    def has_buffered(self) -> bool:
+        """True if bytes were fed that no message returned yet (a partial message, or one after the last read)."""
+        return bool(self._buf)
+
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
         out: list[Message] = []
@@ -164,6 +168,28 @@ class FrontendParser:
             if message is None:
                 return out
             out.append(message)
+
+    def feed_frames(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Like `feed` after startup, but returns (type byte, raw message) pairs without decoding them: the hot
+        path decodes only what it needs (`bind_names`, `first_cstring`, or `parse_frontend` for the rest)."""
+        if self.in_startup:
+            raise ProtocolError("startup not finished")
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        size = len(buf)
+        while size - pos >= 5:
+            length = int.from_bytes(buf[pos + 1 : pos + 5], signed=True)
+            if length < 4 or length > MAX_MESSAGE:
+                raise ProtocolError(f"invalid length {length} for message {chr(buf[pos])!r}")
+            end = pos + 1 + length
+            if end > size:
+                break
+            out.append((buf[pos], bytes(buf[pos:end])))
+            pos = end
+        del buf[:pos]
+        return out
 
     def _next(self) -> Message | None:
         buf = self._buf
@@ -262,6 +288,18 @@ def parse_frontend(kind: str, raw: bytes) -> Message:
     if kind in ("d", "c", "f"):
         return CopyFromClient(raw, kind)
     return UnknownMessage(raw, kind)
+
+
+def first_cstring(raw: bytes, start: int = 5) -> tuple[str, int]:
+    """The NUL-terminated string at `start` of a raw message and the position after it (Execute's portal)."""
+    return _cstring(raw, start)
+
+
+def bind_names(raw: bytes) -> tuple[str, str]:
+    """(portal, statement) of a raw Bind message, without decoding its parameters."""
+    portal, pos = _cstring(raw, 5)
+    statement, _ = _cstring(raw, pos)
+    return portal, statement
 
 
 # -- backend (server -> client) messages, as the gateway reads them from upstream -----------------------------
