@@ -50,6 +50,15 @@ def test_wrong_token_unknown_grant_and_no_tls_are_refused(gw: Amber) -> None:
         psycopg.connect(cred["url"], options="-c default_transaction_read_only=off")
 
 
+def test_user_may_be_the_grantees_name_at_the_grant_and_the_name_must_match(gw: Amber) -> None:
+    cred = gateway_credential(gw)  # alice's
+    grant = cred["grant_id"]
+    with psycopg.connect(cred["url"], user=f"alice@{grant}", autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match=f"grant {grant} does not belong to 'bob'"):
+        psycopg.connect(cred["url"], user=f"bob@{grant}")
+
+
 def test_failed_logins_are_rate_limited_and_recorded(gw: Amber) -> None:
     cred = gateway_credential(gw)
     bad = url_with(cred, **{cred["password"]: "amb_gw_wrong"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -71,6 +71,9 @@ class GrantAuthenticator:
                 raise AuthFailed("no such grant, or it has no gateway credential")
             if not self._proves(grant, proof):
                 raise AuthFailed("wrong token")
+            name = _claimed_name(user)
+            if name is not None and name.casefold() != grant.grantee_name.casefold():
+                raise AuthFailed(f"grant {grant.id} does not belong to {name[:64]!r}")
             return self._live(grant)
 
     def _proves(self, grant: Grant, proof: LoginProof) -> bool:
@@ -91,6 +94,9 @@ class GrantAuthenticator:
             raise AuthFailed(f"grant {grant.id} is not provisioned yet")
         with self._lock:
             self._expiry[grant.id] = as_utc(grant.expires_at)
+            if len(self._expiry) > _REMEMBER:  # forget grants long expired (their sessions were cut at expiry)
+                for gid in [gid for gid, at in self._expiry.items() if at < now - timedelta(hours=1)]:
+                    del self._expiry[gid]
         return GatewayGrant(
             grant_id=grant.id,
             role_name=grant.role_name,
@@ -124,6 +130,18 @@ class GrantAuthenticator:
     def mark_ended(self, grant_id: str, reason: str) -> None:
         with self._lock:
             self._ended[grant_id] = reason
+            # Its sessions are cut now and new logins are refused by its status, so only recent ends matter.
+            while len(self._ended) > _REMEMBER:
+                del self._ended[next(iter(self._ended))]
+
+
+_REMEMBER = 10_000  # grants whose expiry / end the authenticator keeps in memory before forgetting old ones
+
+
+def _claimed_name(user: str) -> str | None:
+    """The person a `name@grant` user name claims to be (checked against the grantee), if it names one."""
+    name, at, _ = user.rpartition("@")
+    return name.strip() if at and name.strip() else None
 
 
 def _grant_id(user: str) -> str:
