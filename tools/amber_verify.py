@@ -984,7 +984,13 @@ def _judge(
 
 
 def notes_in(path: Path) -> list[tuple[str, str]]:
-    """The checkpoints in a file: one signed note, or JSON lines with a `note` each (a file witness's log)."""
+    """The checkpoints in a file (one signed note, or JSON lines with a `note` each: a file witness's log), or in
+    every `*.checkpoint` file of a directory (what `amber audit checkpoints fetch` writes)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.checkpoint"))
+        if not files:
+            raise ValueError(f"{path} holds no *.checkpoint files")
+        return [note for file in files for note in notes_in(file)]
     content = path.read_text(encoding="utf-8")
     if not content.lstrip().startswith("{"):
         return [(str(path), content)]

@@ -195,6 +195,22 @@ def test_a_split_view_is_detected(history: tuple[Amber, Path, Path], tmp_path: P
     report = _verify(amber, bundle, extra_checkpoints=[witnessed])
     assert [p.check for p in report.problems] == ["split-view"]
     assert str(witnessed) in str(report.problems[0])
+    # A directory of fetched checkpoints is read whole (every *.checkpoint in it); an empty one is an error.
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    (fetched / "a.checkpoint").write_text(note)
+    (fetched / "notes.txt").write_text("not a checkpoint")
+    report = _verify(amber, bundle, extra_checkpoints=[fetched])
+    assert [p.check for p in report.problems] == ["split-view"]
+    assert str(fetched / "a.checkpoint") in str(report.problems[0])
+    with pytest.raises(ValueError, match="holds no"):
+        _verify(amber, bundle, extra_checkpoints=[_empty(tmp_path)])
+
+
+def _empty(tmp_path: Path) -> Path:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return empty
 
 
 def test_bad_signatures_are_detected(history: tuple[Amber, Path, Path]) -> None:

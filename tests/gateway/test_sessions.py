@@ -59,6 +59,37 @@ def test_user_may_be_the_grantees_name_at_the_grant_and_the_name_must_match(gw: 
         psycopg.connect(cred["url"], user=f"bob@{grant}")
 
 
+def test_a_client_that_stalls_in_the_handshake_is_cut(gw: Amber) -> None:
+    assert gw.rt.gateway is not None
+    gw.rt.gateway.server.login_timeout_s = 0.3
+    port = gateway_port(gw)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
+        started = time.monotonic()
+        said = b""
+        while chunk := silent.recv(1024):  # nothing sent: told and closed at the deadline
+            said += chunk
+        assert b"login timed out" in said
+        assert time.monotonic() - started < 3
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert raw.recv(1) == b"S"
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        with tls.wrap_socket(raw) as conn:
+            conn.sendall(codec.startup_message({"user": "grt_whoever", "database": "x"}))
+            challenge = conn.recv(4096)
+            assert challenge[:1] == b"R"  # asked for SCRAM; the client never answers
+            rest = b""
+            while chunk := conn.recv(4096):
+                rest += chunk
+            assert b"login timed out" in rest
+    cred = gateway_credential(gw)  # others still log in
+    gw.rt.gateway.server.login_timeout_s = 60
+    with psycopg.connect(cred["url"], autocommit=True) as ok:
+        assert ok.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_failed_logins_are_rate_limited_and_recorded(gw: Amber) -> None:
     cred = gateway_credential(gw)
     bad = url_with(cred, **{cred["password"]: "amb_gw_wrong"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -235,3 +235,27 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
     assert bad.returncode == 1
     assert f"entry {decided.seq}: hash: the entry's content does not match its hash" in bad.stdout
     assert "Traceback" not in bad.stderr
+
+
+def test_entries_with_a_non_utc_or_naive_time_verify(engine: Engine) -> None:
+    # SQLite keeps no UTC offset: an instant in +05:30 (or a naive one, taken as UTC) is stored and hashed as UTC.
+    india = timezone(timedelta(hours=5, minutes=30))
+    uow = make_unit_of_work(engine)
+    for i, at in enumerate([T0.astimezone(india), T0.replace(tzinfo=None), T0]):
+        with uow() as session:
+            view = ledger.append(
+                session,
+                at=at,
+                event_type="test.event",
+                actor=ALICE,
+                subject_kind="test",
+                subject_id=f"z{i}",
+                payload={},
+            )
+            assert view.at == T0
+            assert view.at.tzinfo is UTC
+    report = _chain(engine)
+    assert report.ok, report.problem
+    assert report.entries == 3
+    with uow() as session:
+        assert {e.at for e in ledger.entries(session)} == {T0}

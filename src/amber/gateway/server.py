@@ -121,9 +121,10 @@ class _Connected:
 class FailedLogins:
     """Per-source limit on failed logins: `limit` failures per `window_s` seconds, then refuse for the window."""
 
-    def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
+    def __init__(self, limit: int = 5, window_s: float = 60.0, max_sources: int = 10_000) -> None:
         self.limit = limit
         self.window_s = window_s
+        self.max_sources = max_sources
         self._failures: dict[str, deque[float]] = {}
 
     def blocked(self, source: str) -> bool:
@@ -136,7 +137,11 @@ class FailedLogins:
         return len(entries) >= self.limit
 
     def failed(self, source: str) -> None:
-        self._failures.setdefault(source, deque()).append(time.monotonic())
+        now = time.monotonic()
+        if len(self._failures) >= self.max_sources:  # forget sources whose failures all left the window
+            for old in [s for s, when in self._failures.items() if not when or now - when[-1] > self.window_s]:
+                del self._failures[old]
+        self._failures.setdefault(source, deque()).append(now)
 
 
 class GatewayServer:
@@ -152,8 +157,12 @@ class GatewayServer:
         port: int = 0,
         verdict_cache_size: int = 10000,
         channel_binding: bytes | None = None,
+        login_timeout_s: float = 60.0,
     ) -> None:
         self.authenticator = authenticator
+        # From connect to a logged-in session (PostgreSQL's authentication_timeout): a client that stalls in the
+        # handshake holds a socket and a task, so it is cut.
+        self.login_timeout_s = login_timeout_s
         self.channel_binding = channel_binding  # tls-server-end-point data of `tls`'s certificate, for -PLUS
         self.recorder = recorder
         self.schema_for = schema_for
@@ -250,6 +259,10 @@ class GatewayServer:
         source = str(peer[0]) if peer else "unknown"
         try:
             await self._serve(reader, writer, source)
+        except TimeoutError:
+            log.info("gateway: login from %s timed out", source)
+            with contextlib.suppress(Exception):
+                await _fatal(writer, "08P01", "amber: login timed out")
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except Exception:
@@ -262,8 +275,10 @@ class GatewayServer:
         parser = codec.FrontendParser()
         tls_on = False
         startup: codec.Startup | None = None
+        deadline = asyncio.get_running_loop().time() + self.login_timeout_s
         while startup is None:
-            data = await reader.read(65536)
+            async with asyncio.timeout_at(deadline):
+                data = await reader.read(65536)
             if not data:
                 return
             try:
@@ -280,7 +295,8 @@ class GatewayServer:
                         continue
                     writer.write(b"S")
                     await writer.drain()
-                    await writer.start_tls(self.tls)
+                    async with asyncio.timeout_at(deadline):
+                        await writer.start_tls(self.tls)
                     tls_on = True
                 elif isinstance(msg, codec.GSSENCRequest):
                     writer.write(b"N")
@@ -290,7 +306,11 @@ class GatewayServer:
                     return
                 elif isinstance(msg, codec.Startup):
                     startup = msg
-        await self._session(startup, parser, reader, writer, source, tls_on)
+        async with asyncio.timeout_at(deadline) as login_time:
+            connected = await self._session(startup, parser, reader, writer, source, tls_on)
+            login_time.reschedule(None)  # logged in: the session lives as long as its grant
+        if connected is not None:
+            await self._relay(connected)
 
     async def _session(  # noqa: PLR0917 - one connection's state, passed once from _serve
         self,
@@ -300,7 +320,9 @@ class GatewayServer:
         writer: asyncio.StreamWriter,
         source: str,
         tls_on: bool,
-    ) -> None:
+    ) -> _Connected | None:
+        """Check the startup packet, log the client in and connect upstream; None (after telling the client why)
+        if any of that fails."""
         params = {k.lower(): v for k, v in startup.params.items()}
         bad = sorted((set(params) - ALLOWED_STARTUP) | (set(params) & REFUSED_STARTUP))
         if bad:
@@ -310,13 +332,13 @@ class GatewayServer:
                 f"amber refuses the startup parameter(s) {', '.join(bad)}; "
                 f"allowed: {', '.join(sorted(ALLOWED_STARTUP))}",
             )
-            return
+            return None
         if not tls_on:
             await _fatal(writer, "28000", "amber's gateway needs TLS for logins (use sslmode=require)")
-            return
+            return None
         if self.failed_logins.blocked(source):
             await _fatal(writer, "28000", "too many failed logins from your address; wait a minute")
-            return
+            return None
         user = params.get("user", "")
         try:
             login = await self._login(user, parser, reader, writer)
@@ -325,39 +347,37 @@ class GatewayServer:
             log.warning("gateway: failed login for user %r from %s: %s", user[:64], source, exc)
             self.recorder.record_login_failure(user, source, str(exc))
             await _fatal(writer, "28P01", f"amber: login failed for {user[:64]!r}: {exc}")
-            return
+            return None
         except (codec.ProtocolError, ScramProtocolError) as exc:
             self.failed_logins.failed(source)
             log.warning("gateway: malformed login for user %r from %s: %s", user[:64], source, exc)
             self.recorder.record_login_failure(user, source, f"protocol violation: {exc}")
             await _fatal(writer, "08P01", f"protocol violation during login: {exc}")
-            return
+            return None
         if login is None:
-            return  # the client left during the exchange
+            return None  # the client left during the exchange
         grant, sasl_final = login
         if not self.recorder.healthy:
             await _fatal(
                 writer, "08006", "amber cannot record sessions right now (the ledger is unavailable); try again shortly"
             )
-            return
+            return None
         try:
             upstream_r, upstream_w, key, status = await self._connect_upstream(grant, params)
         except (OSError, ScramError, codec.ProtocolError, UpstreamRefused) as exc:
             await _fatal(writer, "08006", f"amber could not reach the database for grant {grant.grant_id}: {exc}")
-            return
-        await self._relay(
-            _Connected(
-                grant,
-                source,
-                params,
-                parser,
-                reader,
-                writer,
-                upstream_r,
-                upstream_w,
-                key,
-                sasl_final + codec.auth_ok() + status,
-            )
+            return None
+        return _Connected(
+            grant,
+            source,
+            params,
+            parser,
+            reader,
+            writer,
+            upstream_r,
+            upstream_w,
+            key,
+            sasl_final + codec.auth_ok() + status,
         )
 
     async def _relay(self, c: _Connected) -> None:

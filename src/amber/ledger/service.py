@@ -13,7 +13,7 @@ import hashlib
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -223,10 +223,11 @@ def _encode(
     for item in items:
         seq += 1
         actor = item.actor
+        at = item.at if item.at.tzinfo is UTC else as_utc(item.at)  # SQLite keeps no offset: store UTC only
         payload = payload_text(item.payload)
         data = entry_bytes(
             seq=seq,
-            at=item.at,
+            at=at,
             event_type=item.event_type,
             actor=actor,
             subject_kind=item.subject_kind,
@@ -239,7 +240,7 @@ def _encode(
         rows.append(
             (
                 seq,
-                _stored_at(item.at) if at_as_text else item.at,
+                _stored_at(at) if at_as_text else at,
                 item.event_type,
                 actor.issuer,
                 actor.subject,
@@ -254,7 +255,7 @@ def _encode(
         views.append(
             EntryView(
                 seq,
-                item.at,
+                at,
                 item.event_type,
                 actor,
                 item.subject_kind,
