@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 from sqlalchemy import DateTime, Engine, MetaData, insert, select, text
 
 from amber import ledger
+from amber.core.clock import as_utc
 from amber.core.crypto import canonical_json
 from amber.core.db import make_engine, make_unit_of_work
 from amber.core.migrate import upgrade
-from amber.ledger import proofs, service, tlog, tree
-from amber.ledger.chain import Actor, entry_body, entry_bytes, format_at, payload_text
+from amber.ledger import proofs, tlog, tree
+from amber.ledger.chain import Actor, entry_body, entry_bytes, format_at, format_utc, payload_text
 from amber.ledger.models import LedgerEntry
 
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)  # any code point but lone surrogates
@@ -55,6 +56,16 @@ def test_entry_bytes_are_the_canonical_json_of_the_body(
         entry_body(**fields, payload=payload)
     )
     assert payload_text(payload) == canonical_json(payload).decode()
+    assert entry_bytes(**fields, payload_json=payload_text(payload), at_text=format_at(at)) == canonical_json(
+        entry_body(**fields, payload=payload)
+    )
+
+
+def test_a_payload_that_is_not_json_is_refused() -> None:
+    with pytest.raises(TypeError, match="datetime is not JSON serializable"):
+        payload_text({"at": datetime.now(UTC)})
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        payload_text({"n": float("nan")})
 
 
 @settings(max_examples=300, deadline=None)
@@ -71,7 +82,8 @@ def test_at_is_stored_on_sqlite_as_sqlalchemy_stores_it(at: datetime) -> None:
     dialect = sqlite.dialect()
     process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
     assert process is not None
-    assert service._stored_at(at) == process(at)
+    utc = as_utc(at)
+    assert format_utc(utc) == (format_at(at), process(utc))
 
 
 @pytest.fixture

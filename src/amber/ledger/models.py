@@ -14,7 +14,10 @@ from amber.core.db import Base
 class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
 
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # On SQLite, INTEGER PRIMARY KEY: seq is the rowid, the table is stored by it (no separate key index).
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     entry_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     event_type: Mapped[str] = mapped_column(String(64))
     actor_issuer: Mapped[str] = mapped_column(String(512))
@@ -26,7 +29,7 @@ class LedgerEntry(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_ledger_subject", "subject_kind", "subject_id"),)
+    __table_args__ = (Index("ix_ledger_subject_id", "subject_id"),)
 
 
 class TreeNode(Base):
@@ -41,6 +44,8 @@ class TreeNode(Base):
     level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012 - SQLAlchemy's declarative table options
 
 
 class SignedCheckpoint(Base):

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from amber.core.clock import as_utc
 from amber.ledger import tlog, tree
-from amber.ledger.chain import GENESIS, Actor, entry_bytes, parse_payload, payload_text
+from amber.ledger.chain import GENESIS, Actor, entry_bytes, format_utc, parse_payload, payload_text
 from amber.ledger.models import LedgerEntry, TreeHead, TreeNode
 
 LOCK_KEY = 0x616D626572  # "amber"
@@ -52,7 +52,7 @@ class _Statements:
 
     SQLAlchemy Core costs ~25 µs a statement to prepare and type-process, more than SQLite takes to run it,
     so appends bypass it and bind plain values. NOTE: the values must be exactly what SQLAlchemy would have
-    bound (see `_stored_at`), so that rows read back through the ORM are unchanged.
+    bound (see `chain.format_utc`), so that rows read back through the ORM are unchanged.
     On PostgreSQL every statement is a round trip, so there are fewer: the lock and the head in one message,
     and the writes in one statement (a few entries) or by COPY (a batch).
     """
@@ -98,13 +98,10 @@ def _pg_write(entries: int, nodes: int) -> str:
     )
 
 
-def _stored_at(at: datetime) -> str:
-    """What SQLAlchemy's SQLite DateTime stores: the value's own wall-clock fields (no offset, no conversion)."""
-    return at.isoformat(sep=" ", timespec="microseconds")[:26]
+class EntryView(NamedTuple):
+    """An appended entry as read back (a named tuple: the append path builds one per entry, and a frozen
+    dataclass costs three times as much to build)."""
 
-
-@dataclass(frozen=True)
-class EntryView:
     seq: int
     at: datetime
     event_type: str
@@ -128,8 +125,7 @@ class EntryView:
         }
 
 
-@dataclass(frozen=True)
-class NewEntry:
+class NewEntry(NamedTuple):
     """One entry to append (see `append_many`)."""
 
     at: datetime
@@ -224,6 +220,7 @@ def _encode(
         seq += 1
         actor = item.actor
         at = item.at if item.at.tzinfo is UTC else as_utc(item.at)  # SQLite keeps no offset: store UTC only
+        at_text, stored_at = format_utc(at)
         payload = payload_text(item.payload)
         data = entry_bytes(
             seq=seq,
@@ -234,13 +231,14 @@ def _encode(
             subject_id=item.subject_id,
             payload_json=payload,
             prev_hash=prev_hash,
+            at_text=at_text,
         )
         entry_hash = sha256(data).hexdigest()
         nodes += add_leaf(sha256(b"\x00" + data).digest())
         rows.append(
             (
                 seq,
-                _stored_at(at) if at_as_text else at,
+                stored_at if at_as_text else at,
                 item.event_type,
                 actor.issuer,
                 actor.subject,
