@@ -91,9 +91,9 @@ def _pg_write(entries: int, nodes: int) -> str:
     """PostgreSQL: the entries, their nodes and the new head in one statement (one round trip)."""
     rows = ", ".join(["(" + ", ".join(["%s"] * len(_ENTRY_COLUMNS)) + ")"] * entries)
     node_rows = ", ".join(["(%s, %s, %s)"] * nodes)
+    insert_nodes = f", n AS (INSERT INTO {_NODE_TABLE} (level, idx, hash) VALUES {node_rows})" if nodes else ""
     return (
-        f"WITH e AS (INSERT INTO {_ENTRY_TABLE} ({', '.join(_ENTRY_COLUMNS)}) VALUES {rows}),"
-        f" n AS (INSERT INTO {_NODE_TABLE} (level, idx, hash) VALUES {node_rows})"
+        f"WITH e AS (INSERT INTO {_ENTRY_TABLE} ({', '.join(_ENTRY_COLUMNS)}) VALUES {rows}){insert_nodes}"
         f" UPDATE {_HEAD_TABLE} SET size = %s, last_hash = %s, frontier = %s WHERE id = 1"
     )
 
@@ -234,7 +234,9 @@ def _encode(
             at_text=at_text,
         )
         entry_hash = sha256(data).hexdigest()
-        nodes += add_leaf(sha256(b"\x00" + data).digest())
+        created = add_leaf(sha256(b"\x00" + data).digest())
+        if len(created) > 1:  # the subtrees the leaf completes; the leaf's own hash is not stored (tree.py)
+            nodes += created[1:]
         rows.append(
             (
                 seq,
