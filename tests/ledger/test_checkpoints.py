@@ -183,3 +183,21 @@ def amber_uow_unused() -> None:  # pragma: no cover - never called: the key chec
 def _checkpointer(amber: Amber) -> Checkpointer:
     assert amber.rt.checkpointer is not None
     return amber.rt.checkpointer
+
+
+def test_a_signing_problem_is_logged_once_not_every_round(amber: Amber, caplog: pytest.LogCaptureFixture) -> None:
+    base = _checkpointer(amber)
+    base.sign_now()  # the installation's key is now the key in force
+    stranger = Checkpointer(
+        uow=amber.rt.uow,
+        clock=amber.clock,
+        signer=tlog.Signer.generate("someone-else"),
+        origin=base.origin,
+        every_entries=1,
+        every=timedelta(seconds=30),
+    )
+    for person in ("alice", "bob", "carol"):
+        amber.request(person, "engineering", "oncall")
+        assert stranger.tick() is None  # refused every round ...
+    assert caplog.text.count("ledger checkpoint not signed") == 1  # ... and said once
+    assert "key in force" in caplog.text

@@ -61,6 +61,22 @@ def test_file_witness_appends_every_checkpoint_and_catches_up_after_an_outage(am
     assert position(amber.rt.uow, "witness:disk") == second.id
 
 
+def test_a_cursor_never_moves_back(amber: Amber, tmp_path: Path) -> None:
+    """Two amber processes sharing the state database deliver to the same witness: the one that finishes last
+    with an older checkpoint must not rewind the cursor (the next round would deliver everything again)."""
+    from amber.ledger.witnesses import advance
+
+    now = amber.clock.now()
+    with amber.rt.uow() as session:
+        advance(session, "witness:shared", 7, now)
+    with amber.rt.uow() as session:
+        advance(session, "witness:shared", 5, now + timedelta(seconds=1))
+    assert position(amber.rt.uow, "witness:shared") == 7
+    with amber.rt.uow() as session:
+        advance(session, "witness:shared", 9, now + timedelta(seconds=2))
+    assert position(amber.rt.uow, "witness:shared") == 9
+
+
 def test_verify_checks_the_log_against_every_witnessed_checkpoint(amber: Amber, tmp_path: Path) -> None:
     from amber.ledger import proofs
 

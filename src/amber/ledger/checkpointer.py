@@ -61,6 +61,7 @@ class Checkpointer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._problem: str | None = None  # the last signing problem logged (logged once until it changes)
 
     @property
     def verifier(self) -> tlog.Verifier:
@@ -100,7 +101,14 @@ class Checkpointer:
                 if self.due(session):
                     view = sign(session, self.signer, self.origin, self.clock.now())
         except AmberError as exc:
-            log.error("ledger checkpoint not signed: %s", exc.message)  # noqa: TRY400 - the message says it all
+            # Once per distinct problem, not every round (a key not in force would say so every few seconds).
+            if exc.message != self._problem:
+                log.error("ledger checkpoint not signed: %s", exc.message)  # noqa: TRY400 - the message says it all
+            self._problem = exc.message
+        else:
+            if self._problem is not None and view is not None:
+                log.warning("ledger checkpoints are signed again (tree size %d)", view.tree_size)
+                self._problem = None
         self.publish()
         return view
 

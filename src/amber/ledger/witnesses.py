@@ -384,10 +384,13 @@ def _cursor(session: Session, name: str) -> int:
 
 
 def advance(session: Session, name: str, position: int, at: datetime) -> None:
-    row = session.get(Cursor, name)
+    """Move cursor `name` forward to `position`; never back. Several amber processes sharing the state database
+    may deliver the same checkpoints or entries (at least once), and a slower one must not rewind a faster one's
+    cursor (which would deliver everything after it once more)."""
+    row = session.get(Cursor, name, with_for_update=is_postgres(session))
     if row is None:
         session.add(Cursor(name=name, position=position, updated_at=at))
-    else:
+    elif position > row.position:
         row.position = position
         row.updated_at = at
 
