@@ -229,6 +229,23 @@ def test_listing_scopes(amber: Amber) -> None:
     assert hidden.status_code == 404
 
 
+def test_an_inbox_finds_what_its_reader_may_act_on_behind_what_they_may_not(amber: Amber) -> None:
+    """olga (team-orders owns orders-db) may approve read-only requests but not two-approvals ones (leads only):
+    her inbox pages past the newer requests she cannot act on."""
+    hers = amber.request("bob", "engineering")
+    for i in range(7):
+        amber.request(f"eve{i}", "engineering", level="two-approvals")
+    inbox = amber.api.get(
+        "/v1/requests", params={"scope": "to_approve", "limit": 1}, headers=amber.headers("olga", "team-orders")
+    )
+    assert [row["id"] for row in inbox.json()] == [hers["id"]]
+    leads = amber.api.get(
+        "/v1/requests", params={"scope": "to_approve", "limit": 3}, headers=amber.headers("carol", "leads")
+    ).json()
+    assert len(leads) == 3
+    assert hers["id"] not in [row["id"] for row in leads]  # the newest three
+
+
 def test_ledger_records_every_transition_and_verifies(amber: Amber) -> None:
     body = amber.request("alice", "engineering", "oncall", duration="1m")
     amber.clock.advance(timedelta(minutes=2))

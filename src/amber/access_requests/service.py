@@ -611,41 +611,58 @@ class AccessRequestService:
     def list(
         self, principal: Principal, *, scope: Scope = "mine", status: str | None = None, limit: int = 100
     ) -> list[AccessRequest]:
+        """The newest `limit` requests in `scope`. The inboxes (`to_approve`, `to_review`) are filtered by group
+        after the query, so they page through the candidates until `limit` match or none are left."""
         catalog = self._catalog()
-        with self._uow() as session:
-            query = select(AccessRequest).order_by(AccessRequest.submitted_at.desc())
-            if status:
-                query = query.where(AccessRequest.status == status)
-            if scope == "mine":
-                query = query.where(
-                    AccessRequest.requester_issuer == principal.issuer,
-                    AccessRequest.requester_subject == principal.subject,
-                )
-            elif scope == "to_approve":
-                query = query.where(
-                    AccessRequest.status == "pending",
-                    or_(
-                        AccessRequest.requester_issuer != principal.issuer,
-                        AccessRequest.requester_subject != principal.subject,
-                    ),
-                )
-            elif scope == "to_review":
-                query = query.where(AccessRequest.review_status == "required")
-            elif not is_auditor(catalog, principal):
-                raise Forbidden("listing every request needs the auditor or admin role")
-            rows = list(session.scalars(query.limit(limit if scope in ("mine", "all") else limit * 5)))
-        if scope == "to_approve":
-            rows = [row for row in rows if principal.groups & (set(_json_list(row.approver_groups)))][:limit]
+        query = select(AccessRequest).order_by(AccessRequest.submitted_at.desc(), AccessRequest.id.desc())
+        if status:
+            query = query.where(AccessRequest.status == status)
+        if scope == "mine":
+            query = query.where(
+                AccessRequest.requester_issuer == principal.issuer,
+                AccessRequest.requester_subject == principal.subject,
+            )
+        elif scope == "to_approve":
+            query = query.where(
+                AccessRequest.status == "pending",
+                or_(
+                    AccessRequest.requester_issuer != principal.issuer,
+                    AccessRequest.requester_subject != principal.subject,
+                ),
+            )
         elif scope == "to_review":
+            query = query.where(AccessRequest.review_status == "required")
+        elif not is_auditor(catalog, principal):
+            raise Forbidden("listing every request needs the auditor or admin role")
+        wanted = self._inbox_filter(scope, principal, catalog)
+        with self._uow() as session:
+            if wanted is None:
+                return list(session.scalars(query.limit(limit)))
+            rows: list[AccessRequest] = []
+            page, offset = limit * 5, 0
+            while True:
+                batch = list(session.scalars(query.limit(page).offset(offset)))
+                rows += [row for row in batch if wanted(row)]
+                if len(rows) >= limit or len(batch) < page:
+                    return rows[:limit]
+                offset += page
+
+    @staticmethod
+    def _inbox_filter(scope: Scope, principal: Principal, catalog: Catalog) -> Callable[[AccessRequest], bool] | None:
+        """Which rows of an inbox the principal may act on (None: the query alone decides)."""
+        if scope == "to_approve":
+            return lambda row: bool(principal.groups & set(_json_list(row.approver_groups)))
+        if scope == "to_review":
+            if is_admin(catalog, principal):
+                return lambda row: True
             reviewers = set(catalog.policy.reviewers) | set(catalog.policy.security_groups)
-            rows = [
-                row
-                for row in rows
-                if is_admin(catalog, principal)
-                or principal.groups
-                & (reviewers | set(catalog.resources[row.resource].owners if row.resource in catalog.resources else []))
-            ][:limit]
-        return rows
+
+            def may_review(row: AccessRequest) -> bool:
+                resource = catalog.resources.get(row.resource)
+                return bool(principal.groups & (reviewers | set(resource.owners if resource else [])))
+
+            return may_review
+        return None
 
     # -- helpers -------------------------------------------------------------------------------------------
 
