@@ -229,9 +229,15 @@ def test_listing_scopes(amber: Amber) -> None:
     assert hidden.status_code == 404
 
 
-def test_an_inbox_finds_what_its_reader_may_act_on_behind_what_they_may_not(amber: Amber) -> None:
+def test_an_inbox_finds_what_its_reader_may_act_on_behind_what_they_may_not(
+    amber: Amber, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """olga (team-orders owns orders-db) may approve read-only requests but not two-approvals ones (leads only):
-    her inbox pages past the newer requests she cannot act on."""
+    her inbox pages past the newer requests she cannot act on (pages of 3 here; the clock stands still, so
+    every request has the same submitted_at and pages are told apart by id)."""
+    from amber.access_requests import service
+
+    monkeypatch.setattr(service, "INBOX_PAGE", 3)
     hers = amber.request("bob", "engineering")
     for i in range(7):
         amber.request(f"eve{i}", "engineering", level="two-approvals")
@@ -244,6 +250,14 @@ def test_an_inbox_finds_what_its_reader_may_act_on_behind_what_they_may_not(ambe
     ).json()
     assert len(leads) == 3
     assert hers["id"] not in [row["id"] for row in leads]  # the newest three
+    every = amber.api.get(
+        "/v1/requests", params={"scope": "to_approve", "limit": 100}, headers=amber.headers("carol", "leads")
+    ).json()
+    assert len(every) == len({row["id"] for row in every}) == 8  # paged without repeating or skipping
+    nobody = amber.api.get(
+        "/v1/requests", params={"scope": "to_approve", "limit": 1}, headers=amber.headers("mallory", "engineering")
+    )
+    assert nobody.json() == []
 
 
 def test_ledger_records_every_transition_and_verifies(amber: Amber) -> None:

@@ -201,3 +201,12 @@ def test_a_signing_problem_is_logged_once_not_every_round(amber: Amber, caplog: 
         assert stranger.tick() is None  # refused every round ...
     assert caplog.text.count("ledger checkpoint not signed") == 1  # ... and said once
     assert "key in force" in caplog.text
+    amber.clock.advance(timedelta(minutes=10))
+    assert stranger.tick() is None
+    assert caplog.text.count("ledger checkpoint not signed") == 2  # again while it lasts, every 10 minutes
+    assert base.tick() is not None  # the key in force signs: a different checkpointer, unaffected
+    assert stranger.tick() is None  # nothing due: no problem this round, and that is said
+    assert "signing works again" in caplog.text
+    amber.request("dave", "engineering", "oncall")
+    assert stranger.tick() is None
+    assert caplog.text.count("ledger checkpoint not signed") == 3  # the problem is back: said at once

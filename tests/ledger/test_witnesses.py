@@ -77,6 +77,32 @@ def test_a_cursor_never_moves_back(amber: Amber, tmp_path: Path) -> None:
     assert position(amber.rt.uow, "witness:shared") == 9
 
 
+def test_two_processes_creating_the_same_cursor_do_not_collide(amber: Amber) -> None:
+    """The second creator waits for the first (a row lock on PostgreSQL, the write lock on SQLite), then moves
+    the cursor on instead of failing on the primary key."""
+    from amber.ledger.witnesses import advance
+
+    now = amber.clock.now()
+    failures: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with amber.rt.uow() as session:
+                advance(session, "witness:race", 9, now)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
+            failures.append(exc)
+
+    with amber.rt.uow() as session:
+        advance(session, "witness:race", 5, now)  # created, not committed yet
+        other = threading.Thread(target=second)
+        other.start()
+        other.join(0.3)  # long enough for it to reach the lock and wait there
+    other.join(10)
+    assert not other.is_alive()
+    assert failures == []
+    assert position(amber.rt.uow, "witness:race") == 9
+
+
 def test_verify_checks_the_log_against_every_witnessed_checkpoint(amber: Amber, tmp_path: Path) -> None:
     from amber.ledger import proofs
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from amber import grants, ledger, policy
@@ -40,6 +40,7 @@ from amber.identity import Principal
 from amber.ledger import SYSTEM, Actor
 
 log = logging.getLogger(__name__)
+INBOX_PAGE = 500  # candidates read per query when an inbox is filtered by group
 
 POLICY_ACTOR = Actor(issuer="amber", subject="policy", name="policy")
 MAX_REASON = 2000
@@ -635,34 +636,49 @@ class AccessRequestService:
         elif not is_auditor(catalog, principal):
             raise Forbidden("listing every request needs the auditor or admin role")
         wanted = self._inbox_filter(scope, principal, catalog)
+        if wanted is False:
+            return []
         with self._uow() as session:
-            if wanted is None:
+            if wanted is True:
                 return list(session.scalars(query.limit(limit)))
+            # Keyset pages (not OFFSET): each page is one index range, and a request submitted or decided
+            # between two pages cannot make a row appear twice or be skipped.
             rows: list[AccessRequest] = []
-            page, offset = limit * 5, 0
+            page = INBOX_PAGE
+            batch = list(session.scalars(query.limit(page)))
             while True:
-                batch = list(session.scalars(query.limit(page).offset(offset)))
                 rows += [row for row in batch if wanted(row)]
                 if len(rows) >= limit or len(batch) < page:
                     return rows[:limit]
-                offset += page
+                last = batch[-1]
+                after = or_(
+                    AccessRequest.submitted_at < last.submitted_at,
+                    and_(AccessRequest.submitted_at == last.submitted_at, AccessRequest.id < last.id),
+                )
+                batch = list(session.scalars(query.where(after).limit(page)))
 
     @staticmethod
-    def _inbox_filter(scope: Scope, principal: Principal, catalog: Catalog) -> Callable[[AccessRequest], bool] | None:
-        """Which rows of an inbox the principal may act on (None: the query alone decides)."""
+    def _inbox_filter(scope: Scope, principal: Principal, catalog: Catalog) -> Callable[[AccessRequest], bool] | bool:
+        """Which rows of an inbox the principal may act on: a test per row, True (the query alone decides) or
+        False (none: the principal is in no group that could act on any request)."""
         if scope == "to_approve":
+            if not principal.groups:
+                return False
             return lambda row: bool(principal.groups & set(_json_list(row.approver_groups)))
         if scope == "to_review":
             if is_admin(catalog, principal):
-                return lambda row: True
+                return True
             reviewers = set(catalog.policy.reviewers) | set(catalog.policy.security_groups)
+            owners = {group for resource in catalog.resources.values() for group in resource.owners}
+            if not principal.groups & (reviewers | owners):
+                return False
 
             def may_review(row: AccessRequest) -> bool:
                 resource = catalog.resources.get(row.resource)
                 return bool(principal.groups & (reviewers | set(resource.owners if resource else [])))
 
             return may_review
-        return None
+        return True
 
     # -- helpers -------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,7 @@ from amber.ledger.service import head
 from amber.ledger.witnesses import Witness, publish_pending
 
 log = logging.getLogger("amber.ledger")
+PROBLEM_REPEAT = timedelta(minutes=10)  # how often a lasting signing problem is logged again
 
 
 class Checkpointer:
@@ -61,7 +62,7 @@ class Checkpointer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._problem: str | None = None  # the last signing problem logged (logged once until it changes)
+        self._problem: tuple[str, datetime] | None = None  # the signing problem last logged, and when
 
     @property
     def verifier(self) -> tlog.Verifier:
@@ -101,13 +102,15 @@ class Checkpointer:
                 if self.due(session):
                     view = sign(session, self.signer, self.origin, self.clock.now())
         except AmberError as exc:
-            # Once per distinct problem, not every round (a key not in force would say so every few seconds).
-            if exc.message != self._problem:
+            # Not every round (a key not in force would say so every few seconds): when the problem is new or
+            # changed, and again every PROBLEM_REPEAT while it lasts (no checkpoints is a gap in the evidence).
+            now = self.clock.now()
+            if self._problem is None or self._problem[0] != exc.message or now - self._problem[1] >= PROBLEM_REPEAT:
                 log.error("ledger checkpoint not signed: %s", exc.message)  # noqa: TRY400 - the message says it all
-            self._problem = exc.message
+                self._problem = (exc.message, now)
         else:
-            if self._problem is not None and view is not None:
-                log.warning("ledger checkpoints are signed again (tree size %d)", view.tree_size)
+            if self._problem is not None:
+                log.warning("ledger checkpoints: signing works again")
                 self._problem = None
         self.publish()
         return view

@@ -34,6 +34,8 @@ from xml.etree import ElementTree
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from amber.core.clock import Clock
@@ -387,12 +389,16 @@ def advance(session: Session, name: str, position: int, at: datetime) -> None:
     """Move cursor `name` forward to `position`; never back. Several amber processes sharing the state database
     may deliver the same checkpoints or entries (at least once), and a slower one must not rewind a faster one's
     cursor (which would deliver everything after it once more)."""
-    row = session.get(Cursor, name, with_for_update=is_postgres(session))
-    if row is None:
-        session.add(Cursor(name=name, position=position, updated_at=at))
-    elif position > row.position:
-        row.position = position
-        row.updated_at = at
+    # One statement (an upsert), so two processes creating the same cursor at once do not collide either.
+    upsert = (postgres_insert if is_postgres(session) else sqlite_insert)(Cursor)
+    statement = upsert.values(name=name, position=position, updated_at=at)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Cursor.name],
+            set_={"position": statement.excluded.position, "updated_at": statement.excluded.updated_at},
+            where=Cursor.position < statement.excluded.position,
+        )
+    )
 
 
 def position(uow: UnitOfWork, name: str) -> int:
