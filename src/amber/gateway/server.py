@@ -38,7 +38,7 @@ from amber.core.clock import Clock
 from amber.gateway.pgwire import codec
 from amber.gateway.relay import Recorder, Session
 from amber.gateway.scram import ScramClient, ScramError, ScramProtocolError, ScramServer
-from amber.gateway.statements import SchemaInfo, Verdict, judge
+from amber.gateway.statements import SchemaInfo, Verdict, judge, safe_client_encoding
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,12 @@ class GatewayServer:
             if by_shape is not None:
                 return [by_shape.with_sql(sql.strip())]
         verdicts = judge(sql, self.schema_for(resource), prepared=prepared, masked=dict(masked))
-        if shape is not None and len(verdicts) == 1 and verdicts[0].kind in SHAPE_CACHEABLE:
+        if (
+            shape is not None
+            and len(verdicts) == 1
+            and verdicts[0].kind in SHAPE_CACHEABLE
+            and not verdicts[0].literal_dependent
+        ):
             # Only by shape: texts that differ only in literals (pgbench's, an ORM's) would flood the other.
             if len(self._shapes) >= self._verdict_cache_size:
                 self._shapes.clear()
@@ -331,6 +336,14 @@ class GatewayServer:
                 "08004",
                 f"amber refuses the startup parameter(s) {', '.join(bad)}; "
                 f"allowed: {', '.join(sorted(ALLOWED_STARTUP))}",
+            )
+            return None
+        if not safe_client_encoding(params.get("client_encoding", "UTF8")):
+            await _fatal(
+                writer,
+                "08004",
+                f"amber refuses client_encoding {params['client_encoding']} (its multibyte characters can hide quotes "
+                "from amber's parser); use UTF8",
             )
             return None
         if not tls_on:

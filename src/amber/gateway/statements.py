@@ -60,6 +60,46 @@ SETTABLE = frozenset(
     }
 )
 MAX_VIEW_DEPTH = 8
+# Client encodings the gateway may let a session use: those in which every byte below 0x80 is the ASCII
+# character, so the quotes, backslashes and semicolons amber's parser sees (it reads the text as UTF-8) are
+# the ones PostgreSQL sees. The client-only encodings (SJIS, BIG5, GBK, UHC, GB18030, JOHAB, SHIFT_JIS_2004)
+# have multibyte characters whose second byte can be a backslash or a quote: a statement could then hide
+# another from amber. Names as PostgreSQL compares them: lower case, letters and digits only.
+SAFE_CLIENT_ENCODINGS = frozenset(
+    {
+        "utf8",
+        "unicode",
+        "sqlascii",
+        *(f"latin{n}" for n in range(1, 11)),
+        *(f"iso8859{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)),
+        "eucjp",
+        "euccn",
+        "euckr",
+        "euctw",
+        "eucjis2004",
+        "koi8",
+        "koi8r",
+        "koi8u",
+        "muleinternal",
+        "alt",
+        "win",
+        "win866",
+        "win874",
+        "windows866",
+        "windows874",
+        *(f"win{n}" for n in range(1250, 1259)),
+        *(f"windows{n}" for n in range(1250, 1259)),
+        "tcvn",
+        "tcvn5712",
+        "vscii",
+        "abc",
+    }
+)
+
+
+def safe_client_encoding(name: str) -> bool:
+    """Whether a client encoding keeps the statement's syntax where amber's parser sees it (see above)."""
+    return "".join(ch for ch in name.lower() if ch.isalnum()) in SAFE_CLIENT_ENCODINGS
 
 
 Masked = dict[str, frozenset[str]]  # "schema.table" -> masked column names
@@ -91,6 +131,9 @@ class Verdict:
     fingerprint: str = ""
     prepares: str | None = None  # PREPARE name AS ...: the name, so EXECUTE name can be allowed later
     executes: str | None = None  # EXECUTE name
+    # Allowed because of a literal's value (`set_config('jit', ...)`): never reuse it for another text of the
+    # same shape, whose literal may name something else.
+    literal_dependent: bool = False
 
     def with_sql(self, sql: str) -> Verdict:
         """The same verdict for another text of the same shape (faster than dataclasses.replace)."""
@@ -105,6 +148,7 @@ class Verdict:
             self.fingerprint,
             self.prepares,
             self.executes,
+            self.literal_dependent,
         )
 
 
@@ -115,6 +159,7 @@ class _Scan:
     tables: list[str] = field(default_factory=list)
     depth: int = 0
     masked: Masked = field(default_factory=dict)
+    literal_dependent: bool = False  # the verdict read a literal's value (see Verdict.literal_dependent)
 
 
 class Refused(Exception):
@@ -161,11 +206,7 @@ def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozense
             _check(node.query, scan)
             prepares = node.name
         elif isinstance(node, ast.ExecuteStmt):
-            if node.name not in prepared:
-                raise Refused(  # noqa: TRY301 - Refused is the verdict, caught right below
-                    "prepared",
-                    f"EXECUTE {node.name}: only statements prepared through amber and allowed can be executed",
-                )
+            _check_execute(node, scan)
             executes = node.name
         else:
             _check(node, scan)
@@ -184,7 +225,20 @@ def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozense
         _fingerprint(text),
         prepares,
         executes,
+        scan.literal_dependent,
     )
+
+
+def _check_execute(node: ast.ExecuteStmt, scan: _Scan) -> None:
+    """EXECUTE of a statement amber allowed, with arguments that are themselves judged (they are expressions:
+    `EXECUTE p(set_config(...))` would otherwise run whatever they call)."""
+    if node.name not in scan.prepared:
+        raise Refused(
+            "prepared",
+            f"EXECUTE {node.name}: only statements prepared through amber and allowed can be executed",
+        )
+    for param in node.params or ():
+        _check_expressions(param, scan)
 
 
 def _check(node: Any, scan: _Scan) -> None:
@@ -194,7 +248,9 @@ def _check(node: Any, scan: _Scan) -> None:
         return
     elif isinstance(node, ast.ExplainStmt):
         analyze = any(option.defname == "analyze" and _truthy(option.arg) for option in node.options or ())
-        if analyze:
+        if isinstance(node.query, ast.ExecuteStmt):
+            _check_execute(node.query, scan)  # EXPLAIN EXECUTE evaluates the arguments even without ANALYZE
+        elif analyze:
             _check(node.query, scan)
     elif isinstance(node, ast.TransactionStmt):
         _check_transaction(node)
@@ -231,6 +287,11 @@ def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
         raise Refused("locking", "SELECT ... FOR UPDATE/SHARE takes row locks; amber grants read-only access")
     if scan.masked:
         _check_masked(node, scan)
+    _check_expressions(node, scan)
+
+
+def _check_expressions(node: Any, scan: _Scan) -> None:
+    """Every nested query, function, operator and relation under `node` (a query or an expression)."""
     for child in _walk(node):
         if isinstance(child, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
             raise Refused("nested-write", f"a nested {_verb(child)} writes data (writable CTE?)")
@@ -238,7 +299,9 @@ def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
             if child.intoClause is not None or child.lockingClause:
                 raise Refused("locking", "a nested SELECT takes locks or creates a table")
         elif isinstance(child, ast.FuncCall):
-            if not _is_harmless_set_config(child):
+            if _is_harmless_set_config(child):
+                scan.literal_dependent = True
+            else:
                 _check_function(child.funcname, scan)
         elif isinstance(child, ast.A_Expr) and child.name:
             _check_operator(child.name, scan)
@@ -304,8 +367,14 @@ def _is_harmless_set_config(call: ast.FuncCall) -> bool:
     args = call.args or ()
     if parts[-1] != "set_config" or parts[:-1] not in ([], ["pg_catalog"]) or len(args) != 3:
         return False
-    name = args[0]
-    return isinstance(name, ast.A_Const) and isinstance(name.val, ast.String) and str(name.val.sval).lower() in SETTABLE
+    name, value = args[0], args[1]
+    if not (isinstance(name, ast.A_Const) and isinstance(name.val, ast.String)):
+        return False
+    setting = str(name.val.sval).lower()
+    if setting == "client_encoding":  # the value matters too (SAFE_CLIENT_ENCODINGS)
+        literal = isinstance(value, ast.A_Const) and isinstance(value.val, ast.String)
+        return literal and safe_client_encoding(str(value.val.sval))
+    return setting in SETTABLE
 
 
 def _check_function(funcname: Any, scan: _Scan) -> None:
@@ -379,6 +448,15 @@ def _check_set(node: ast.VariableSetStmt) -> None:
         raise Refused(
             "setting", f"setting {name or 'this'} is not allowed; allowed: {', '.join(sorted(SETTABLE))}", PRIVILEGE
         )
+    if name == "client_encoding" and node.kind == VariableSetKind.VAR_SET_VALUE:  # SET client_encoding, SET NAMES
+        values = [getattr(getattr(arg, "val", None), "sval", None) for arg in node.args or ()]
+        if not values or not all(isinstance(v, str) and safe_client_encoding(v) for v in values):
+            raise Refused(
+                "encoding",
+                f"client encoding {', '.join(str(v) for v in values)} is not allowed through amber's gateway "
+                "(its multibyte characters can hide quotes from the parser); use UTF8",
+                PRIVILEGE,
+            )
 
 
 def _truthy(arg: Any) -> bool:
