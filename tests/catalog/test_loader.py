@@ -173,3 +173,52 @@ def test_reload_keeps_running_catalog_on_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         holder.reload()
     assert holder().level("orders-db", "read-only").max_ttl == timedelta(hours=4)
+
+
+MASKED = GOOD.replace(
+    "        max_ttl: 4h\n",
+    "        max_ttl: 4h\n        masked_columns:\n          public.customers: [name]\n",
+)
+
+
+def test_masked_names_resolve_as_postgresql_does(tmp_path: Path) -> None:
+    text = MASKED.replace(
+        "          public.customers: [name]\n",
+        '          Public.Customers: [Name, \'"Email"\']\n          \'reporting."Odd.Table"\': [\'"a""b"\']\n',
+    )
+    level = load_catalog(write(tmp_path, text)).level("orders-db", "read-only")
+    assert level.masks() == {
+        ("public", "customers"): frozenset({"name", "Email"}),
+        ("reporting", "Odd.Table"): frozenset({'a"b'}),
+    }
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "needle"),
+    [
+        (
+            "          public.customers: [name]",
+            "          secret.api_keys: [key]",
+            15,
+            "levels.read-only.masked_columns: masked table secret.api_keys is outside the level's schemas "
+            "(public, reporting)",
+        ),
+        (
+            "          public.customers: [name]",
+            "          public.customers: [name]\n          '\"Public\".customers': [name]",
+            16,
+            'masked table "Public".customers is outside the level\'s schemas',  # quoted: keeps its case
+        ),
+        ("          public.customers: [name]", "          customers: [name]", 14, "keys are schema.table"),
+        ("          public.customers: [name]", "          public.customers: ['na me']", 14, "not a plain or"),
+        ("          public.customers: [name]", "          public.customers: []", 14, "lists no column"),
+    ],
+)
+def test_bad_masks_name_file_line_and_problem(tmp_path: Path, old: str, new: str, line: int, needle: str) -> None:
+    assert old in MASKED
+    path = write(tmp_path, MASKED.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    message = info.value.message
+    assert f"{path}:{line}:" in message, message
+    assert needle in message, message

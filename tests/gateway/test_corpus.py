@@ -179,6 +179,19 @@ CORPUS = [
     "SELECT 1 /* ; DELETE FROM public.orders */; UPDATE public.orders SET id = id",
     "SELECT 'unterminated",
     "DELETE",
+    # functions that run SQL given as text, or serialize whole objects (issue 12 item 2): no write through them
+    "SELECT query_to_xml('select lo_from_bytea(0, ''x'')', true, true, '')",
+    "SELECT query_to_xml('select set_config(''default_transaction_read_only'', ''off'', false)', true, true, '')",
+    "SELECT query_to_xmlschema('select nextval(''public.order_ids'')', true, true, '')",
+    "SELECT query_to_xml_and_xmlschema('delete from public.orders returning id', true, true, '')",
+    "SELECT query_to_xml('select 1; delete from public.orders', true, true, '')",
+    "SELECT query_to_xml('with d as (delete from public.orders returning id) select 1', true, true, '')",
+    "SELECT query_to_xml((SELECT 'select lo_creat(-1)'), true, true, '')",
+    "SELECT query_to_xml('select query_to_xml(''select pg_advisory_lock(1)'', true, true, '''')', true, true, '')",
+    "SELECT * FROM ts_stat('select to_tsvector(lo_creat(-1)::text)')",
+    "SELECT ts_rewrite('a'::tsquery, 'select ''a''::tsquery, lo_creat(-1)::text::tsquery')",
+    "SELECT cursor_to_xml('c', 1, true, true, '')",
+    "SELECT table_to_xml('public.orders', true, true, '')",
 ]
 
 READS = [

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from amber.provisioners.base import ConnectionInfo, Provisioner, ProvisionerError, RevokeSpec
+from amber.provisioners.base import ConnectionInfo, GrantSpec, Provisioner, ProvisionerError, RevokeSpec
 from amber.provisioners.postgres import (
     HbaRule,
     PostgresProvisioner,
@@ -581,3 +581,56 @@ def test_a_broken_admin_connection_is_reopened_transparently(
     spec = target_db.spec()
     provisioner.provision(spec)
     assert spec.role_name in {r.role_name for r in provisioner.inspect()}
+
+
+def _masked_spec(target_db: TargetDb, *masked: tuple[str, str, str]) -> GrantSpec:
+    spec = target_db.spec()
+    return type(spec)(**{**spec.__dict__, "masked_columns": masked})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("masked", "message"),
+    [
+        (
+            (("app", "orders", "nope"),),
+            r'masked table "app"."orders" has no column "nope" \(its columns: "id", "item"\)',
+        ),
+        ((("app", "orders", "Item"),), r'has no column "Item"'),  # quoted in the catalog: case-sensitive
+        ((("app", "nope", "item"),), r'masked table "app"."nope" does not exist'),
+        ((("App", "orders", "item"),), r'masked table "App"."orders" does not exist'),
+    ],
+)
+def test_masking_what_does_not_exist_fails_closed_without_leaving_a_role(
+    provisioner: PostgresProvisioner, target_db: TargetDb, masked: tuple[tuple[str, str, str], ...], message: str
+) -> None:
+    spec = _masked_spec(target_db, *masked)
+    with pytest.raises(ProvisionerError, match=message):
+        provisioner.provision(spec)
+    assert spec.role_name not in {r.role_name for r in provisioner.inspect()}
+
+
+def test_masked_columns_are_matched_exactly_and_the_rest_stay_readable(
+    provisioner: PostgresProvisioner, target_db: TargetDb
+) -> None:
+    with target_db.admin() as conn:
+        conn.execute('CREATE TABLE app.people (id int, "Email" text, email text)')
+        conn.execute("INSERT INTO app.people VALUES (1, 'Upper@x', 'lower@x')")
+    spec = _masked_spec(target_db, ("app", "people", "Email"))
+    provisioner.provision(spec)
+    provisioner.set_password(spec, PASSWORD)
+    with target_db.connect_as(spec.role_name, PASSWORD) as conn:
+        assert conn.execute("SELECT id, email FROM app.people").fetchall() == [(1, "lower@x")]
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute('SELECT "Email" FROM app.people')
+
+
+def test_a_masked_table_with_unmasked_partitions_fails_closed(
+    provisioner: PostgresProvisioner, target_db: TargetDb
+) -> None:
+    with target_db.admin() as conn:
+        conn.execute("CREATE TABLE app.events (id int, secret text) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE app.events_1 PARTITION OF app.events FOR VALUES FROM (0) TO (100)")
+    with pytest.raises(ProvisionerError, match=r'partitions the level does not mask \("app"."events_1"\)'):
+        provisioner.provision(_masked_spec(target_db, ("app", "events", "secret")))
+    spec = _masked_spec(target_db, ("app", "events", "secret"), ("app", "events_1", "secret"))
+    provisioner.provision(spec)

@@ -253,7 +253,7 @@ class Runtime:
                 clock=clock,
                 secret_key=secret_key,
                 admin_dsn=lambda resource: catalog().resolve_connection(resource),
-                masked_for=lambda resource, level: catalog().level(resource, level).masked_columns,
+                masked_for=lambda resource, level: catalog().level(resource, level).masks(),
                 recorder_database_url=settings.resolved_database_url if settings.gateway_recorder_process else None,
                 host=settings.gateway_host,
                 port=settings.gateway_port,

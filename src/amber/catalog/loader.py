@@ -15,7 +15,15 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from amber.catalog.schema import CatalogFile, IdentityConfig, PolicyConfig, PostgresLevel, Resource
+from amber.catalog.schema import (
+    CatalogFile,
+    IdentityConfig,
+    PolicyConfig,
+    PostgresLevel,
+    Resource,
+    split_qualified,
+    sql_identifier,
+)
 from amber.core.errors import ConfigError, NotFound
 
 Loc = tuple[str | int, ...]
@@ -108,6 +116,9 @@ def load_catalog(path: Path | str) -> Catalog:
         parsed = CatalogFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc, lines)) from None
+    problems = _masks_outside_levels(path, parsed.resources, lines)
+    if problems:
+        raise ConfigError("invalid catalog:\n  " + "\n  ".join(problems))
     return Catalog(
         path=path,
         content_hash=hashlib.sha256(raw).hexdigest(),
@@ -116,6 +127,29 @@ def load_catalog(path: Path | str) -> Catalog:
         resources={resource.name: resource for resource in parsed.resources},
         _lines=lines,
     )
+
+
+def _masks_outside_levels(path: Path, resources: list[Resource], lines: dict[Loc, int]) -> list[str]:
+    """A masked table outside its level's schemas: the level cannot read it, so the mask would mean nothing,
+    and a gateway judging by schema would not know the table. Refused at load (a typo in either place)."""
+    problems = []
+    for index, resource in enumerate(resources):
+        for level_name, level in resource.levels.items():
+            for (schema, table), _columns in level.masks().items():
+                if schema in level.schemas:
+                    continue
+                raw = next(key for key in level.masked_columns if _resolved_table(key) == (schema, table))
+                loc: Loc = ("resources", index, "levels", level_name, "masked_columns", raw)
+                problems.append(
+                    f"{path}:{_line_for(lines, loc)}: {_dotted(loc[:-1])}: masked table {raw} is outside the "
+                    f"level's schemas ({', '.join(level.schemas)}); add its schema or fix the name"
+                )
+    return problems
+
+
+def _resolved_table(raw: str) -> tuple[str, str]:
+    schema, table = (sql_identifier(part) for part in split_qualified(raw))
+    return schema, table
 
 
 def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:

@@ -17,6 +17,8 @@ from amber.core.durations import parse_duration
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
 _SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_QUOTED = re.compile(r'^"(?:[^"\x00]|"")+"$')
+_MAX_IDENT_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names, so amber refuses them
 _WRITE_WORDS = {"insert", "update", "delete", "truncate", "create", "write", "all", "references", "trigger"}
 
 
@@ -27,6 +29,34 @@ def _duration(value: object) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def sql_identifier(raw: str) -> str:
+    """The name PostgreSQL resolves an identifier written in SQL to: unquoted folded to lower case, a
+    double-quoted one exactly as written (with `""` meaning one quote). ValueError for anything else."""
+    if _QUOTED.match(raw):
+        name = raw[1:-1].replace('""', '"')
+        if len(name.encode("utf-8")) > _MAX_IDENT_BYTES:
+            raise ValueError(f"identifier {raw} is longer than PostgreSQL's 63 bytes")
+        return name
+    if _IDENT.match(raw):
+        return raw.lower()
+    raise ValueError(f"not a plain or double-quoted identifier: {raw!r}")
+
+
+def split_qualified(raw: str) -> list[str]:
+    """`schema.table` with either part plain or double-quoted -> the parts as written (dots inside quotes kept)."""
+    parts, current, quoted = [], "", False
+    for char in raw:
+        if char == '"':
+            quoted = not quoted  # a doubled quote toggles twice: still inside
+        if char == "." and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
 
 
 class _Strict(BaseModel):
@@ -58,7 +88,8 @@ class PostgresLevel(_Strict):
     masked_columns: dict[str, list[str]] = Field(
         default_factory=dict,
         description="schema.table -> columns the role may not read (column-level grants; the gateway also "
-        "refuses statements that would touch them).",
+        'refuses statements that would touch them). Names as in SQL: plain ones fold to lower case, "Quoted" '
+        "ones keep their case.",
     )
     privileges: list[str] = Field(default_factory=lambda: ["SELECT"])
     statement_timeout: Duration = timedelta(seconds=30)
@@ -90,13 +121,25 @@ class PostgresLevel(_Strict):
     @classmethod
     def _masked_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for table, columns in value.items():
-            parts = table.split(".")
-            if len(parts) != 2 or not all(_IDENT.match(part) for part in parts):
+            parts = split_qualified(table)
+            if len(parts) != 2:
                 raise ValueError(f"masked_columns keys are schema.table, not {table!r}")
+            for part in parts:
+                sql_identifier(part)
+            if not columns:
+                raise ValueError(f"masked_columns: {table} lists no column")
             for column in columns:
-                if not _IDENT.match(column):
-                    raise ValueError(f"not a plain column name: {column!r}")
+                sql_identifier(column)
         return value
+
+    def masks(self) -> dict[tuple[str, str], frozenset[str]]:
+        """(schema, table) -> masked columns, every name as PostgreSQL resolves it (see sql_identifier)."""
+        resolved: dict[tuple[str, str], frozenset[str]] = {}
+        for table, columns in self.masked_columns.items():
+            schema, name = (sql_identifier(part) for part in split_qualified(table))
+            key = (schema, name)
+            resolved[key] = resolved.get(key, frozenset()) | {sql_identifier(column) for column in columns}
+        return resolved
 
     @field_validator("privileges")
     @classmethod

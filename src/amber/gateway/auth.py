@@ -22,6 +22,7 @@ from amber.core.crypto import constant_time_equal, derived_secret, hash_secret
 from amber.core.db import UnitOfWork
 from amber.gateway.scram import ScramVerifier, mock_verifier
 from amber.gateway.server import AuthFailed, CleartextToken, GatewayGrant, LoginProof
+from amber.gateway.statements import Masked, MaskedItems
 from amber.grants.models import Grant
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class GrantAuthenticator:
         uow: UnitOfWork,
         clock: Clock,
         secret_key: bytes,
-        masked_for: Callable[[str, str], dict[str, list[str]]] | None = None,
+        masked_for: Callable[[str, str], Masked] | None = None,
     ) -> None:
         self._masked_for = masked_for
         self._uow = uow
@@ -112,11 +113,10 @@ class GrantAuthenticator:
             masked=self._masked(grant.resource, grant.level),
         )
 
-    def _masked(self, resource: str, level: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    def _masked(self, resource: str, level: str) -> MaskedItems:
         if self._masked_for is None:
             return ()
-        masked = self._masked_for(resource, level)
-        return tuple(sorted((table, frozenset(columns)) for table, columns in masked.items()))
+        return tuple(sorted(self._masked_for(resource, level).items()))
 
     def still_live(self, grant_id: str) -> str | None:
         with self._lock:

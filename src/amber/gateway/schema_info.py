@@ -1,9 +1,9 @@
 """What the statement judge needs from an upstream database, looked up once and cached for a while.
 
-Looks up function and operator volatility in `pg_proc`/`pg_operator` and view definitions with
-`pg_get_viewdef`, over the resource's admin connection (read-only queries on catalogs). What this does NOT do:
-resolve overloads by argument types (any volatile overload makes a name volatile) or follow search_path
-(an unqualified name matches functions in every schema: stricter, never looser).
+Looks up function and operator volatility in `pg_proc`/`pg_operator`, view definitions with `pg_get_viewdef`
+and the columns of masked tables in `pg_attribute`, over the resource's admin connection (read-only queries on
+catalogs). What this does NOT do: resolve overloads by argument types (any volatile overload makes a name
+volatile) or follow search_path (an unqualified name matches functions in every schema: stricter, never looser).
 """
 
 from __future__ import annotations
@@ -70,6 +70,16 @@ class UpstreamSchema:
             (name, schema, schema, schema),
         )
         return str(rows[0][0]) if rows else None
+
+    def table_columns(self, schema: str, name: str) -> frozenset[str]:
+        rows = self._query(
+            ("c", (schema, name)),
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (schema, name),
+        )
+        return frozenset(str(row[0]) for row in rows)
 
     def close(self) -> None:
         with self._lock:

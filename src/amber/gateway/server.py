@@ -38,7 +38,7 @@ from amber.core.clock import Clock
 from amber.gateway.pgwire import codec
 from amber.gateway.relay import Recorder, Session
 from amber.gateway.scram import ScramClient, ScramError, ScramProtocolError, ScramServer
-from amber.gateway.statements import SchemaInfo, Verdict, judge, safe_client_encoding
+from amber.gateway.statements import MaskedItems, SchemaInfo, Verdict, judge, safe_client_encoding
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class GatewayGrant:
     port: int
     database: str
     upstream_password: str = field(repr=False)
-    masked: tuple[tuple[str, frozenset[str]], ...] = ()  # ("schema.table", columns) the level masks
+    masked: MaskedItems = ()  # ((schema, table), columns) the level masks, names as PostgreSQL resolves them
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ class GatewayServer:
         resource: str,
         sql: str,
         prepared: frozenset[str],
-        masked: tuple[tuple[str, frozenset[str]], ...] = (),
+        masked: MaskedItems = (),
     ) -> list[Verdict]:
         """Judge `sql`, from a cache when the answer cannot differ.
 

@@ -13,6 +13,7 @@ from amber.gateway.auth import GrantAuthenticator
 from amber.gateway.recording import LedgerRecorder
 from amber.gateway.schema_info import UpstreamSchema
 from amber.gateway.server import GatewayServer
+from amber.gateway.statements import Masked
 from amber.gateway.tls import self_signed, server_context, tls_server_end_point
 from amber.gateway.watch import GrantWatcher, ended_grants
 
@@ -25,7 +26,7 @@ class Gateway:
         clock: Clock,
         secret_key: bytes,
         admin_dsn: Callable[[str], str],
-        masked_for: Callable[[str, str], dict[str, list[str]]] | None = None,
+        masked_for: Callable[[str, str], Masked] | None = None,
         recorder_database_url: str | None = None,
         host: str,
         port: int,

@@ -102,7 +102,45 @@ def safe_client_encoding(name: str) -> bool:
     return "".join(ch for ch in name.lower() if ch.isalnum()) in SAFE_CLIENT_ENCODINGS
 
 
-Masked = dict[str, frozenset[str]]  # "schema.table" -> masked column names
+Masked = dict[tuple[str, str], frozenset[str]]  # (schema, table) -> masked columns, as PostgreSQL names them
+MaskedItems = tuple[tuple[tuple[str, str], frozenset[str]], ...]  # the same, hashable (a cache key)
+
+# Functions that serialize a whole table, schema or database: the relation or schema is resolved at run time
+# (search_path, any expression) and every column comes out. Refused; query_to_xml with a query naming the
+# columns does the same job and is judged.
+WHOLE_OBJECT_SERIALIZERS = frozenset(
+    f"{scope}_to_{form}"
+    for scope in ("table", "schema", "database")
+    for form in ("xml", "xmlschema", "xml_and_xmlschema")
+)
+# Functions that read an open cursor by name (any cursor, also one a function opened): refused, FETCH instead.
+CURSOR_READERS = frozenset({"cursor_to_xml", "cursor_to_xmlschema"})
+# Functions that run SQL given as text, and the position of that text among their arguments (by argument
+# count where it differs). The text must be a literal; it is judged like a statement and must be a SELECT.
+QUERY_TEXT_ARGUMENT: dict[str, dict[int, int]] = {
+    "query_to_xml": {4: 0},
+    "query_to_xmlschema": {4: 0},
+    "query_to_xml_and_xmlschema": {4: 0},
+    "ts_stat": {1: 0, 2: 0},
+    "ts_rewrite": {2: 1},  # ts_rewrite(tsquery, 'SELECT target, substitute FROM ...')
+    "crosstab": {1: 0, 2: 0, 3: 0},  # tablefunc: crosstab(source_sql [, category_sql | N])
+}
+CROSSTAB_CATEGORY_QUERY = 1  # crosstab(source_sql, category_sql): the second text is a query too
+# Functions that build and run SQL from names or reach another server: refused outright.
+RUNS_SQL_REFUSED = frozenset(
+    {
+        "connectby",
+        "crosstab2",
+        "crosstab3",
+        "crosstab4",
+        "dblink",
+        "dblink_exec",
+        "dblink_open",
+        "dblink_fetch",
+        "dblink_send_query",
+        "dblink_get_result",
+    }
+)
 
 
 class SchemaInfo(Protocol):
@@ -116,6 +154,10 @@ class SchemaInfo(Protocol):
 
     def view_definition(self, schema: str | None, name: str) -> str | None:
         """The SQL of a view (None for a table or an unknown relation)."""
+        ...
+
+    def table_columns(self, schema: str, name: str) -> frozenset[str]:
+        """The columns of a table (empty if there is no such table)."""
         ...
 
 
@@ -212,7 +254,15 @@ def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozense
             _check(node, scan)
     except Refused as refusal:
         return Verdict(
-            False, text, kind, refusal.rule, refusal.message, refusal.sqlstate, tuple(scan.tables), _fingerprint(text)
+            False,
+            text,
+            kind,
+            refusal.rule,
+            refusal.message,
+            refusal.sqlstate,
+            tuple(scan.tables),
+            _fingerprint(text),
+            literal_dependent=scan.literal_dependent,
         )
     return Verdict(
         True,
@@ -264,20 +314,31 @@ def _check(node: Any, scan: _Scan) -> None:
         if node.query is not None:
             _check(node.query, scan)
         elif node.relation is not None:
-            scan.tables.append(_relname(node.relation))
-            if _masked_columns(node.relation, scan):
-                raise Refused(
-                    "masked",
-                    f"COPY of {_relname(node.relation)} would include masked columns; "
-                    "COPY a query naming the columns you need",
-                    PRIVILEGE,
-                )
+            _check_copy_relation(node.relation, node.attlist, scan)
     elif isinstance(node, ast.VariableSetStmt):
         _check_set(node)
     elif isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
         raise Refused("write", f"{_verb(node)} writes data; amber grants read-only access")
     else:
         raise Refused("not-a-read", f"{_verb(node)} is not a read; amber grants read-only access", PRIVILEGE)
+
+
+def _check_copy_relation(relation: ast.RangeVar, attlist: Any, scan: _Scan) -> None:
+    """COPY table [(columns)] TO STDOUT: every column unless a list names them; none may be masked."""
+    _check_relation(relation, scan)
+    masked = _masked_columns(relation, scan)
+    if not masked:
+        return
+    if not attlist:
+        raise Refused(
+            "masked",
+            f"COPY of {_relname(relation)} would include masked columns ({', '.join(sorted(masked))}); "
+            "name the columns you need",
+            PRIVILEGE,
+        )
+    for column in attlist:
+        if column.sval in masked:
+            raise Refused("masked", f"column {column.sval} is masked for this access level", PRIVILEGE)
 
 
 def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
@@ -301,7 +362,7 @@ def _check_expressions(node: Any, scan: _Scan) -> None:
         elif isinstance(child, ast.FuncCall):
             if _is_harmless_set_config(child):
                 scan.literal_dependent = True
-            else:
+            elif not _check_sql_running(child, scan):
                 _check_function(child.funcname, scan)
         elif isinstance(child, ast.A_Expr) and child.name:
             _check_operator(child.name, scan)
@@ -311,50 +372,116 @@ def _check_expressions(node: Any, scan: _Scan) -> None:
             continue
 
 
-def _masked_columns(relation: ast.RangeVar, scan: _Scan) -> frozenset[str]:
+def _masked_tables(relation: ast.RangeVar, scan: _Scan) -> list[tuple[str, str]]:
+    """The masked tables a relation may name: exactly, or by table name alone in any schema when unqualified
+    (search_path is the session's; stricter, never looser). Names compare as pglast gives them: unquoted ones
+    already folded to lower case, quoted ones exact, as the catalog's are (PostgresLevel.masks)."""
     name = str(relation.relname)
     if relation.schemaname:
-        return scan.masked.get(f"{relation.schemaname}.{name}", frozenset())
-    hidden: set[str] = set()
-    for table, columns in scan.masked.items():
-        if table.split(".", 1)[1] == name:
-            hidden |= columns
-    return frozenset(hidden)
+        key = (str(relation.schemaname), name)
+        return [key] if key in scan.masked else []
+    return [key for key in scan.masked if key[1] == name]
+
+
+def _masked_columns(relation: ast.RangeVar, scan: _Scan) -> frozenset[str]:
+    return frozenset(column for key in _masked_tables(relation, scan) for column in scan.masked[key])
+
+
+@dataclass
+class _MaskedUse:
+    """What one statement reaches of masked tables."""
+
+    hidden: set[str] = field(default_factory=set)  # masked column names
+    rows: set[str] = field(default_factory=set)  # names and aliases that stand for a masked table's rows
+    visible: set[str] = field(default_factory=set)  # the other columns of those tables
+
+
+def _masked_use(node: Any, scan: _Scan) -> _MaskedUse:
+    use = _MaskedUse()
+    for child in _walk(node):
+        if not isinstance(child, ast.RangeVar):
+            continue
+        for key in _masked_tables(child, scan):
+            use.hidden |= scan.masked[key]
+            use.rows.add(str(child.relname))
+            use.visible |= scan.schema.table_columns(*key) - scan.masked[key]
+            if child.alias is not None:
+                use.rows.add(str(child.alias.aliasname))
+                if child.alias.colnames:
+                    raise Refused(
+                        "masked",
+                        f"column aliases on {_relname(child)} rename masked columns; alias them in the select list",
+                        PRIVILEGE,
+                    )
+    use.visible -= use.hidden  # a column masked in one table is refused in every table of the statement
+    return use
 
 
 def _check_masked(node: ast.SelectStmt, scan: _Scan) -> None:
-    """Refuse any reference to a masked column, `*` over a masked table, or a whole-row reference to one.
+    """Refuse every way a statement over a masked table can reach a masked column.
 
-    Conservative by name: a column named like a masked one is refused even when it belongs to another table.
+    Conservative by name: a column named like a masked one is refused even when it belongs to another table;
+    `*` anywhere in a statement that reads a masked table is refused; a masked table's row (its name or alias
+    as a value: `SELECT c`, `to_json(c)`, `c::text`, `ROW(c.*)`, row comparisons) is refused; so is
+    `c.f` where f is not one of its other columns (PostgreSQL reads `c.text` as `text(c)`, the whole row);
+    NATURAL joins and USING on a masked column compare it. What this does NOT check: functions that read
+    the table themselves (the database's column grants refuse them), and types named like the table
+    (`null::customers` carries no data).
     """
-    hidden: set[str] = set()
-    masked_names: set[str] = set()
-    for child in _walk(node):
-        if isinstance(child, ast.RangeVar):
-            columns = _masked_columns(child, scan)
-            if columns:
-                hidden |= columns
-                masked_names.add(str(child.relname))
-                if child.alias is not None:
-                    masked_names.add(str(child.alias.aliasname))
-    if not hidden:
+    use = _masked_use(node, scan)
+    if not use.hidden:
         return
     for child in _walk(node):
-        if not isinstance(child, ast.ColumnRef):
-            continue
-        fields = list(child.fields or ())
-        last = fields[-1] if fields else None
-        if isinstance(last, ast.A_Star):
-            raise Refused(
-                "masked",
-                f"`*` would include masked columns ({', '.join(sorted(hidden))}); name the columns you need",
-                PRIVILEGE,
-            )
-        name = getattr(last, "sval", None)
-        if name in hidden:
-            raise Refused("masked", f"column {name} is masked for this access level", PRIVILEGE)
-        if len(fields) == 1 and name in masked_names:
-            raise Refused("masked", f"{name} as a whole row would include masked columns", PRIVILEGE)
+        if isinstance(child, ast.A_Indirection):
+            _check_indirection(child, use)
+        elif isinstance(child, ast.JoinExpr):
+            _check_join(child, use)
+        elif isinstance(child, ast.ColumnRef):
+            _check_column_ref(child, use)
+
+
+def _check_indirection(node: ast.A_Indirection, use: _MaskedUse) -> None:
+    """`(c).*` and `(x).name`. `(c).id` is refused with its whole-row `c` (PostgreSQL, too, checks every column
+    of a whole-row reference, whatever field is taken from it)."""
+    for item in node.indirection or ():
+        if isinstance(item, ast.A_Star):
+            raise Refused("masked", f"`.*` would include masked columns ({', '.join(sorted(use.hidden))})", PRIVILEGE)
+        if isinstance(item, ast.String) and item.sval in use.hidden:
+            raise Refused("masked", f"column {item.sval} is masked for this access level", PRIVILEGE)
+
+
+def _check_join(node: ast.JoinExpr, use: _MaskedUse) -> None:
+    if node.isNatural:
+        raise Refused(
+            "masked", "NATURAL joins compare every common column, masked ones too; join ON named columns", PRIVILEGE
+        )
+    for item in node.usingClause or ():
+        if getattr(item, "sval", None) in use.hidden:
+            raise Refused("masked", f"column {item.sval} is masked for this access level (USING)", PRIVILEGE)
+
+
+def _check_column_ref(node: ast.ColumnRef, use: _MaskedUse) -> None:
+    fields = list(node.fields or ())
+    last = fields[-1] if fields else None
+    if isinstance(last, ast.A_Star):
+        raise Refused(
+            "masked",
+            f"`*` would include masked columns ({', '.join(sorted(use.hidden))}); name the columns you need",
+            PRIVILEGE,
+        )
+    name = getattr(last, "sval", None)
+    if name in use.hidden:
+        raise Refused("masked", f"column {name} is masked for this access level", PRIVILEGE)
+    if len(fields) == 1 and name in use.rows:
+        raise Refused("masked", f"{name} as a whole row would include masked columns", PRIVILEGE)
+    qualifier = getattr(fields[-2], "sval", None) if len(fields) > 1 else None
+    if qualifier in use.rows and name not in use.visible:
+        raise Refused(
+            "masked",
+            f"{qualifier}.{name} is not a visible column of a masked table (PostgreSQL would read it as "
+            f"{name}({qualifier}), the whole row)",
+            PRIVILEGE,
+        )
 
 
 def _is_harmless_set_config(call: ast.FuncCall) -> bool:
@@ -375,6 +502,70 @@ def _is_harmless_set_config(call: ast.FuncCall) -> bool:
         literal = isinstance(value, ast.A_Const) and isinstance(value.val, ast.String)
         return literal and safe_client_encoding(str(value.val.sval))
     return setting in SETTABLE
+
+
+def _check_sql_running(call: ast.FuncCall, scan: _Scan) -> bool:
+    """Functions that serialize whole objects or run SQL given as text. Refuses what cannot be judged; for a
+    query text function, judges the literal text with this same judge (masking included) and returns True
+    (its volatility label then says nothing the judge did not check). False: not such a function."""
+    parts = [str(part.sval) for part in call.funcname or ()]
+    name, shown = parts[-1], ".".join(parts)
+    if name in WHOLE_OBJECT_SERIALIZERS:
+        raise Refused(
+            "serializer",
+            f"{shown} serializes a whole table, schema or database (every column, objects found at run time); "
+            "use query_to_xml('SELECT <the columns you need> FROM ...', ...) instead",
+            PRIVILEGE,
+        )
+    if name in CURSOR_READERS:
+        raise Refused("serializer", f"{shown} reads a cursor by name; FETCH from your cursor instead", PRIVILEGE)
+    if name in RUNS_SQL_REFUSED:
+        raise Refused("query-text", f"{shown} builds or runs SQL amber cannot judge", PRIVILEGE)
+    positions = QUERY_TEXT_ARGUMENT.get(name)
+    if positions is None:
+        return False
+    args = list(call.args or ())
+    if call.agg_star or call.func_variadic or any(isinstance(arg, ast.NamedArgExpr) for arg in args):
+        raise Refused("query-text", f"{shown}: call it with plain positional arguments", PRIVILEGE)
+    index = positions.get(len(args))
+    if index is None:
+        raise Refused("query-text", f"{shown} with {len(args)} arguments is not a form amber knows", PRIVILEGE)
+    texts = [args[index]]
+    if name == "crosstab" and len(args) == 2:
+        texts.append(args[CROSSTAB_CATEGORY_QUERY])
+    for text in texts:
+        _judge_query_text(shown, text, scan)
+    return True
+
+
+def _judge_query_text(function: str, arg: Any, scan: _Scan) -> None:
+    literal = _string_literal(arg)
+    if literal is None:
+        raise Refused("query-text", f"{function} runs SQL given as text: amber judges it only as a literal string")
+    scan.literal_dependent = True  # the verdict depends on the literal: never reuse it for another text
+    if scan.depth >= MAX_VIEW_DEPTH:
+        raise Refused("query-text", f"{function}: query texts nest too deeply to check")
+    try:
+        inner = pglast.parse_sql(literal)
+    except pglast.parser.ParseError as exc:
+        raise Refused("query-text", f"{function}: amber could not parse its query text: {exc}", SYNTAX) from None
+    sub = _Scan(scan.schema, scan.prepared, scan.tables, scan.depth + 1, scan.masked)
+    for raw in inner:
+        if not isinstance(raw.stmt, ast.SelectStmt):
+            raise Refused("query-text", f"{function}: its query text may only be a SELECT")
+        try:
+            _check(raw.stmt, sub)
+        except Refused as refusal:
+            raise Refused(refusal.rule, f"{function}'s query: {refusal.message}", refusal.sqlstate) from None
+
+
+def _string_literal(node: Any) -> str | None:
+    """The text of a string constant, also behind casts (`'...'::text`); None for anything else."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String):
+        return str(node.val.sval)
+    return None
 
 
 def _check_function(funcname: Any, scan: _Scan) -> None:

@@ -216,9 +216,9 @@ class GrantService:
             statement_timeout=level.statement_timeout,
             connection_limit=1 if grant.single_use else level.connection_limit,
             masked_columns=tuple(
-                (table.split(".", 1)[0], table.split(".", 1)[1], column)
-                for table, columns in sorted(level.masked_columns.items())
-                for column in columns
+                (schema, table, column)
+                for (schema, table), columns in sorted(level.masks().items())
+                for column in sorted(columns)
             ),
         )
 

@@ -445,29 +445,62 @@ class PostgresProvisioner:
     def _mask_columns(self, conn: _Conn, spec: GrantSpec) -> None:
         """Replace table-wide SELECT by SELECT on every column but the masked ones (inside provision's transaction).
 
-        A masked table that does not exist is an error (fail closed: the catalog names something that is not there).
+        Names are exact (the catalog resolved quoting and case). A masked table or column that does not exist, or
+        a masked table with inheritance children or partitions the level does not mask as well (they hold the
+        same column, readable by their own name), is an error and the whole provision rolls back: fail closed,
+        never a grant of every column because the catalog names something that is not there.
         """
         role = sql.Identifier(spec.role_name)
         tables: dict[tuple[str, str], set[str]] = {}
         for schema, table, column in spec.masked_columns:
             tables.setdefault((schema, table), set()).add(column)
         for (schema, table), masked in tables.items():
+            where = f"PostgreSQL at {self._where}: masked table {_quote_ident(schema)}.{_quote_ident(table)}"
             rows = conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
-                " ORDER BY attnum",
-                [f"{_quote_ident(schema)}.{_quote_ident(table)}"],
+                "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                [schema, table],
             ).fetchall()
             if not rows:
-                raise ProvisionerError(f"PostgreSQL at {self._where}: masked table {schema}.{table} does not exist")
+                raise ProvisionerError(f"{where} does not exist (or has no columns)")
+            columns = [str(row[0]) for row in rows]
+            missing = sorted(masked - set(columns))
+            if missing:
+                raise ProvisionerError(
+                    f"{where} has no column {', '.join(_quote_ident(c) for c in missing)} "
+                    f"(its columns: {', '.join(_quote_ident(c) for c in columns)}); names are case-sensitive "
+                    'when quoted in the catalog ("Email")'
+                )
+            self._refuse_unmasked_children(conn, schema, table, tables, where)
             relation = sql.Identifier(schema, table)
             conn.execute(sql.SQL("REVOKE SELECT ON {} FROM {}").format(relation, role))
-            visible = [str(row[0]) for row in rows if str(row[0]) not in masked]
+            visible = [column for column in columns if column not in masked]
             if visible:
                 conn.execute(
                     sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
                         sql.SQL(", ").join(sql.Identifier(c) for c in visible), relation, role
                     )
                 )
+
+    @staticmethod
+    def _refuse_unmasked_children(
+        conn: _Conn, schema: str, table: str, tables: dict[tuple[str, str], set[str]], where: str
+    ) -> None:
+        children = conn.execute(
+            "WITH RECURSIVE tree(oid) AS (SELECT i.inhrelid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+            "UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid) "
+            "SELECT n.nspname, c.relname FROM tree JOIN pg_class c ON c.oid = tree.oid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2",
+            [schema, table],
+        ).fetchall()
+        unmasked = [f"{_quote_ident(s)}.{_quote_ident(t)}" for s, t in children if (s, t) not in tables]
+        if unmasked:
+            raise ProvisionerError(
+                f"{where} has inheritance children or partitions the level does not mask "
+                f"({', '.join(unmasked)}); they hold the same columns: mask them too"
+            )
 
     @staticmethod
     def _role_comment(conn: _Conn, role_name: str) -> tuple[str | None] | None:
