@@ -5,6 +5,7 @@
 3. No SQL is built from f-strings or %-formatting passed straight to `execute` (migrations excepted,
    which format only constant identifiers).
 4. The ledger's rows are never updated or deleted by amber's code.
+5. Text for people is printed only through amber.cli.text (control characters from users shown escaped).
 Exit 1 with `file:line: rule` for each violation.
 """
 
@@ -26,6 +27,7 @@ RULES: list[tuple[str, re.Pattern[str], set[str]]] = [
         re.compile(r"(update|delete)\s*\(\s*LedgerEntry|UPDATE\s+ledger_entries|DELETE\s+FROM\s+ledger_entries", re.I),
         {"migrations"},
     ),
+    ("print through amber.cli.text.echo (it escapes control characters)", re.compile(r"\bprint\("), {"cli/text.py"}),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,5 +56,26 @@ def test_child_writer_records_and_survives_being_killed(gwp: Amber) -> None:
             conn.execute("SELECT %s::int", (i,))
     found = wait_for(gwp, cred["grant_id"], 10)
     assert len(found) == 10  # a new child took over; nothing was lost
+    verified = gwp.api.get("/v1/ledger/verify", headers=gwp.headers("sue", "security")).json()
+    assert verified["ok"], verified
+
+
+def test_statements_are_recorded_whole_up_to_a_mebibyte_and_larger_ones_say_they_were_cut(gwp: Amber) -> None:
+    cred = gateway_credential(gwp)
+    whole = "SELECT length('" + "é" * 500_000 + "')"  # 1,000,017 bytes of UTF-8 (500,017 characters)
+    big = "SELECT length('" + "é" * 600_000 + "') AS n"  # 1,200,022 bytes
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        assert conn.execute(whole).fetchone() == (500_000,)  # type: ignore[call-overload]
+        assert conn.execute(big).fetchone() == (600_000,)  # type: ignore[call-overload]
+    found = wait_for(gwp, cred["grant_id"], 2)
+    by_length = sorted(found, key=lambda e: len(e["payload"]["statement"]))
+    kept, cut = by_length[0]["payload"], by_length[1]["payload"]
+    assert kept["statement"] == whole
+    assert "statement_truncated" not in kept
+    assert cut["statement_truncated"] is True
+    assert cut["statement_bytes"] == len(big.encode()) == 1_200_022
+    assert cut["statement_sha256"] == hashlib.sha256(big.encode()).hexdigest()
+    assert len(cut["statement"].encode()) <= 1024 * 1024
+    assert big.startswith(cut["statement"])
     verified = gwp.api.get("/v1/ledger/verify", headers=gwp.headers("sue", "security")).json()
     assert verified["ok"], verified

@@ -9,6 +9,7 @@ printed, except by `keygen`, which writes them to a 0600 file.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from amber.cli.text import echo
 
 if TYPE_CHECKING:
     from amber.core.db import UnitOfWork
@@ -58,7 +61,7 @@ def local() -> Local:
 
 
 def _print(data: Any, as_json: bool, human: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if as_json else human)
+    echo(json.dumps(data, indent=2, sort_keys=True) if as_json else human)
 
 
 def keygen(
@@ -76,7 +79,7 @@ def keygen(
         write_key(out, signer)
     except FileExistsError:
         raise typer.BadParameter(f"{out} exists; amber never overwrites a key") from None
-    print(signer.verifier.vkey)
+    echo(signer.verifier.vkey)
 
 
 def checkpoint(as_json: JsonOpt = False) -> None:
@@ -129,11 +132,13 @@ def receipt(
         latest = ctx.checkpointer().sign_now()
     with ctx.uow() as session:
         text = proofs.receipt(session, seq, latest)
-    if out is None:
-        print(text, end="")
+    if out is None and not sys.stdout.isatty():
+        sys.stdout.write(text)  # the receipt's exact bytes, for a file or a pipe; a terminal gets it escaped
+    elif out is None:
+        echo(text, end="")
     else:
         out.write_text(text)
-        print(f"receipt for entry {seq} written to {out}")
+        echo(f"receipt for entry {seq} written to {out}")
 
 
 def verify_receipt(
@@ -145,9 +150,9 @@ def verify_receipt(
 
     report = tlog.verify_receipt(file.read_text(), [tlog.Verifier.parse(k) for k in key])
     if report.ok:
-        print(f"receipt OK: entry in the signed tree with root {report.root.hex()}")
+        echo(f"receipt OK: entry in the signed tree with root {report.root.hex()}")
         return
-    print("receipt verification FAILED:\n  " + "\n  ".join(str(p) for p in report.problems))
+    echo("receipt verification FAILED:\n  " + "\n  ".join(str(p) for p in report.problems))
     raise typer.Exit(1)
 
 
@@ -159,7 +164,7 @@ def export(directory: Annotated[Path, typer.Argument(help="Directory to write th
     ctx.checkpointer().sign_now()
     with ctx.uow() as session:
         manifest = proofs.export_bundle(session, directory, ctx.origin)
-    print(
+    echo(
         f"exported {manifest['entries']} entries and {manifest['checkpoints']} checkpoints to {directory}\n"
         f"verify with: python3 {directory / 'amber_verify.py'} bundle {directory} --key {manifest['keys'][-1]}"
     )
@@ -182,7 +187,7 @@ def rotate_key(
     with ctx.uow() as session:
         view = rotate_key(session, old=current.signer, new=new, origin=ctx.origin, at=current.clock.now(), actor=SYSTEM)
     current.publish()
-    print(f"signing key rotated to {new.verifier.vkey}; first checkpoint by it: size {view.tree_size}")
+    echo(f"signing key rotated to {new.verifier.vkey}; first checkpoint by it: size {view.tree_size}")
 
 
 def stream(
@@ -201,7 +206,7 @@ def stream(
     else:
         sent = streamer.catch_up(clock.now)
         if to != "stdout":
-            print(f"streamed {sent} entries to {to}")
+            echo(f"streamed {sent} entries to {to}")
 
 
 def fetch_checkpoints(
@@ -308,7 +313,7 @@ def verify_offline(bundle: Path, keys: list[str], witnessed: list[Path], since: 
 
     trusted = [tlog.Verifier.parse(k) for k in keys] or None
     if trusted is None:
-        print("warning: no --key given; trusting the keys in the bundle itself")
+        echo("warning: no --key given; trusting the keys in the bundle itself")
     report = tlog.verify_bundle(bundle, trusted, extra_checkpoints=witnessed, since=since)
     problems = [str(p) for p in report.problems]
     data = {

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import httpx
 
 from amber.cli.client import Client, load_profile, token_path
+from amber.cli.text import echo
 from amber.core.errors import InvalidInput, NotAuthenticated, Unavailable
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -70,8 +71,8 @@ def _device_flow(provider: dict[str, Any]) -> dict[str, Any]:
     if status != 200 or "device_code" not in started:
         raise NotAuthenticated(f"the identity provider refused device sign-in ({started.get('error', status)})")
     where = started.get("verification_uri_complete") or started["verification_uri"]
-    print(f"To sign in, open {where}")
-    print(f"and check that it shows the code: {started['user_code']}")
+    echo(f"To sign in, open {where}")
+    echo(f"and check that it shows the code: {started['user_code']}")
     sys.stdout.flush()
     interval = float(started.get("interval", 5))
     deadline = time.monotonic() + float(started.get("expires_in", 600))
@@ -131,7 +132,7 @@ def _loopback_flow(provider: dict[str, Any], *, open_browser: bool) -> dict[str,
     if provider.get("resource"):
         query["resource"] = provider["resource"]
     url = f"{provider['authorization_endpoint']}?{urlencode(query)}"
-    print(f"To sign in, open {url}")
+    echo(f"To sign in, open {url}")
     sys.stdout.flush()
     if open_browser:
         webbrowser.open(url)
@@ -218,10 +219,10 @@ def provider_login(
     me = Client(base, _bearer(tokens)).call("GET", "/v1/me")
     path = _cache(profile, base, provider, tokens, me["name"])
     if as_json:
-        print(json.dumps(me, indent=2, sort_keys=True))
+        echo(json.dumps(me, indent=2, sort_keys=True))
     else:
-        print(f"signed in as {me['name']} ({me['iss']}), groups: {', '.join(me['groups']) or '-'}")
-        print(f"token cached in {path}")
+        echo(f"signed in as {me['name']} ({me['iss']}), groups: {', '.join(me['groups']) or '-'}")
+        echo(f"token cached in {path}")
 
 
 def refresh_if_due(profile: str) -> None:

@@ -19,6 +19,7 @@ import typer
 from amber.cli import ledger_cmds, login_cmds
 from amber.cli.client import Client, default_url, save_token
 from amber.cli.policy_cmds import policy_app, relative_start
+from amber.cli.text import echo, escape
 from amber.core.durations import format_duration, parse_duration
 from amber.core.errors import AmberError, InvalidInput
 
@@ -48,9 +49,9 @@ UrlOpt = Annotated[str | None, typer.Option("--url", help="amber's URL (default 
 
 def _out(data: Any, as_json: bool, human: str) -> None:
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
-        print(human)
+        echo(human)
 
 
 def _client(profile: str, url: str | None) -> Client:
@@ -68,26 +69,27 @@ def _when(value: str | None) -> str:
 
 
 def _print_credential(credential: dict[str, Any]) -> None:
-    print()
-    print("  Connect (shown once; amber keeps no copy of this password):")
-    print(f"    {credential['psql']}")
-    print()
+    echo()
+    echo("  Connect (shown once; amber keeps no copy of this password):")
+    echo(f"    {credential['psql']}")
+    echo()
 
 
 def _describe_request(data: dict[str, Any]) -> str:
     decision = data["decision"]
     lines = [
-        f"request {data['id']}: {data['status']}  ({data['resource']}/{data['level']}, "
-        f"requested by {data['requester']['name']})"
+        f"request {escape(data['id'])}: {escape(data['status'])}  ({escape(data['resource'])}/"
+        f"{escape(data['level'])}, requested by {escape(data['requester']['name'])})"
     ]
-    lines += [f"  - {reason}" for reason in decision["reasons"]]
+    lines += [f"  - {escape(reason)}" for reason in decision["reasons"]]
     grant = data.get("grant")
     if grant:
         lines.append(
-            f"  grant {grant['id']}: {grant['status']}, role {grant['role']}, expires {_when(grant['expires_at'])}"
+            f"  grant {escape(grant['id'])}: {escape(grant['status'])}, role {escape(grant['role'])}, "
+            f"expires {_when(grant['expires_at'])}"
         )
         if grant.get("last_error"):
-            lines.append(f"  provisioning is being retried: {grant['last_error']}")
+            lines.append(f"  provisioning is being retried: {escape(grant['last_error'])}")
     return "\n".join(lines)
 
 
@@ -119,24 +121,24 @@ def serve(
     configure_logging(settings.log_level)
     rt = Runtime.build(settings)
     url = settings.resolved_public_url
-    print(
+    echo(
         f"amber is starting on {url}  (state: {settings.resolved_database_url.split('://')[0]}, "
         f"catalog: {settings.catalog})"
     )
     for warning in rt.warnings:
-        print(f"WARNING: {warning}")
-    print(f"  API docs: {url}/docs    health: {url}/healthz    metrics: {url}/metrics")
+        echo(f"WARNING: {warning}")
+    echo(f"  API docs: {url}/docs    health: {url}/healthz    metrics: {url}/metrics")
     if rt.gateway is not None:
-        print(f"  PostgreSQL gateway: {settings.gateway_host}:{settings.gateway_port} (TLS; user = grant id)")
+        echo(f"  PostgreSQL gateway: {settings.gateway_host}:{settings.gateway_port} (TLS; user = grant id)")
     resources = ", ".join(rt.catalog().resources) or "none"
-    print(f"  resources: {resources}")
+    echo(f"  resources: {resources}")
     if rt.dev_issuer is not None:
-        print("  Next, in another terminal:")
-        print("    .venv/bin/amber login --dev alice --groups engineering,oncall")
+        echo("  Next, in another terminal:")
+        echo("    .venv/bin/amber login --dev alice --groups engineering,oncall")
         first = next(iter(rt.catalog().resources.values()), None)
         if first is not None:
             level = next(iter(first.levels))
-            print(f"    .venv/bin/amber request {first.name} --level {level} --for 2m --reason 'investigate INC-1234'")
+            echo(f"    .venv/bin/amber request {first.name} --level {level} --for 2m --reason 'investigate INC-1234'")
     sys.stdout.flush()
 
     def reload(_signum: int, _frame: object) -> None:
@@ -179,7 +181,7 @@ def login(
         group_list = [g.strip() for g in groups.split(",") if g.strip()]
         data = client.call("POST", "/dev-issuer/token", {"user": dev, "groups": group_list}, auth=False)
         access_token = data["access_token"]
-        print("WARNING: signed in through the DEVELOPMENT issuer; never use it in production.", file=sys.stderr)
+        echo("WARNING: signed in through the DEVELOPMENT issuer; never use it in production.", file=sys.stderr)
     elif token:
         access_token = token
     else:
@@ -235,8 +237,8 @@ def request(
     data = client.call("POST", "/v1/requests", body)
     if wait and data["status"] == "pending":
         if not as_json:
-            print(_describe_request(data))
-            print("waiting for approval (Ctrl-C stops waiting; the request stays pending)...")
+            echo(_describe_request(data))
+            echo("waiting for approval (Ctrl-C stops waiting; the request stays pending)...")
         deadline = time.monotonic() + parse_duration(timeout).total_seconds()
         while data["status"] == "pending" and time.monotonic() < deadline:
             time.sleep(1)
@@ -252,11 +254,11 @@ def request(
     if not as_json and data.get("credential"):
         _print_credential(data["credential"])
     elif not as_json and data["status"] == "pending":
-        print(f"  approvers can run: amber approve {data['id']}")
+        echo(f"  approvers can run: amber approve {data['id']}")
     elif not as_json and data.get("grant") and data["grant"]["status"] == "issued":
-        print(f"  when it starts, get your connection with: amber credentials {data['grant']['id']}")
+        echo(f"  when it starts, get your connection with: amber credentials {data['grant']['id']}")
     if not as_json and data.get("review_status") == "required":
-        print("  BREAK-GLASS: the resource's owners and security have been notified; a review is required.")
+        echo("  BREAK-GLASS: the resource's owners and security have been notified; a review is required.")
     if data["status"] == "denied":
         raise typer.Exit(2)
 
@@ -276,7 +278,8 @@ def list_requests(
     params = {"scope": scope, **({"status": status} if status else {})}
     rows = _client(profile, url).call("GET", "/v1/requests", params=params)
     lines = [
-        f"{r['id']}  {r['status']:<9} {r['resource']}/{r['level']:<12} {r['requester']['name']:<12} {r['reason'][:40]}"
+        f"{escape(r['id'])}  {escape(r['status']):<9} {escape(r['resource'])}/{escape(r['level']):<12} "
+        f"{escape(r['requester']['name']):<12} {escape(r['reason'])[:40]}"
         for r in rows
     ]
     _out(rows, as_json, "\n".join(lines) or "no requests")
@@ -346,7 +349,8 @@ def list_grants(
     params = {"scope": "all" if all_ else "mine", "live": live}
     rows = _client(profile, url).call("GET", "/v1/grants", params=params)
     lines = [
-        f"{g['id']}  {g['status']:<8} {g['resource']}/{g['level']:<12} {g['role']}  expires {_when(g['expires_at'])}"
+        f"{escape(g['id'])}  {escape(g['status']):<8} {escape(g['resource'])}/{escape(g['level']):<12} "
+        f"{escape(g['role'])}  expires {_when(g['expires_at'])}"
         for g in rows
     ]
     _out(rows, as_json, "\n".join(lines) or "no grants")
@@ -376,11 +380,11 @@ def connect(
 
     data = _client(profile, url).call("POST", f"/v1/grants/{grant_id}/credentials")
     if print_only:
-        print(data["url"])
+        echo(data["url"])
         return
     psql = shutil.which("psql")
     if psql is None:
-        print(data["url"])
+        echo(data["url"])
         raise InvalidInput("psql is not installed; use the connection string above with your client")
     # The token goes to psql in its environment, not on its command line, where `ps` would show it to everyone
     # on the machine; libpq then proves it with SCRAM (the gateway) or sends it inside TLS (never in the clear).
@@ -403,7 +407,9 @@ def revoke(
 ) -> None:
     """End a grant now (your own, or any as an admin). Live sessions are cut."""
     data = _client(profile, url).call("POST", f"/v1/grants/{grant_id}/revoke", {"reason": reason})
-    _out(data, as_json, f"grant {data['id']}: {data['status']} ({data.get('end_reason') or '-'})")
+    _out(
+        data, as_json, f"grant {escape(data['id'])}: {escape(data['status'])} ({escape(data.get('end_reason') or '-')})"
+    )
 
 
 # -- local administration ----------------------------------------------------------------------------------
@@ -456,11 +462,11 @@ def audit_verify(
 
 @audit_app.command("tail")
 def audit_tail(
-    lines: Annotated[int, typer.Option("-n", help="How many recent entries.")] = 20,
+    lines: Annotated[int, typer.Option("-n", min=0, help="How many recent entries.")] = 20,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new entries.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the most recent ledger entries."""
+    """Print the newest N ledger entries, oldest first (as tail does); --follow keeps printing new ones."""
     from amber import ledger
     from amber.core.db import make_engine, make_unit_of_work
     from amber.core.settings import Settings
@@ -468,24 +474,33 @@ def audit_tail(
     uow = make_unit_of_work(make_engine(Settings().resolved_database_url))
     with uow() as session:
         last, _ = ledger.head(session)
-    after = max(0, last - lines)
+    after = max(0, last - lines)  # seqs are dense (1, 2, 3, ...: the hash chain has no gaps)
     while True:
         with uow() as session:
-            batch = ledger.entries(session, after_seq=after, limit=1000)
-        for entry in batch:
-            if as_json:
-                print(json.dumps(entry.as_dict(), sort_keys=True, default=str))
-            else:
-                print(
-                    f"{entry.seq:>6} {entry.at.strftime('%H:%M:%S.%f')[:-3]} {entry.event_type:<24} "
-                    f"{entry.subject_kind}:{entry.subject_id} by {entry.actor.name}  "
-                    f"{json.dumps(entry.payload, sort_keys=True)[:120]}"
-                )
+            page = ledger.entries(session, after_seq=after, limit=TAIL_PAGE)
+        for entry in page:
+            if not follow and entry.seq > last:
+                return  # appended while paging: not among the newest N when the command started
+            echo(json.dumps(entry.as_dict(), sort_keys=True, default=str) if as_json else _tail_line(entry))
             after = entry.seq
+        if len(page) == TAIL_PAGE and (follow or after < last):
+            continue  # more entries already there: the next page at once
         if not follow:
             return
         sys.stdout.flush()
         time.sleep(0.5)
+
+
+TAIL_PAGE = 1000  # entries read per query by `audit tail`
+
+
+def _tail_line(entry: Any) -> str:
+    """One entry on one line; every value escaped (statement text, names and reasons come from users)."""
+    payload = json.dumps(entry.payload, sort_keys=True)  # ASCII: json escapes controls and bidi characters
+    return (
+        f"{entry.seq:>6} {entry.at.strftime('%H:%M:%S.%f')[:-3]} {escape(entry.event_type):<24} "
+        f"{escape(entry.subject_kind)}:{escape(entry.subject_id)} by {escape(entry.actor.name)}  {payload[:120]}"
+    )
 
 
 def _resource_provisioner(name: str) -> Any:
@@ -523,7 +538,7 @@ def resource_harden(
     provisioner = _resource_provisioner(name)
     if not yes:
         fixes = [f.fix for f in provisioner.check() if f.fix and f.severity == "danger"]
-        print("\n".join(f"  {fix}" for fix in fixes) or "  nothing to apply")
+        echo("\n".join(f"  {fix}" for fix in fixes) or "  nothing to apply")
         if not fixes or not typer.confirm("apply these statements?"):
             raise typer.Exit(0)
     applied = provisioner.harden()
@@ -539,7 +554,7 @@ def catalog_validate(path: Annotated[Path | None, typer.Argument(help="Catalog f
 
     catalog = load_catalog(path or Settings().catalog)
     bundle = load_policies(catalog)
-    print(
+    echo(
         f"{catalog.path}: OK ({len(catalog.resources)} resources; {len(bundle.statements)} policies in "
         f"{bundle.source}, hash {bundle.hash[:12]})"
     )
@@ -555,7 +570,7 @@ def db_upgrade() -> None:
     settings = Settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     upgrade(make_engine(settings.resolved_database_url))
-    print("state store is up to date")
+    echo("state store is up to date")
 
 
 @demo_app.command("setup")
@@ -563,7 +578,7 @@ def demo_setup() -> None:
     """Create the demo database behind AMBER_DEMO_PG_URL with a few tables of sample data."""
     from amber.cli.demo import setup
 
-    print(setup())
+    echo(setup())
 
 
 def main() -> None:
@@ -571,7 +586,7 @@ def main() -> None:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
         code = app(standalone_mode=False)
     except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
+        echo("aborted", file=sys.stderr)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -579,11 +594,11 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # typer vendors its own click: usage errors, BadParameter
-        print(f"amber: error: {exc.format_message()}", file=sys.stderr)
+        echo(f"amber: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (AmberError, ValueError) as exc:
         message = exc.message if isinstance(exc, AmberError) else str(exc)
-        print(f"amber: error: {message}", file=sys.stderr)
+        echo(f"amber: error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

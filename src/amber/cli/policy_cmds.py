@@ -14,6 +14,7 @@ import yaml
 from amber import policy
 from amber.catalog import Catalog, load_catalog
 from amber.cli.client import Client
+from amber.cli.text import echo, escape
 from amber.core.durations import parse_duration
 from amber.core.errors import ConfigError
 from amber.core.settings import Settings
@@ -38,7 +39,7 @@ def validate(
     """Parse every .cedar file and validate it against amber's schema; name the file and line of a problem."""
     cat = load_catalog(catalog or Settings().catalog)
     bundle = _bundle(cat, directory)
-    print(f"{bundle.source}: OK, {len(bundle.statements)} policies, hash {bundle.hash[:16]}")
+    echo(f"{bundle.source}: OK, {len(bundle.statements)} policies, hash {bundle.hash[:16]}")
 
 
 @dataclass
@@ -177,13 +178,13 @@ def run_tests(
         results.append(CaseResult(str(case.get("name", where)), where, failures))
     failed = [r for r in results if r.failures]
     if as_json:
-        print(json.dumps([{"name": r.name, "where": r.where, "failures": r.failures} for r in results], indent=2))
+        echo(json.dumps([{"name": r.name, "where": r.where, "failures": r.failures} for r in results], indent=2))
     else:
         for r in results:
-            print(f"{'PASS' if not r.failures else 'FAIL'}  {r.name}  ({r.where})")
+            echo(f"{'PASS' if not r.failures else 'FAIL'}  {r.name}  ({r.where})")
             for failure in r.failures:
-                print(f"      {failure}")
-        print(f"policy tests: {len(results) - len(failed)} passed, {len(failed)} failed")
+                echo(f"      {failure}")
+        echo(f"policy tests: {len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
         raise typer.Exit(1)
 
@@ -193,22 +194,22 @@ def explain(request_id: str, profile: ProfileOpt = "default", url: UrlOpt = None
     """Why a request got its decision: the policies, their files and lines, the approvals so far."""
     data = Client.for_profile(profile, url).call("GET", f"/v1/requests/{request_id}/explain")
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        echo(json.dumps(data, indent=2, sort_keys=True))
         return
-    print(
+    echo(
         f"request {data['request_id']}: {data['status']} (decided {data['outcome']}, "
         f"policy {data['policy_hash'][:12]}{'' if data['decided_by_running_bundle'] else ', no longer running'})"
     )
     for reason in data["reasons"]:
-        print(f"  - {reason}")
+        echo(f"  - {escape(reason)}")
     for item in data["policies"]:
-        print(f"  policy {item['id']}" + (f"  at {item['where']}" if item["where"] else ""))
+        echo(f"  policy {item['id']}" + (f"  at {item['where']}" if item["where"] else ""))
         if item.get("text"):
             for line in item["text"].splitlines():
-                print(f"      {line}")
+                echo(f"      {line}")
     approvals = data["approvals"]
     if approvals["required"]:
-        print(
+        echo(
             f"  approvals: {approvals['received']} of {approvals['required']} from "
             f"{', '.join(approvals['from_any_of'])}"
             + (
@@ -220,7 +221,7 @@ def explain(request_id: str, profile: ProfileOpt = "default", url: UrlOpt = None
         )
     conditions = {k: v for k, v in data["conditions"].items() if v}
     if conditions:
-        print(f"  conditions: {conditions}")
+        echo(f"  conditions: {conditions}")
 
 
 @policy_app.command("reload")
@@ -228,11 +229,11 @@ def reload(profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt
     """Ask the running amber to reload its catalog and policy bundle (admins). A bad bundle changes nothing."""
     data = Client.for_profile(profile, url).call("POST", "/v1/policy/reload")
     if as_json:
-        print(json.dumps(data, indent=2))
+        echo(json.dumps(data, indent=2))
     elif data["changed"]:
-        print(f"policy reloaded: {data['previous_policy_hash'][:12]} -> {data['policy_hash'][:12]}")
+        echo(f"policy reloaded: {data['previous_policy_hash'][:12]} -> {data['policy_hash'][:12]}")
     else:
-        print(f"policy unchanged: {data['policy_hash'][:12]}")
+        echo(f"policy unchanged: {data['policy_hash'][:12]}")
 
 
 def relative_start(value: str, now: datetime) -> datetime:

@@ -34,6 +34,12 @@ Row = tuple[Any, str, str, str, str, str, dict[str, Any]]  # at, event, iss, sub
 GATEWAY_ACTOR = ("amber", "gateway", "amber gateway")  # who records what no authenticated person did
 
 
+def _row_bytes(row: Row) -> int:
+    """An entry's approximate size: its statement's characters plus a fixed allowance for the rest."""
+    statement = row[6].get("statement")
+    return 512 + (len(statement) if isinstance(statement, str) else 0)
+
+
 def _entries(rows: list[Row]) -> list[ledger.NewEntry]:
     return [
         ledger.NewEntry(
@@ -123,7 +129,9 @@ class LedgerRecorder:
         clock: Clock,
         *,
         queue_max: int = 10_000,
+        queue_max_bytes: int = 64 * 1024 * 1024,
         batch_max: int = 500,
+        batch_max_bytes: int = 8 * 1024 * 1024,
         retry_s: float = 0.5,
         linger_s: float = 0.005,
         database_url: str | None = None,
@@ -134,7 +142,10 @@ class LedgerRecorder:
         self._clock = clock
         self._queue: deque[Row] = deque()
         self.queue_max = queue_max
+        self.queue_max_bytes = queue_max_bytes
+        self._queue_bytes = 0  # the entries' approximate size (statements are kept whole up to 1 MiB)
         self._batch_max = batch_max
+        self._batch_max_bytes = batch_max_bytes
         self._retry_s = retry_s
         self._healthy = True
         self._task: asyncio.Task[None] | None = None
@@ -155,7 +166,7 @@ class LedgerRecorder:
 
     @property
     def over_limit(self) -> bool:
-        return len(self._queue) >= self.queue_max
+        return len(self._queue) >= self.queue_max or self._queue_bytes >= self.queue_max_bytes
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -199,8 +210,9 @@ class LedgerRecorder:
         assert self._wake is not None  # noqa: S101 - set in start()
         assert self._room is not None  # noqa: S101
         self._queue.append(row)
+        self._queue_bytes += _row_bytes(row)
         self._queued += 1
-        if len(self._queue) >= self.queue_max:
+        if self.over_limit:
             self._room.clear()
         self._wake.set()
 
@@ -235,7 +247,7 @@ class LedgerRecorder:
                 # Let a batch gather: one transaction per entry would cost the writer a core at a few thousand
                 # statements a second, and the clients' latency with it.
                 await asyncio.sleep(self._linger_s)
-            batch = [queue.popleft() for _ in range(min(self._batch_max, len(queue)))]
+            batch = self._take_batch()
             while True:
                 try:
                     await asyncio.to_thread(self._write, batch)
@@ -253,8 +265,20 @@ class LedgerRecorder:
             self._healthy = True
             self.written += len(batch)
             self._written_event.set()
-            if len(queue) < self.queue_max:
+            if not self.over_limit:
                 self._room.set()
+
+    def _take_batch(self) -> list[Row]:
+        """Up to batch_max entries and about batch_max_bytes (at least one entry, however large)."""
+        batch: list[Row] = []
+        size = 0
+        while self._queue and len(batch) < self._batch_max and (not batch or size < self._batch_max_bytes):
+            row = self._queue.popleft()
+            row_size = _row_bytes(row)
+            self._queue_bytes -= row_size
+            size += row_size
+            batch.append(row)
+        return batch
 
     def _write(self, rows: list[Row]) -> None:
         if self._child is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from amber.gateway.statements import Verdict
 
 if TYPE_CHECKING:
     from amber.gateway.server import GatewayGrant, GatewayServer
+
+STATEMENT_MAX_BYTES = 1024 * 1024  # a ledger entry keeps a statement whole up to 1 MiB of UTF-8
 
 
 class Recorder(Protocol):
@@ -396,7 +399,7 @@ class Session:
     ) -> dict[str, Any]:
         return {
             "session": self.id,
-            "statement": verdict.sql[:10000],
+            **statement_fields(verdict.sql),
             "fingerprint": verdict.fingerprint,
             "tables": list(verdict.tables),
             "outcome": outcome,
@@ -581,6 +584,21 @@ class _UpstreamSide(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.session.resume_client("upstream")
+
+
+def statement_fields(sql: str) -> dict[str, Any]:
+    """A statement as the ledger keeps it: whole up to STATEMENT_MAX_BYTES of UTF-8; beyond, the first
+    STATEMENT_MAX_BYTES (cut on a character boundary) and, so the record says so, `statement_truncated`, the
+    full text's SHA-256 and its length in bytes."""
+    data = sql.encode("utf-8", "surrogatepass")  # any str; lone surrogates count as 3 bytes
+    if len(data) <= STATEMENT_MAX_BYTES:
+        return {"statement": sql}
+    return {
+        "statement": data[:STATEMENT_MAX_BYTES].decode("utf-8", "ignore"),
+        "statement_truncated": True,
+        "statement_sha256": hashlib.sha256(data).hexdigest(),
+        "statement_bytes": len(data),
+    }
 
 
 def _transaction_kind(sql: str) -> TransactionStmtKind | None:
