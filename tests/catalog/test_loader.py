@@ -48,7 +48,7 @@ def test_good_catalog_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert level.schemas == ["public", "reporting"]
     assert level.statement_timeout == timedelta(seconds=45)
     assert level.max_ttl == timedelta(hours=4)
-    assert level.connection_limit == 2
+    assert level.connection_limit == 10  # the default: enough for a tool's pool (asyncpg, SQLAlchemy, JDBC)
     assert catalog.bundle_path == tmp_path / "policies"
     monkeypatch.setenv("ORDERS_URL", "postgresql://db.internal/orders")
     assert catalog.resolve_connection("orders-db") == "postgresql://db.internal/orders"

@@ -2,7 +2,9 @@
 
 Every attempt must be refused by the gateway (its own message, not an upstream error), over the extended
 protocol (psycopg) and the simple protocol (psql); afterwards nothing in the database may have changed, and reads
-must still work in the same session.
+must still work in the same session. HARMLESS lists what the gateway allows because real clients send it (pools'
+resets, pg_dump's settings): each must leave the session as read-only and time-limited as it was, and change
+nothing either.
 """
 
 from __future__ import annotations
@@ -85,11 +87,8 @@ CORPUS = [
     "SET LOCAL transaction_read_only = off",
     "SET session_replication_role = replica",
     "SET search_path = evil, public",
-    "SET statement_timeout = 0",
     "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
     "SET TRANSACTION READ WRITE",
-    "RESET ALL",
-    "DISCARD ALL",
     "SELECT set_config('default_transaction_read_only', 'off', false)",
     "SELECT * FROM set_config('transaction_read_only', 'off', true)",
     "SELECT set_config((SELECT 'default_transaction_read_only'), 'off', false)",
@@ -155,7 +154,6 @@ CORPUS = [
     "NOTIFY ch",
     "NOTIFY ch, 'payload'",
     "LISTEN ch",
-    "UNLISTEN *",
     "DECLARE c CURSOR FOR SELECT * FROM public.orders FOR UPDATE",
     "DECLARE c CURSOR FOR SELECT nextval('public.order_ids')",
     "PREPARE w AS DELETE FROM public.orders",
@@ -192,6 +190,195 @@ CORPUS = [
     "SELECT ts_rewrite('a'::tsquery, 'select ''a''::tsquery, lo_creat(-1)::text::tsquery')",
     "SELECT cursor_to_xml('c', 1, true, true, '')",
     "SELECT table_to_xml('public.orders', true, true, '')",
+    # default_transaction_read_only / transaction_read_only off, in every spelling
+    "SET default_transaction_read_only TO 'off'",
+    "SET default_transaction_read_only = false",
+    "SET default_transaction_read_only = 0",
+    "SET default_transaction_read_only = 'of'",
+    "SET default_transaction_read_only = no",
+    "SET default_transaction_read_only = 'f'",
+    "SET default_transaction_read_only = ' on x'",
+    'SET "default_transaction_read_only" = off',
+    'SET "DEFAULT_TRANSACTION_READ_ONLY" = off',
+    'SET U&"default\\005ftransaction_read_only" = off',
+    "SET LOCAL default_transaction_read_only = off",
+    "SET default_transaction_read_only FROM CURRENT",
+    "RESET transaction_read_only",
+    "SET transaction_read_only TO DEFAULT",
+    "SET transaction_read_only = 'false'",
+    "SELECT set_config('DEFAULT_TRANSACTION_READ_ONLY', 'off', false)",
+    "SELECT set_config(U&'default\\005ftransaction_read_only', 'off', false)",
+    "SELECT set_config(E'default\\x5ftransaction_read_only', 'off', false)",
+    "SELECT pg_catalog.set_config('default_transaction_read_only', 'false', true)",
+    "SELECT set_config('default_transaction_read_only', (SELECT 'off'), false)",
+    "SELECT set_config('default_transaction_read_only', 'o' || 'ff', false)",
+    "SELECT set_config('transaction_read_only', 'no', false)",
+    "SELECT set_config('jit', 'off', false), set_config('default_transaction_read_only', 'off', false)",
+    "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'default_transaction_read_only'",
+    "SELECT set_config(name, 'off', false) FROM pg_settings",
+    "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'jit' OR true",
+    "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name <> 'jit'",
+    "SELECT (SELECT set_config(name, 'off', false) FROM pg_settings p) FROM pg_settings WHERE name = 'jit'",
+    "SELECT set_config(s.name, 'off', false) FROM pg_settings s, pg_settings WHERE pg_settings.name = 'jit'",
+    "WITH s AS (SELECT 'default_transaction_read_only' AS name) SELECT set_config(name, 'off', false) FROM s",
+    "SELECT set_config(setting, 'off', false) FROM pg_settings WHERE name = 'jit'",
+    "SELECT set_config('default_transaction_read_only', 'off')",
+    "SELECT set_config(NULL, 'off', false)",
+    # READ WRITE transactions and session characteristics
+    "BEGIN TRANSACTION READ ONLY, READ WRITE",
+    "START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ WRITE",
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, READ WRITE",
+    "SET LOCAL SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    # search_path outside the level (the level here is `public`)
+    "SET search_path = secret",
+    "SET search_path TO secret, public",
+    "SET SCHEMA 'secret'",
+    "SET LOCAL search_path = secret",
+    "SET search_path = pg_temp, public",
+    "SET search_path = information_schema",
+    "SET search_path = 'public, secret'",
+    "SELECT set_config('search_path', 'secret', false)",
+    "SELECT set_config('search_path', 'public, secret', false)",
+    "SELECT set_config('search_path', '\"secret\"', true)",
+    "SELECT set_config('search_path', 'public,\"unterminated', false)",
+    "SELECT set_config('search_path', current_setting('search_path') || ', secret', false)",
+    # LOCK: only ACCESS SHARE, only inside the level (LOCK without a mode is ACCESS EXCLUSIVE)
+    "LOCK TABLE public.orders",
+    "LOCK orders",
+    "LOCK public.orders IN ROW EXCLUSIVE MODE",
+    "LOCK TABLE public.orders IN ROW SHARE MODE",
+    "LOCK TABLE public.orders IN SHARE MODE",
+    "LOCK TABLE public.orders IN SHARE UPDATE EXCLUSIVE MODE",
+    "LOCK TABLE public.orders IN SHARE ROW EXCLUSIVE MODE",
+    "LOCK TABLE public.orders IN EXCLUSIVE MODE",
+    "LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE NOWAIT",
+    "LOCK TABLE ONLY public.orders IN EXCLUSIVE MODE NOWAIT",
+    "LOCK TABLE secret.api_keys IN ACCESS SHARE MODE",
+    "LOCK TABLE public.orders, secret.api_keys IN ACCESS SHARE MODE",
+    "LOCK TABLE pg_catalog.pg_class IN ACCESS SHARE MODE",
+    # advisory locks (only pg_advisory_unlock_all is allowed), NOTIFY, LISTEN
+    "SELECT pg_advisory_lock_shared(1)",
+    "SELECT pg_advisory_lock(1, 2)",
+    "SELECT pg_try_advisory_xact_lock(1)",
+    "SELECT pg_advisory_xact_lock_shared(1)",
+    "SELECT pg_try_advisory_lock_shared(1)",
+    "SELECT pg_catalog.pg_advisory_lock(1)",
+    "SELECT pg_advisory_unlock(1)",
+    "SELECT pg_advisory_unlock_all(), pg_advisory_lock(7)",
+    "SELECT pg_catalog.pg_notify('ch', 'x')",
+    'LISTEN "ch"',
+    'NOTIFY "ch"',
+    # who the session is
+    "SET ROLE NONE",
+    "RESET ROLE",
+    "SET LOCAL ROLE postgres",
+    "SET SESSION AUTHORIZATION DEFAULT",
+    "RESET SESSION AUTHORIZATION",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT set_config('session_authorization', 'postgres', false)",
+    # settings the gateway pins to read statements as the database does
+    "SET standard_conforming_strings = off",
+    "SET standard_conforming_strings TO DEFAULT",
+    "RESET standard_conforming_strings",
+    "SET LOCAL standard_conforming_strings = off",
+    "SET standard_conforming_strings = on",
+    "SELECT set_config('standard_conforming_strings', 'off', false)",
+    "SET backslash_quote = on",
+    "SET backslash_quote = safe_encoding",
+    "RESET backslash_quote",
+    "SELECT set_config('backslash_quote', 'on', true)",
+    "SET escape_string_warning = off",
+    "SET LOCAL escape_string_warning = off",
+    "SELECT set_config('escape_string_warning', 'off', false)",
+    "SET client_encoding = 'LATIN1'",
+    "SET NAMES 'SJIS'",
+    "SET client_encoding TO 'BIG5'",
+    "SET LOCAL client_encoding = 'LATIN1'",
+    "RESET client_encoding",
+    "SET client_encoding TO DEFAULT",
+    "SELECT set_config('client_encoding', 'LATIN1', false)",
+    "SELECT set_config('client_encoding', 'SJIS', false)",
+    # timeouts cannot be lifted through set_config, nor sent in a string of several statements
+    "SELECT set_config('statement_timeout', '0', false)",
+    "SELECT set_config('statement_timeout', '1h', false)",
+    "SELECT set_config('statement_timeout', '0.1', false)",
+    "SELECT set_config('idle_in_transaction_session_timeout', '0', false)",
+    "SELECT set_config('lock_timeout', '0', true)",
+    "SET statement_timeout = 'never'",
+    "SET statement_timeout = -1",
+    "SET statement_timeout = '0x10'",
+    # settings that are not the session's to change
+    "SET work_mem = '1TB'",
+    "SET work_mem = '300MB'",
+    "SELECT set_config('work_mem', '10GB', false)",
+    "SET maintenance_work_mem = '10GB'",
+    "SET temp_buffers = '1GB'",
+    "SET hash_mem_multiplier = 1000",
+    "SET log_statement = 'none'",
+    "SET default_tablespace = ''",
+    "SET check_function_bodies = off",
+    "SET myapp.user_id = '1'",
+    "SET allow_system_table_mods = on",
+    "SET zero_damaged_pages = on",
+    "SET lo_compat_privileges = on",
+    "SET session_preload_libraries = 'auto_explain'",
+    "SET temp_file_limit = -1",
+    "SET idle_in_transaction_session_timeout FROM CURRENT",
+]
+
+# Allowed (real clients send them), and harmless: afterwards the session is as read-only and time-limited as before.
+HARMLESS = [
+    "RESET ALL",
+    "DISCARD ALL",
+    "DISCARD PLANS",
+    "DISCARD SEQUENCES",
+    "DISCARD TEMP",
+    "DISCARD TEMPORARY",
+    "UNLISTEN *",
+    "UNLISTEN ch",
+    "CLOSE ALL",
+    "SELECT pg_advisory_unlock_all()",
+    "SELECT pg_catalog.pg_advisory_unlock_all()",
+    "SET statement_timeout = 0",
+    "SET statement_timeout = '1h'",
+    "SET statement_timeout = '0.4ms'",
+    "SET statement_timeout = 1e12",
+    "SET LOCAL statement_timeout = 0",
+    "SET idle_in_transaction_session_timeout = 0",
+    "SET lock_timeout = 0",
+    "RESET statement_timeout",
+    "SET statement_timeout TO DEFAULT",
+    "RESET default_transaction_read_only",
+    "SET default_transaction_read_only TO DEFAULT",
+    "SET default_transaction_read_only = on",
+    "SET transaction_read_only = on",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SET search_path = ''",
+    "SET search_path = public, pg_catalog",
+    'SET search_path = pg_catalog, "$user"',
+    "RESET search_path",
+    "SELECT set_config('search_path', '', false)",
+    "SET row_security = off",
+    "SET synchronize_seqscans = off",
+    "SET restrict_nonsystem_relation_kind = 'view, foreign-table'",
+    "SET work_mem = '64MB'",
+    "SET client_encoding = 'UTF8'",
+    "SET NAMES 'utf8'",
+    "SET enable_seqscan = off",
+    "SET jit = off",
+    "SET application_name = 'x'",
+]
+
+# What a session must still be after any HARMLESS statement (the level's limit here is the default, 30s).
+STILL_READ_ONLY = [
+    ("SHOW default_transaction_read_only", "on"),
+    ("SHOW statement_timeout", "30s"),
+    ("SHOW idle_in_transaction_session_timeout", "1min"),
+    ("SHOW standard_conforming_strings", "on"),
+    ("SELECT (current_user = session_user)::text", "true"),
 ]
 
 READS = [
@@ -280,6 +467,94 @@ def test_every_attempt_is_refused_over_the_simple_protocol(gw: Amber, cred: dict
     assert refusals == len(CORPUS) - 1, result.stderr[-3000:]
     assert snapshot(gw.target_url, cred["role"]) == before
     assert script  # the script form is kept for humans debugging a failure
+
+
+def still_read_only(conn: psycopg.Connection[Any], after: str) -> list[tuple[str, str, object]]:
+    """What differs from a read-only, time-limited session of the grant's own role (empty when nothing does)."""
+    problems: list[tuple[str, str, object]] = []
+    for sql, expected in STILL_READ_ONLY:
+        row = conn.execute(sql).fetchone()  # type: ignore[arg-type] - test strings
+        if row is None or row[0] != expected:
+            problems.append((after, sql, row))
+    with conn.transaction():
+        row = conn.execute("SHOW transaction_read_only").fetchone()
+        if row != ("on",):
+            problems.append((after, "SHOW transaction_read_only (in a transaction)", row))
+    try:
+        conn.execute("INSERT INTO public.customers VALUES (990, 'after')")
+    except psycopg.Error as exc:
+        if "amber refused" not in str(exc):
+            problems.append((after, "INSERT", f"upstream error: {exc}"))
+    else:
+        problems.append((after, "INSERT", "succeeded"))
+    return problems
+
+
+def test_harmless_statements_are_allowed_and_leave_the_session_read_only(gw: Amber, cred: dict[str, Any]) -> None:
+    before = snapshot(gw.target_url, cred["role"])
+    refused, problems = [], []
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        for sql in HARMLESS:
+            try:
+                conn.execute(sql)  # type: ignore[arg-type] - test strings
+            except psycopg.Error as exc:
+                refused.append((sql, str(exc)))
+            problems += still_read_only(conn, sql)
+    assert refused == []
+    assert problems == []
+    assert snapshot(gw.target_url, cred["role"]) == before
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        # DISCARD ALL cannot run inside a transaction block (the database says so); the block then rolls back.
+        (["BEGIN", "DISCARD ALL", "ROLLBACK", "SHOW default_transaction_read_only"], "on"),
+        (["BEGIN READ ONLY", "RESET ALL", "SHOW transaction_read_only", "COMMIT", "SHOW statement_timeout"], "30s"),
+        (["BEGIN", "SET LOCAL statement_timeout = 0", "SHOW statement_timeout", "COMMIT"], "30s"),
+        (["BEGIN", "LOCK TABLE public.orders IN ACCESS SHARE MODE NOWAIT", "CLOSE ALL", "COMMIT"], "ok"),
+        (["BEGIN", "DECLARE c CURSOR FOR SELECT id FROM public.orders", "CLOSE ALL", "CLOSE ALL", "ROLLBACK"], "ok"),
+        (["BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", "SELECT pg_export_snapshot()", "COMMIT"], "ok"),
+        (["SET search_path = ''", "SELECT count(*) FROM orders"], "error"),  # unqualified names find nothing
+        (["RESET ALL", "SHOW search_path"], '"$user", public'),
+        (["SET statement_timeout = '1s'", "DISCARD ALL", "SHOW statement_timeout"], "30s"),
+        (["SET statement_timeout = '1s'", "SHOW statement_timeout"], "1s"),
+        (["SET lock_timeout = '2s'", "SHOW lock_timeout"], "2s"),
+    ],
+)
+def test_harmless_scripts(gw: Amber, cred: dict[str, Any], script: list[str], expected: str) -> None:
+    before = snapshot(gw.target_url, cred["role"])
+    last: object = "ok"
+    refused: list[tuple[str, str]] = []
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        for sql in script:
+            try:
+                cursor = conn.execute(sql)  # type: ignore[arg-type] - test strings
+            except psycopg.Error as exc:
+                refused += [(sql, str(exc))] if "amber refused" in str(exc) else []
+                last = "error"
+            else:
+                if sql.startswith("SHOW"):
+                    row = cursor.fetchone()
+                    last = row[0] if row is not None else None
+        conn.execute("RESET ALL")  # a shorter timeout is allowed too; RESET ALL brings back the level's
+        assert still_read_only(conn, script[-1]) == []
+    assert refused == []
+    assert last == expected
+    assert snapshot(gw.target_url, cred["role"]) == before
+
+
+def test_harmless_statements_over_the_simple_protocol(gw: Amber, cred: dict[str, Any]) -> None:
+    before = snapshot(gw.target_url, cred["role"])
+    args = ["psql", cred["url"], "-X", "-v", "ON_ERROR_STOP=1", "-At"]
+    for sql in HARMLESS:
+        args += ["-c", sql]
+    args += ["-c", "SHOW statement_timeout", "-c", "SHOW default_transaction_read_only"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-2:] == ["30s", "on"]
+    assert "amber keeps this level's limit: statement_timeout is 30000ms" in result.stderr
+    assert snapshot(gw.target_url, cred["role"]) == before
 
 
 def test_reads_work_extended_and_prepared(gw: Amber, cred: dict[str, Any]) -> None:

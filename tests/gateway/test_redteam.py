@@ -93,10 +93,14 @@ def test_encodings_that_can_hide_a_quote_are_refused(gw: Amber, cred: dict[str, 
 
 
 def test_a_safe_encoding_may_be_chosen_and_an_unsafe_one_not_even_at_login(gw: Amber, cred: dict[str, Any]) -> None:
-    with psycopg.connect(cred["url"], autocommit=True) as conn:
-        conn.execute("SET client_encoding TO 'LATIN1'")
+    with psycopg.connect(cred["url"], autocommit=True, client_encoding="LATIN1") as conn:
         assert conn.execute("SHOW client_encoding").fetchone() == ("LATIN1",)
-        conn.execute("SET NAMES 'UTF8'")
-        assert conn.execute("SELECT set_config('client_encoding', 'EUC_JP', false)").fetchone() == ("EUC_JP",)
+        conn.execute("SET client_encoding TO 'latin1'")  # the session's own encoding: a no-op
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="client_encoding is fixed at login"):
+            conn.execute("SET NAMES 'UTF8'")
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        assert conn.execute("SELECT set_config('client_encoding', 'UTF8', false)").fetchone() == ("UTF8",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="client_encoding is fixed at login"):
+            conn.execute("SELECT set_config('client_encoding', 'EUC_JP', false)")
     with pytest.raises(psycopg.OperationalError, match="amber refuses client_encoding SJIS"):
         psycopg.connect(cred["url"], client_encoding="SJIS")

@@ -81,6 +81,13 @@ def test_role_logs_in_with_its_password_and_reads_only_the_granted_schema(
             (2, "pear"),
         ]
         assert conn.execute("SELECT count(*) FROM app.order_items").fetchone() == (2,)
+        # Sequences can be read (pg_dump --data-only needs it), never advanced or set.
+        assert conn.execute("SELECT last_value, is_called FROM app.order_ids").fetchone() == (1, False)
+        assert conn.execute(
+            "SELECT has_sequence_privilege('app.order_ids', 'USAGE'), has_sequence_privilege('app.order_ids', 'UPDATE')"
+        ).fetchone() == (False, False)
+        with pytest.raises(errors.InsufficientPrivilege, match="order_ids"):
+            conn.execute("SELECT nextval('app.order_ids')")
         with pytest.raises(errors.InsufficientPrivilege, match="schema vault"):
             conn.execute("SELECT * FROM vault.keys")
         with pytest.raises(errors.InsufficientPrivilege, match="notes"):

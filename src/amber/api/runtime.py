@@ -254,6 +254,7 @@ class Runtime:
                 secret_key=secret_key,
                 admin_dsn=lambda resource: catalog().resolve_connection(resource),
                 masked_for=lambda resource, level: catalog().level(resource, level).masks(),
+                level_for=lambda resource, level: catalog().level(resource, level),
                 recorder_database_url=settings.resolved_database_url if settings.gateway_recorder_process else None,
                 host=settings.gateway_host,
                 port=settings.gateway_port,

@@ -93,7 +93,8 @@ class PostgresLevel(_Strict):
     )
     privileges: list[str] = Field(default_factory=lambda: ["SELECT"])
     statement_timeout: Duration = timedelta(seconds=30)
-    connection_limit: int = Field(default=2, ge=1, le=100)
+    # Tools keep pools (asyncpg, SQLAlchemy, JDBC: 5-10 connections) and pg_dump opens one per job.
+    connection_limit: int = Field(default=10, ge=1, le=100)
     max_ttl: Duration = timedelta(hours=8)
     justification: Justification = Field(default_factory=Justification)
     via: Literal["direct", "gateway"] = Field(

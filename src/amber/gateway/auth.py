@@ -14,9 +14,11 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
+from amber.catalog.schema import PostgresLevel
 from amber.core.clock import Clock, as_utc
 from amber.core.crypto import constant_time_equal, derived_secret, hash_secret
 from amber.core.db import UnitOfWork
@@ -24,6 +26,7 @@ from amber.gateway.scram import ScramVerifier, mock_verifier
 from amber.gateway.server import AuthFailed, CleartextToken, GatewayGrant, LoginProof
 from amber.gateway.statements import Masked, MaskedItems
 from amber.grants.models import Grant
+from amber.provisioners.postgres import IDLE_IN_TRANSACTION_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,10 @@ class GrantAuthenticator:
         clock: Clock,
         secret_key: bytes,
         masked_for: Callable[[str, str], Masked] | None = None,
+        level_for: Callable[[str, str], PostgresLevel] | None = None,
     ) -> None:
         self._masked_for = masked_for
+        self._level_for = level_for
         self._uow = uow
         self._clock = clock
         self._secret_key = secret_key
@@ -111,7 +116,20 @@ class GrantAuthenticator:
             database=grant.connect_database,
             upstream_password=derived_secret(self._secret_key, "upstream", grant.id),
             masked=self._masked(grant.resource, grant.level),
+            **self._limits(grant.resource, grant.level),
         )
+
+    def _limits(self, resource: str, level: str) -> dict[str, Any]:
+        """The level's schemas and timeouts, as the judge holds a session to them (GatewayGrant's defaults, the
+        strictest, when amber runs without a catalog)."""
+        if self._level_for is None:
+            return {}
+        spec = self._level_for(resource, level)
+        return {
+            "schemas": tuple(spec.schemas),
+            "statement_timeout_ms": int(spec.statement_timeout / timedelta(milliseconds=1)),
+            "idle_in_transaction_timeout_ms": int(IDLE_IN_TRANSACTION_TIMEOUT / timedelta(milliseconds=1)),
+        }
 
     def _masked(self, resource: str, level: str) -> MaskedItems:
         if self._masked_for is None:

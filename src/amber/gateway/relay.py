@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import pglast
 from pglast.enums import TransactionStmtKind
 
 from amber.gateway.pgwire import codec
+from amber.gateway.session_settings import SessionRules
 from amber.gateway.statements import Verdict
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ class _Pending:
     error: bytes | None = None
     swallow_empty: bool = False
     marker: bytes | None = None  # a refusal marker of this batch (forgotten at its ReadyForQuery)
+    notice: bytes = b""  # said before the ReadyForQuery (why amber rewrote a statement)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Session:
         client: asyncio.Transport,
         upstream: asyncio.Transport,
         session_id: str,
+        rules: SessionRules | None = None,
     ) -> None:
         self.server = server
         self.recorder: Recorder = server.recorder
@@ -103,6 +107,7 @@ class Session:
         self.client = client
         self.upstream = upstream
         self.id = session_id
+        self.rules = rules or SessionRules()
         self.pending: deque[_Pending] = deque()
         self.running: deque[_Running] = deque()
         self.prepared: dict[str, Verdict] = {}
@@ -116,6 +121,7 @@ class Session:
         self.markers: dict[bytes, bytes] = {}
         self._marker_seq = 0
         self._batch_marker: bytes | None = None
+        self._batch_notice = b""
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # PostgreSQL aborts a transaction block on any error; a refused statement never reached the upstream, so
         # the gateway plays that part: until ROLLBACK (or COMMIT, which then rolls back) it refuses everything.
@@ -202,8 +208,8 @@ class Session:
         try:
             for kind, raw in self.parser.feed_frames(data):
                 if kind == _SYNC:
-                    self.pending.append(_Pending(marker=self._batch_marker))
-                    self._batch_marker, self.skip_until_sync = None, False
+                    self.pending.append(_Pending(marker=self._batch_marker, notice=self._batch_notice))
+                    self._batch_marker, self.skip_until_sync, self._batch_notice = None, False, b""
                     out += raw
                 elif self.skip_until_sync:
                     continue
@@ -321,6 +327,9 @@ class Session:
                 self.running.append(_Running(verdict, now))
             if verdict.prepares:
                 self.sql_prepared.add(verdict.prepares)
+        if len(verdicts) == 1 and verdicts[0].rewrite is not None:  # judge() allows a rewrite only alone
+            self.pending.append(_Pending(notice=codec.notice_response(verdicts[0].notice)))
+            return codec.message("Q", codec.cstr(verdicts[0].rewrite))
         self.pending.append(_Pending())
         return msg.raw
 
@@ -346,6 +355,14 @@ class Session:
             self.prepared.pop(msg.name, None)
             return self.refuse_in_batch(refused)
         self.prepared[msg.name] = verdicts[0]
+        if verdicts[0].rewrite is not None:
+            self._batch_notice += codec.notice_response(verdicts[0].notice)
+            return codec.message(
+                "P",
+                codec.cstr(msg.name)
+                + codec.cstr(verdicts[0].rewrite)
+                + struct.pack(f"!h{len(msg.param_types)}I", len(msg.param_types), *msg.param_types),
+            )
         return msg.raw
 
     def while_aborted(self, msg: codec.Query) -> bytes:
@@ -370,7 +387,7 @@ class Session:
         return codec.empty_query()
 
     def judge(self, sql: str) -> list[Verdict]:
-        return self.server.judge(self.grant.resource, sql, frozenset(self.sql_prepared), self.grant.masked)
+        return self.server.judge(self.grant.resource, sql, frozenset(self.sql_prepared), self.grant.masked, self.rules)
 
     def refusal(self, verdict: Verdict) -> bytes:
         return codec.error_response(
@@ -532,10 +549,11 @@ class Session:
             if not self.in_transaction:
                 self.aborted = False
             error = entry.error if entry is not None else None
+            notice = entry.notice if entry is not None else b""
             if self.aborted and status == b"T":
-                return (error or b"") + _RFQ_FAILED
-            if error is not None:
-                return error + raw
+                return notice + (error or b"") + _RFQ_FAILED
+            if error is not None or notice:
+                return notice + (error or b"") + raw
         return None
 
 

@@ -64,12 +64,14 @@ class UpstreamSchema:
     def view_definition(self, schema: str | None, name: str) -> str | None:
         rows = self._query(
             ("v", (schema, name)),
-            "SELECT pg_get_viewdef(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            # Every view of that name (search_path decides which one an unqualified name reads): all are judged.
+            "SELECT string_agg(pg_get_viewdef(c.oid), E'\\n') FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relname = %s AND c.relkind = 'v' AND (%s::text IS NULL OR n.nspname = %s "
             "OR (%s::text IS NULL AND pg_table_is_visible(c.oid)))",
             (name, schema, schema, schema),
         )
-        return str(rows[0][0]) if rows else None
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def table_columns(self, schema: str, name: str) -> frozenset[str]:
         rows = self._query(

@@ -38,6 +38,7 @@ from amber.core.clock import Clock
 from amber.gateway.pgwire import codec
 from amber.gateway.relay import Recorder, Session
 from amber.gateway.scram import ScramClient, ScramError, ScramProtocolError, ScramServer
+from amber.gateway.session_settings import SessionRules, split_identifiers
 from amber.gateway.statements import MaskedItems, SchemaInfo, Verdict, judge, safe_client_encoding
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ ALLOWED_STARTUP = frozenset(
         "intervalstyle",
         "extra_float_digits",
         "standard_conforming_strings",
+        "search_path",  # pgjdbc's currentSchema=; only the level's schemas (`_startup_search_path`)
     }
 )
 REFUSED_STARTUP = frozenset({"options", "replication"})
@@ -76,6 +78,9 @@ class GatewayGrant:
     database: str
     upstream_password: str = field(repr=False)
     masked: MaskedItems = ()  # ((schema, table), columns) the level masks, names as PostgreSQL resolves them
+    schemas: tuple[str, ...] = ()  # the level's schemas: what search_path and LOCK may name
+    statement_timeout_ms: int = 30_000  # the level's limit, also the role's default (lock_timeout: the same)
+    idle_in_transaction_timeout_ms: int = 60_000  # the role's default, set by the provisioner
 
 
 @dataclass(frozen=True)
@@ -222,25 +227,28 @@ class GatewayServer:
         sql: str,
         prepared: frozenset[str],
         masked: MaskedItems = (),
+        rules: SessionRules | None = None,
     ) -> list[Verdict]:
         """Judge `sql`, from a cache when the answer cannot differ.
 
-        NOTE: two caches. By exact text: a verdict depends on the text, the prepared names and the upstream
-        schema, never on anything else. By shape (the text with its literal constants blanked by PostgreSQL's
-        own scanner): only for a single SELECT or SHOW, whose verdict never depends on a literal's value
+        NOTE: two caches. By exact text: a verdict depends on the text, the prepared names, the masked columns,
+        the session's rules (level schemas, limits, encoding) and the upstream schema, never on anything else.
+        By shape (the text with its literal constants blanked by PostgreSQL's own scanner): only for a single
+        SELECT or SHOW, whose verdict never depends on a literal's value
         (EXPLAIN, BEGIN or SET can: `EXPLAIN (ANALYZE 0)` differs from `(ANALYZE 1)`, so they are never cached
         by shape). A verdict goes in one cache: by shape where it may, else by text. Each is cleared when full.
         """
-        key = (resource, sql, prepared, masked)
+        rules = rules or SessionRules()
+        key = (resource, sql, prepared, masked, rules)
         cached = self._verdicts.get(key)
         if cached is not None:
             return cached
         shape = _shape(sql)
         if shape is not None:
-            by_shape = self._shapes.get((resource, shape, prepared, masked))
+            by_shape = self._shapes.get((resource, shape, prepared, masked, rules))
             if by_shape is not None:
                 return [by_shape.with_sql(sql.strip())]
-        verdicts = judge(sql, self.schema_for(resource), prepared=prepared, masked=dict(masked))
+        verdicts = judge(sql, self.schema_for(resource), prepared=prepared, masked=dict(masked), rules=rules)
         if (
             shape is not None
             and len(verdicts) == 1
@@ -250,7 +258,7 @@ class GatewayServer:
             # Only by shape: texts that differ only in literals (pgbench's, an ORM's) would flood the other.
             if len(self._shapes) >= self._verdict_cache_size:
                 self._shapes.clear()
-            self._shapes[(resource, shape, prepared, masked)] = verdicts[0]
+            self._shapes[(resource, shape, prepared, masked, rules)] = verdicts[0]
         else:
             if len(self._verdicts) >= self._verdict_cache_size:
                 self._verdicts.clear()
@@ -370,6 +378,10 @@ class GatewayServer:
         if login is None:
             return None  # the client left during the exchange
         grant, sasl_final = login
+        bad_path = _startup_search_path_problem(params.get("search_path"), grant.schemas)
+        if bad_path is not None:
+            await _fatal(writer, "08004", bad_path)
+            return None
         if not self.recorder.healthy:
             await _fatal(
                 writer, "08006", "amber cannot record sessions right now (the ledger is unavailable); try again shortly"
@@ -409,6 +421,12 @@ class GatewayServer:
             client=client_transport,
             upstream=upstream_transport,
             session_id=session_id,
+            rules=SessionRules(
+                schemas=grant.schemas,
+                statement_timeout_ms=grant.statement_timeout_ms,
+                idle_in_transaction_timeout_ms=grant.idle_in_transaction_timeout_ms,
+                client_encoding=c.params.get("client_encoding", "UTF8"),
+            ),
         )
         self.sessions.setdefault(grant.grant_id, set()).add(session)
         try:
@@ -479,7 +497,7 @@ class GatewayServer:
             "database": grant.database,
             "application_name": f"amber-gateway {params.get('application_name', '')}".strip()[:63],
         }
-        for name in ("client_encoding", "datestyle", "timezone", "intervalstyle", "extra_float_digits"):
+        for name in ("client_encoding", "datestyle", "timezone", "intervalstyle", "extra_float_digits", "search_path"):
             if name in params:
                 startup[name] = params[name]
         writer.write(codec.startup_message(startup))
@@ -583,6 +601,21 @@ async def _read_password(parser: codec.FrontendParser, reader: asyncio.StreamRea
             return None
         kinds = ", ".join(type(m).__name__ for m in messages[:3])
         raise codec.ProtocolError(f"expected one password or SASL message during login, got {kinds}")
+
+
+def _startup_search_path_problem(value: str | None, schemas: tuple[str, ...]) -> str | None:
+    """Why a startup `search_path` (pgjdbc's currentSchema=) is refused, or None if it names only the level's
+    schemas, pg_catalog and "$user" (as `SET search_path` may)."""
+    if value is None:
+        return None
+    entries = split_identifiers(value)
+    allowed = {"pg_catalog", "$user", "", *schemas}
+    if entries is None or any(entry not in allowed for entry in entries):
+        return (
+            f"amber refuses the startup search_path {value[:200]!r}: it may name only this level's schemas "
+            f'({", ".join(schemas) or "none"}), pg_catalog and "$user"'
+        )
+    return None
 
 
 async def _fatal(writer: asyncio.StreamWriter, code: str, text: str) -> None:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from amber.catalog.schema import PostgresLevel
 from amber.core.clock import Clock
 from amber.core.db import UnitOfWork
 from amber.gateway.auth import GrantAuthenticator
@@ -27,6 +28,7 @@ class Gateway:
         secret_key: bytes,
         admin_dsn: Callable[[str], str],
         masked_for: Callable[[str, str], Masked] | None = None,
+        level_for: Callable[[str, str], PostgresLevel] | None = None,
         recorder_database_url: str | None = None,
         host: str,
         port: int,
@@ -38,7 +40,7 @@ class Gateway:
         if tls_cert is None or tls_key is None:
             tls_cert, tls_key = self_signed(state_dir)
         self._uow = uow
-        self.authenticator = GrantAuthenticator(uow, clock, secret_key, masked_for)
+        self.authenticator = GrantAuthenticator(uow, clock, secret_key, masked_for, level_for)
         self.recorder = LedgerRecorder(uow, clock, database_url=recorder_database_url)
         self._admin_dsn = admin_dsn
         self._schemas: dict[str, UpstreamSchema] = {}

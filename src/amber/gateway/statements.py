@@ -4,11 +4,16 @@
 any refused part is refused whole. What is allowed:
 - SELECT / TABLE / VALUES without INTO or locking clauses, whose CTEs and subqueries contain no write, and
   whose every function (including those behind operators and views) is immutable or stable in `pg_proc`, or on
-  a short list of harmless volatile ones (random, clock_timestamp, ...);
+  a short list of harmless volatile ones in pg_catalog (random, clock_timestamp, the size and replication
+  status functions, pg_lock_status, pg_partition_tree, pg_advisory_unlock_all, ...; HARMLESS_VOLATILE);
 - SHOW; EXPLAIN (with ANALYZE only of an allowed statement); transaction control that cannot start a
-  read-write transaction; cursors over allowed queries, FETCH, CLOSE; COPY ... TO STDOUT of an allowed query or
-  a table; PREPARE of an allowed query, EXECUTE of a statement prepared that way, DEALLOCATE;
-- SET / RESET of a short allow-list of presentation settings, and SET TRANSACTION ISOLATION LEVEL / READ ONLY.
+  read-write transaction (BEGIN READ ONLY, any isolation level); cursors over allowed queries, FETCH, CLOSE
+  (ALL); COPY ... TO STDOUT of an allowed query or a table; PREPARE of an allowed query, EXECUTE of a statement
+  prepared that way, DEALLOCATE;
+- SET / RESET / set_config of the settings session_settings.py allows (presentation, planner, read only on,
+  timeouts up to the level's limit, search_path inside the level, work_mem up to 256MB), SET TRANSACTION /
+  SESSION CHARACTERISTICS that stay read only, RESET ALL, DISCARD, UNLISTEN, and LOCK ... IN ACCESS SHARE MODE
+  of tables in the level's schemas. A timeout above the level's limit (0 = none) is rewritten to the limit.
 Everything else is refused with the rule that refused it. What this does NOT check: anything that happens
 inside functions the upstream marks immutable or stable (a mislabelled function is the upstream's bug; the
 database role's privileges are the boundary there), and type input functions of casts.
@@ -22,43 +27,67 @@ from typing import Any, Protocol
 
 import pglast
 from pglast import ast
-from pglast.enums import TransactionStmtKind, VariableSetKind
+from pglast.enums import TransactionStmtKind
 
-# SQLSTATEs: 25006 read_only_sql_transaction, 42501 insufficient_privilege, 42601 syntax_error.
-READ_ONLY = "25006"
-PRIVILEGE = "42501"
-SYNTAX = "42601"
+from amber.gateway.session_settings import (
+    PRIVILEGE,
+    READ_ONLY,
+    Refused,
+    Rewrite,
+    SessionRules,
+    check_lock,
+    check_set,
+    check_set_config,
+    check_transaction_options,
+    settings_row,
+)
 
+SYNTAX = "42601"  # syntax_error; READ_ONLY (25006) and PRIVILEGE (42501) come from session_settings
+
+# Labelled VOLATILE in pg_proc, yet they only read (or, pg_advisory_unlock_all, release the session's own locks,
+# which it cannot take through amber). Allowed only as pg_catalog's: see `_check_function`.
 HARMLESS_VOLATILE = frozenset(
     {
-        "random",
-        "clock_timestamp",
+        "random",  # a random number
+        "clock_timestamp",  # the time
         "timeofday",
         "gen_random_uuid",
-        "pg_sleep",
-        "txid_current_if_assigned",
+        "pg_sleep",  # waits, bounded by statement_timeout
+        "pg_sleep_for",
+        "pg_sleep_until",
+        "txid_current_if_assigned",  # reads the transaction id, never assigns one
         "pg_backend_pid",
+        "current_query",  # the session's own statement text
+        "pg_relation_size",  # sizes of files on disk
+        "pg_total_relation_size",
+        "pg_table_size",
+        "pg_indexes_size",
+        "pg_database_size",
+        "pg_tablespace_size",
+        "pg_is_in_recovery",  # replication status
+        "pg_last_xact_replay_timestamp",
+        "pg_last_wal_receive_lsn",
+        "pg_last_wal_replay_lsn",
+        "pg_is_wal_replay_paused",
+        "pg_get_wal_replay_pause_state",
+        "pg_current_wal_lsn",
+        "pg_current_wal_insert_lsn",
+        "pg_current_wal_flush_lsn",
+        "pg_lock_status",  # behind the pg_locks view
+        "pg_blocking_pids",
+        "pg_safe_snapshot_blocking_pids",
+        "pg_partition_tree",  # reads the partition hierarchy (psql \d+)
+        "pg_partition_ancestors",
+        "pg_sequence_last_value",  # behind the pg_sequences view (NULL without SELECT on the sequence)
+        "pg_jit_available",
+        "pg_collation_actual_version",
+        "pg_database_collation_actual_version",
+        "pg_advisory_unlock_all",  # asyncpg's connection reset; releases only the session's own locks
+        "pg_export_snapshot",  # names this transaction's snapshot for parallel pg_dump's workers (memory only)
     }
 )
 # Marked STABLE in pg_proc, yet they assign a transaction id (a write to the WAL and the commit log).
 SIDE_EFFECTS_DESPITE_LABEL = frozenset({"txid_current", "pg_current_xact_id"})
-SETTABLE = frozenset(
-    {
-        "application_name",
-        "client_encoding",
-        "datestyle",
-        "timezone",
-        "intervalstyle",
-        "extra_float_digits",
-        "client_min_messages",
-        "bytea_output",
-        "lc_monetary",
-        "lc_numeric",
-        "lc_time",
-        "transaction_isolation",
-        "jit",  # a planner choice; asyncpg turns it off around its type introspection
-    }
-)
 MAX_VIEW_DEPTH = 8
 # Client encodings the gateway may let a session use: those in which every byte below 0x80 is the ASCII
 # character, so the quotes, backslashes and semicolons amber's parser sees (it reads the text as UTF-8) are
@@ -176,6 +205,9 @@ class Verdict:
     # Allowed because of a literal's value (`set_config('jit', ...)`): never reuse it for another text of the
     # same shape, whose literal may name something else.
     literal_dependent: bool = False
+    # What amber sends instead (a timeout above the level's limit, held at the limit), and the notice saying so.
+    rewrite: str | None = None
+    notice: str = ""
 
     def with_sql(self, sql: str) -> Verdict:
         """The same verdict for another text of the same shape (faster than dataclasses.replace)."""
@@ -191,6 +223,8 @@ class Verdict:
             self.prepares,
             self.executes,
             self.literal_dependent,
+            self.rewrite,
+            self.notice,
         )
 
 
@@ -202,20 +236,21 @@ class _Scan:
     depth: int = 0
     masked: Masked = field(default_factory=dict)
     literal_dependent: bool = False  # the verdict read a literal's value (see Verdict.literal_dependent)
-
-
-class Refused(Exception):
-    def __init__(self, rule: str, message: str, sqlstate: str = READ_ONLY) -> None:
-        super().__init__(message)
-        self.rule = rule
-        self.message = message
-        self.sqlstate = sqlstate
+    rules: SessionRules = field(default_factory=SessionRules)
+    rewrite: Rewrite | None = None
+    settings_row: str | None = None  # see session_settings.settings_row
 
 
 def judge(
-    sql: str, schema: SchemaInfo, *, prepared: frozenset[str] = frozenset(), masked: Masked | None = None
+    sql: str,
+    schema: SchemaInfo,
+    *,
+    prepared: frozenset[str] = frozenset(),
+    masked: Masked | None = None,
+    rules: SessionRules | None = None,
 ) -> list[Verdict]:
-    """Judge every statement in `sql`. An unparsable string is one refused verdict."""
+    """Judge every statement in `sql`. An unparsable string is one refused verdict. A statement amber rewrites
+    (a timeout held at the level's limit) must come alone: in a string of several it is refused."""
     try:
         statements = pglast.parse_sql(sql)
     except pglast.parser.ParseError as exc:
@@ -228,8 +263,23 @@ def judge(
         text = sql[start : start + raw.stmt_len] if raw.stmt_len else sql[start:]
         if raw.stmt is None:
             continue
-        verdicts.append(_judge_one(raw.stmt, text.strip(), schema, prepared, masked or {}))
+        verdicts.append(_judge_one(raw.stmt, text.strip(), schema, prepared, masked or {}, rules or SessionRules()))
+    if len(verdicts) > 1 and any(v.rewrite for v in verdicts):
+        return [_alone(v) if v.rewrite else v for v in verdicts]
     return verdicts
+
+
+def _alone(verdict: Verdict) -> Verdict:
+    return Verdict(
+        False,
+        verdict.sql,
+        verdict.kind,
+        "timeout",
+        "amber holds this timeout at the level's limit only when the SET is sent alone, not in a string of "
+        "several statements",
+        PRIVILEGE,
+        fingerprint=verdict.fingerprint,
+    )
 
 
 def _fingerprint(text: str) -> str:
@@ -239,8 +289,10 @@ def _fingerprint(text: str) -> str:
         return ""
 
 
-def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozenset[str], masked: Masked) -> Verdict:
-    scan = _Scan(schema, prepared, masked=masked)
+def _judge_one(  # noqa: PLR0917 - one statement and everything it is judged against
+    node: ast.Node, text: str, schema: SchemaInfo, prepared: frozenset[str], masked: Masked, rules: SessionRules
+) -> Verdict:
+    scan = _Scan(schema, prepared, masked=masked, rules=rules)
     kind = type(node).__name__
     prepares = executes = None
     try:
@@ -276,6 +328,8 @@ def _judge_one(node: ast.Node, text: str, schema: SchemaInfo, prepared: frozense
         prepares,
         executes,
         scan.literal_dependent,
+        scan.rewrite.sql if scan.rewrite else None,
+        scan.rewrite.notice if scan.rewrite else "",
     )
 
 
@@ -304,6 +358,11 @@ def _check(node: Any, scan: _Scan) -> None:
             _check(node.query, scan)
     elif isinstance(node, ast.TransactionStmt):
         _check_transaction(node)
+    elif isinstance(node, ast.DiscardStmt | ast.UnlistenStmt):
+        return  # the session's own plans, temporary objects, sequence caches and (absent) listens
+    elif isinstance(node, ast.LockStmt):
+        check_lock(node, scan.rules)
+        scan.tables.extend(_relname(relation) for relation in node.relations or ())
     elif isinstance(node, ast.DeclareCursorStmt):
         _check(node.query, scan)
     elif isinstance(node, ast.FetchStmt | ast.ClosePortalStmt | ast.DeallocateStmt):
@@ -316,7 +375,7 @@ def _check(node: Any, scan: _Scan) -> None:
         elif node.relation is not None:
             _check_copy_relation(node.relation, node.attlist, scan)
     elif isinstance(node, ast.VariableSetStmt):
-        _check_set(node)
+        scan.rewrite = check_set(node, scan.rules)
     elif isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt | ast.MergeStmt):
         raise Refused("write", f"{_verb(node)} writes data; amber grants read-only access")
     else:
@@ -348,6 +407,9 @@ def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
         raise Refused("locking", "SELECT ... FOR UPDATE/SHARE takes row locks; amber grants read-only access")
     if scan.masked:
         _check_masked(node, scan)
+    # NOTE: only for a query without subqueries, where every `name` column is pg_settings' of that one row.
+    flat = not node.withClause and not any(isinstance(c, ast.SubLink | ast.RangeSubselect) for c in _walk(node))
+    scan.settings_row = settings_row(node) if flat else None
     _check_expressions(node, scan)
 
 
@@ -360,7 +422,7 @@ def _check_expressions(node: Any, scan: _Scan) -> None:
             if child.intoClause is not None or child.lockingClause:
                 raise Refused("locking", "a nested SELECT takes locks or creates a table")
         elif isinstance(child, ast.FuncCall):
-            if _is_harmless_set_config(child):
+            if _is_set_config(child, scan):
                 scan.literal_dependent = True
             elif not _check_sql_running(child, scan):
                 _check_function(child.funcname, scan)
@@ -484,24 +546,21 @@ def _check_column_ref(node: ast.ColumnRef, use: _MaskedUse) -> None:
         )
 
 
-def _is_harmless_set_config(call: ast.FuncCall) -> bool:
-    """`set_config('<setting>', value, is_local)` of a setting `SET` may change too (SETTABLE), named literally.
+def _is_set_config(call: ast.FuncCall, scan: _Scan) -> bool:
+    """Whether `call` is an allowed `set_config(...)` (session_settings.check_set_config; it raises Refused for a
+    setting or value it does not allow). An unqualified name must not also name a function in a schema the
+    session's search_path can reach (`_shadowed`)."""
+    if not check_set_config(call, scan.rules, scan.settings_row):
+        return False
+    if len(call.funcname or ()) == 1 and _shadowed("set_config", scan):
+        raise Refused("function", "set_config is also defined outside pg_catalog here; call pg_catalog.set_config")
+    return True
 
-    Drivers use it (asyncpg: `set_config('jit', 'off', false)`). Any other setting, or a name that is not a
-    string literal, goes through the volatility check and is refused.
-    """
-    parts = [part.sval for part in call.funcname or ()]  # unquoted names arrive lower-cased; quoted ones differ
-    args = call.args or ()
-    if parts[-1] != "set_config" or parts[:-1] not in ([], ["pg_catalog"]) or len(args) != 3:
-        return False
-    name, value = args[0], args[1]
-    if not (isinstance(name, ast.A_Const) and isinstance(name.val, ast.String)):
-        return False
-    setting = str(name.val.sval).lower()
-    if setting == "client_encoding":  # the value matters too (SAFE_CLIENT_ENCODINGS)
-        literal = isinstance(value, ast.A_Const) and isinstance(value.val, ast.String)
-        return literal and safe_client_encoding(str(value.val.sval))
-    return setting in SETTABLE
+
+def _shadowed(name: str, scan: _Scan) -> bool:
+    """Whether a function of this name exists in a schema an unqualified call could resolve to besides
+    pg_catalog: the level's schemas (search_path may name them, and put pg_catalog after them) and public."""
+    return any(scan.schema.function_volatility(s, name) for s in {*scan.rules.schemas, "public"} - {"pg_catalog"})
 
 
 def _check_sql_running(call: ast.FuncCall, scan: _Scan) -> bool:
@@ -549,7 +608,7 @@ def _judge_query_text(function: str, arg: Any, scan: _Scan) -> None:
         inner = pglast.parse_sql(literal)
     except pglast.parser.ParseError as exc:
         raise Refused("query-text", f"{function}: amber could not parse its query text: {exc}", SYNTAX) from None
-    sub = _Scan(scan.schema, scan.prepared, scan.tables, scan.depth + 1, scan.masked)
+    sub = _Scan(scan.schema, scan.prepared, scan.tables, scan.depth + 1, scan.masked, rules=scan.rules)
     for raw in inner:
         if not isinstance(raw.stmt, ast.SelectStmt):
             raise Refused("query-text", f"{function}: its query text may only be a SELECT")
@@ -579,12 +638,20 @@ def _check_function(funcname: Any, scan: _Scan) -> None:
         raise Refused(
             "function", f"function {'.'.join(parts)} is unknown here; amber allows only functions it can look up"
         )
-    if "v" in volatility and not (name in HARMLESS_VOLATILE and schema in (None, "pg_catalog")):
+    if "v" in volatility and not _harmless_volatile(name, schema, scan):
         raise Refused(
             "volatile-function",
             f"function {'.'.join(parts)} is volatile (it may have side effects); "
             "amber allows only immutable and stable functions",
         )
+
+
+def _harmless_volatile(name: str, schema: str | None, scan: _Scan) -> bool:
+    """pg_catalog's own function of a HARMLESS_VOLATILE name: qualified so, or unqualified and not also defined
+    where search_path could find another function of that name first."""
+    if name not in HARMLESS_VOLATILE:
+        return False
+    return schema == "pg_catalog" or (schema is None and not _shadowed(name, scan))
 
 
 def _check_operator(names: Any, scan: _Scan) -> None:
@@ -605,7 +672,7 @@ def _check_relation(node: ast.RangeVar, scan: _Scan) -> None:
         inner = pglast.parse_sql(definition)
     except pglast.parser.ParseError:
         raise Refused("view", f"view {_relname(node)} could not be checked") from None
-    sub = _Scan(scan.schema, scan.prepared, [], scan.depth + 1, scan.masked)
+    sub = _Scan(scan.schema, scan.prepared, [], scan.depth + 1, scan.masked, rules=scan.rules)
     for raw in inner:
         try:
             _check(raw.stmt, sub)
@@ -621,33 +688,7 @@ def _check_transaction(node: ast.TransactionStmt) -> None:
         TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED,
     ):
         raise Refused("two-phase", "two-phase commit writes state; amber grants read-only access")
-    for option in node.options or ():
-        if option.defname == "transaction_read_only" and not _truthy(option.arg):
-            raise Refused("read-write", "a READ WRITE transaction is not allowed; amber grants read-only access")
-
-
-def _check_set(node: ast.VariableSetStmt) -> None:
-    name = (node.name or "").lower()
-    if node.kind == VariableSetKind.VAR_SET_MULTI and name == "transaction":
-        for option in node.args or ():
-            if option.defname == "transaction_read_only" and not _truthy(option.arg):
-                raise Refused("read-write", "SET TRANSACTION READ WRITE is not allowed")
-        return
-    if node.kind == VariableSetKind.VAR_RESET_ALL:
-        raise Refused("setting", "RESET ALL is not allowed (it would reset settings amber relies on)")
-    if name not in SETTABLE:
-        raise Refused(
-            "setting", f"setting {name or 'this'} is not allowed; allowed: {', '.join(sorted(SETTABLE))}", PRIVILEGE
-        )
-    if name == "client_encoding" and node.kind == VariableSetKind.VAR_SET_VALUE:  # SET client_encoding, SET NAMES
-        values = [getattr(getattr(arg, "val", None), "sval", None) for arg in node.args or ()]
-        if not values or not all(isinstance(v, str) and safe_client_encoding(v) for v in values):
-            raise Refused(
-                "encoding",
-                f"client encoding {', '.join(str(v) for v in values)} is not allowed through amber's gateway "
-                "(its multibyte characters can hide quotes from the parser); use UTF8",
-                PRIVILEGE,
-            )
+    check_transaction_options("transaction", node.options or ())
 
 
 def _truthy(arg: Any) -> bool:

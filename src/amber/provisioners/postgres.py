@@ -56,7 +56,8 @@ _ROLE_NAME_RE = re.compile(rf"\A{ROLE_PREFIX}[a-z0-9_]{{1,{63 - len(ROLE_PREFIX)
 _TAG_RE = re.compile(r"\A[\x21-\x7e]{1,200}\Z")  # grant ids and owner tags: printable ASCII, no spaces
 _COMMENT_RE = re.compile(r"\Aamber grant (\S+) owner (\S+)\Z")
 
-_IDLE_IN_TRANSACTION_TIMEOUT = "60s"
+# The role's idle_in_transaction_session_timeout (the gateway holds SETs of it to this too).
+IDLE_IN_TRANSACTION_TIMEOUT = timedelta(seconds=60)
 _ADMIN_STATEMENT_TIMEOUT = "30s"
 _ADMIN_LOCK_TIMEOUT = "5s"
 _SESSION_END_WAIT_S = 2.0
@@ -433,13 +434,18 @@ class PostgresProvisioner:
             sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role),
             sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(role, sql.Literal(f"{timeout_ms}ms")),
             sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = {}").format(
-                role, sql.Literal(_IDLE_IN_TRANSACTION_TIMEOUT)
+                role, sql.Literal(f"{int(IDLE_IN_TRANSACTION_TIMEOUT.total_seconds())}s")
             ),
             sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(self._dbname), role),
         ]
         for schema in dict.fromkeys(spec.schemas):
             common.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
             common.append(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+            # SELECT on a sequence reads it (last_value, is_called: what pg_dump --data-only needs), never
+            # nextval or setval (those need USAGE or UPDATE, which amber never grants).
+            common.append(
+                sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(sql.Identifier(schema), role)
+            )
         return _Statements(create=[create], update=update, common=common)
 
     def _mask_columns(self, conn: _Conn, spec: GrantSpec) -> None:
