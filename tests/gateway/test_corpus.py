@@ -94,10 +94,9 @@ CORPUS = [
     "SELECT set_config((SELECT 'default_transaction_read_only'), 'off', false)",
     "SELECT pg_catalog.set_config('search_path', 'public, pg_temp', false)",
     "SELECT set_config('jit', (SELECT lo_creat(-1))::text, false)",
-    # transaction tricks
-    "BEGIN READ WRITE",
-    "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE",
-    "START TRANSACTION READ WRITE",
+    # transaction tricks (BEGIN ... READ WRITE alone is kept read only: see HARMLESS)
+    "BEGIN READ WRITE; DELETE FROM public.orders",
+    "START TRANSACTION READ WRITE; SELECT 1",
     "PREPARE TRANSACTION 'x'",
     "COMMIT PREPARED 'x'",
     "ROLLBACK PREPARED 'x'",
@@ -225,8 +224,6 @@ CORPUS = [
     "SELECT set_config('default_transaction_read_only', 'off')",
     "SELECT set_config(NULL, 'off', false)",
     # READ WRITE transactions and session characteristics
-    "BEGIN TRANSACTION READ ONLY, READ WRITE",
-    "START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ WRITE",
     "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
     "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE",
     "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, READ WRITE",
@@ -370,6 +367,13 @@ HARMLESS = [
     "SET enable_seqscan = off",
     "SET jit = off",
     "SET application_name = 'x'",
+    # kept read only (drivers send READ WRITE after `read_only = False`, e.g. SQLAlchemy's pool reset)
+    "BEGIN READ WRITE",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE",
+    "START TRANSACTION READ WRITE",
+    "BEGIN TRANSACTION READ ONLY, READ WRITE",
+    "START TRANSACTION ISOLATION LEVEL REPEATABLE READ READ WRITE, DEFERRABLE",
+    "BEGIN; ROLLBACK; BEGIN READ ONLY",
 ]
 
 # What a session must still be after any HARMLESS statement (the level's limit here is the default, 30s).
@@ -472,6 +476,11 @@ def test_every_attempt_is_refused_over_the_simple_protocol(gw: Amber, cred: dict
 def still_read_only(conn: psycopg.Connection[Any], after: str) -> list[tuple[str, str, object]]:
     """What differs from a read-only, time-limited session of the grant's own role (empty when nothing does)."""
     problems: list[tuple[str, str, object]] = []
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:  # a HARMLESS BEGIN opened one
+        row = conn.execute("SHOW transaction_read_only").fetchone()
+        if row != ("on",):
+            problems.append((after, "SHOW transaction_read_only (in its transaction)", row))
+        conn.execute("ROLLBACK")
     for sql, expected in STILL_READ_ONLY:
         row = conn.execute(sql).fetchone()  # type: ignore[arg-type] - test strings
         if row is None or row[0] != expected:

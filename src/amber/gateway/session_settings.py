@@ -414,6 +414,43 @@ def check_transaction_options(name: str, options: Any) -> None:
             raise Refused("setting", f"transaction option {option.defname} is not allowed", PRIVILEGE)
 
 
+_ISOLATION_LEVELS = {
+    "serializable": "SERIALIZABLE",
+    "repeatable read": "REPEATABLE READ",
+    "read committed": "READ COMMITTED",
+    "read uncommitted": "READ UNCOMMITTED",
+}
+
+
+def begin_read_only(options: Any) -> Rewrite | None:
+    """For BEGIN / START TRANSACTION: None if its options are allowed as they are; a Rewrite to the same BEGIN
+    with READ ONLY when it asks for READ WRITE. Drivers ask for READ WRITE on their own (psycopg and psycopg2
+    after `read_only = False`, which SQLAlchemy sets whenever it returns a `postgresql_readonly` connection to its
+    pool); the transaction amber starts instead is read only, so nothing becomes less restricted. The text is
+    built from a fixed vocabulary only (never from the client's words)."""
+    wanted = list(options or ())
+    read_write = any(
+        isinstance(o, ast.DefElem) and o.defname == "transaction_read_only" and not _integer_true(o.arg) for o in wanted
+    )
+    if not read_write:
+        check_transaction_options("transaction", wanted)
+        return None
+    parts = ["READ ONLY"]
+    for option in wanted:
+        name = getattr(option, "defname", None)
+        value = getattr(getattr(option, "arg", None), "val", None)
+        if name == "transaction_isolation" and isinstance(value, ast.String) and value.sval in _ISOLATION_LEVELS:
+            parts.append(f"ISOLATION LEVEL {_ISOLATION_LEVELS[value.sval]}")
+        elif name == "transaction_deferrable" and isinstance(value, ast.Integer):
+            parts.append("DEFERRABLE" if value.ival == 1 else "NOT DEFERRABLE")
+        elif name != "transaction_read_only":
+            raise Refused("setting", f"transaction option {name} is not allowed", PRIVILEGE)
+    return Rewrite(
+        f"BEGIN {', '.join(parts)}",
+        "amber keeps this transaction read only (asked for READ WRITE); amber grants read-only access",
+    )
+
+
 def _integer_true(arg: Any) -> bool:
     """The grammar writes READ ONLY as the integer constant 1 and READ WRITE as 0."""
     value = getattr(arg, "val", None)

@@ -35,6 +35,7 @@ from amber.gateway.session_settings import (
     Refused,
     Rewrite,
     SessionRules,
+    begin_read_only,
     check_lock,
     check_set,
     check_set_config,
@@ -250,7 +251,8 @@ def judge(
     rules: SessionRules | None = None,
 ) -> list[Verdict]:
     """Judge every statement in `sql`. An unparsable string is one refused verdict. A statement amber rewrites
-    (a timeout held at the level's limit) must come alone: in a string of several it is refused."""
+    (a timeout held at the level's limit, BEGIN READ WRITE kept read only) must come alone: in a string of
+    several it is refused."""
     try:
         statements = pglast.parse_sql(sql)
     except pglast.parser.ParseError as exc:
@@ -274,9 +276,9 @@ def _alone(verdict: Verdict) -> Verdict:
         False,
         verdict.sql,
         verdict.kind,
-        "timeout",
-        "amber holds this timeout at the level's limit only when the SET is sent alone, not in a string of "
-        "several statements",
+        "alone",
+        "amber sends its own safe version of this statement (a timeout held at the level's limit, a transaction "
+        "kept read only) only when it comes alone, not in a string of several statements",
         PRIVILEGE,
         fingerprint=verdict.fingerprint,
     )
@@ -357,7 +359,7 @@ def _check(node: Any, scan: _Scan) -> None:
         elif analyze:
             _check(node.query, scan)
     elif isinstance(node, ast.TransactionStmt):
-        _check_transaction(node)
+        scan.rewrite = _check_transaction(node)
     elif isinstance(node, ast.DiscardStmt | ast.UnlistenStmt):
         return  # the session's own plans, temporary objects, sequence caches and (absent) listens
     elif isinstance(node, ast.LockStmt):
@@ -680,7 +682,7 @@ def _check_relation(node: ast.RangeVar, scan: _Scan) -> None:
             raise Refused(refusal.rule, f"view {_relname(node)}: {refusal.message}", refusal.sqlstate) from None
 
 
-def _check_transaction(node: ast.TransactionStmt) -> None:
+def _check_transaction(node: ast.TransactionStmt) -> Rewrite | None:
     kind = node.kind
     if kind in (
         TransactionStmtKind.TRANS_STMT_PREPARE,
@@ -688,7 +690,10 @@ def _check_transaction(node: ast.TransactionStmt) -> None:
         TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED,
     ):
         raise Refused("two-phase", "two-phase commit writes state; amber grants read-only access")
+    if kind in (TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START):
+        return begin_read_only(node.options)
     check_transaction_options("transaction", node.options or ())
+    return None
 
 
 def _truthy(arg: Any) -> bool:
