@@ -104,6 +104,24 @@ def test_psql_shows_what_amber_did_with_a_timeout(cred: dict[str, Any]) -> None:
     assert "NOTICE:  amber keeps this level's limit: statement_timeout is 30000ms" in result.stderr
 
 
+def test_psycopg_hears_the_notice_over_the_extended_protocol(cred: dict[str, Any]) -> None:
+    notices: list[str] = []
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        conn.add_notice_handler(lambda diagnostic: notices.append(str(diagnostic.message_primary)))
+        cursor = conn.execute("SET statement_timeout = '2h'")  # Parse, Bind, Execute, Sync
+        assert cursor.statusmessage == "SET"
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+        with conn.transaction():  # psycopg's BEGIN; then one the client asks READ WRITE
+            pass
+        conn.execute("BEGIN READ WRITE")
+        assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+        conn.execute("ROLLBACK")
+    assert notices == [
+        "amber keeps this level's limit: statement_timeout is 30000ms (asked for 2h; 0 means none)",
+        "amber keeps this transaction read only (asked for READ WRITE); amber grants read-only access",
+    ]
+
+
 # -- pg_dump -------------------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ callback that received it, with no task switch per message (bench/gateway.py mea
 fraction of this one's throughput). Everything here is synchronous; the loop calls it.
 
 Invariants (see server.py for the gateway's): nothing reaches the upstream before it was judged; a refused
-statement never reaches it (an empty query takes its place so the refusal lands in protocol order); liveness is
+statement never reaches it (an empty query takes its place so the refusal lands in protocol order); a rewritten one
+reaches it as amber's text (Verdict.rewrite), its notice said before its ReadyForQuery; liveness is
 checked before every statement; every statement is handed to the recorder before the client sees its result.
 Back-pressure: the client is not read while the upstream cannot take more, while the client cannot take the
 upstream's answers, or while the recorder's queue is over its limit.

@@ -4,7 +4,9 @@ grant's own role; then relay.py relays the session, every statement judged (stat
 Invariants:
 - Nothing reaches the upstream before it was judged; a refused statement never reaches it at all (the
   gateway sends an empty query, or in an extended batch a Describe of a statement that cannot exist, in its
-  place, so that its own ErrorResponse lands in protocol order).
+  place, so that its own ErrorResponse lands in protocol order). A statement the judge rewrites (a timeout above
+  the level's limit held at it, `BEGIN ... READ WRITE` kept read only; session_settings.py) reaches it as the
+  text amber wrote, never the client's, with a NOTICE to the client saying so.
 - A session lives only as long as its grant: liveness is checked before every statement, and `cut()` ends every
   session of a grant at once with a FATAL message naming the grant and why.
 - Every statement, allowed or refused, is handed to the recorder before the client sees its result, and one that
