@@ -158,6 +158,23 @@ def test_pg_dump_custom_and_parallel_directory_formats(cred: dict[str, Any], tmp
     assert (tmp_path / "dir" / "toc.dat").exists()
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--inserts"],  # reads through a cursor (DECLARE, FETCH)
+        ["--column-inserts", "-t", "public.orders"],
+        ["--serializable-deferrable"],  # BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE
+        ["--lock-wait-timeout=5s"],  # a statement_timeout below the limit around its LOCKs
+        ["--no-owner", "--no-privileges", "-Ft"],
+        ["--load-via-partition-root", "--exclude-table=public.big_orders"],
+    ],
+)
+def test_pg_dump_options(cred: dict[str, Any], tmp_path: Path, options: list[str]) -> None:
+    result = run(["pg_dump", "-d", cred["url"], "-n", "public", *options, "-f", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out").stat().st_size > 0
+
+
 # -- psycopg 3 and psycopg2 ----------------------------------------------------------------------------------
 
 
@@ -355,6 +372,35 @@ CATALOG_READS = [
     "SELECT has_column_privilege('public.orders', 'id', 'SELECT') AND has_function_privilege('now()', 'EXECUTE')",
     "SELECT true FROM (SELECT pg_advisory_unlock_all()) s",
     "SELECT current_query() LIKE 'SELECT current_query()%'",
+    "SELECT pg_control_checkpoint() IS NOT NULL",
+]
+# Views monitoring tools read (each behind functions the judge looks through).
+MONITORING_VIEWS = [
+    "pg_stat_database",
+    "pg_stat_bgwriter",
+    "pg_prepared_xacts",
+    "pg_stat_replication",
+    "pg_replication_slots",
+    "pg_stat_xact_user_tables",
+    "pg_statio_user_tables",
+    "pg_stat_user_indexes",
+    "pg_stat_progress_vacuum",
+    "pg_stat_wal_receiver",
+    "pg_stat_recovery_prefetch",
+    "pg_stat_archiver",
+    "pg_stat_wal",
+    "pg_stat_database_conflicts",
+    "pg_cursors",
+    "pg_prepared_statements",
+    "pg_settings",
+    "pg_stats",
+    "pg_indexes",
+    "pg_available_extensions",
+    "pg_timezone_names",
+    "information_schema.tables",
+    "information_schema.columns",
+    "information_schema.table_constraints",
+    "information_schema.role_table_grants",
 ]
 
 
@@ -365,3 +411,13 @@ def test_catalog_and_monitoring_reads(cred: dict[str, Any]) -> None:
             row = conn.execute(sql).fetchone()  # type: ignore[arg-type] - test strings
             answers[sql] = row[0] if row else None
     assert [sql for sql, answer in answers.items() if answer is not True] == []
+
+
+def test_monitoring_views(cred: dict[str, Any]) -> None:
+    counts = {}
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        for view in MONITORING_VIEWS:
+            row = conn.execute(f"SELECT count(*) FROM {view}").fetchone()  # type: ignore[arg-type] - test names
+            counts[view] = row[0] if row else None
+    assert [view for view, count in counts.items() if not isinstance(count, int)] == []
+    assert counts["information_schema.tables"] > 0

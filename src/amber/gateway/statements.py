@@ -85,6 +85,31 @@ HARMLESS_VOLATILE = frozenset(
         "pg_database_collation_actual_version",
         "pg_advisory_unlock_all",  # asyncpg's connection reset; releases only the session's own locks
         "pg_export_snapshot",  # names this transaction's snapshot for parallel pg_dump's workers (memory only)
+        "pg_prepared_xact",  # behind pg_prepared_xacts: lists prepared transactions
+        "pg_control_checkpoint",  # pg_controldata's figures (PostgreSQL grants them to pg_monitor only)
+        "pg_control_system",
+        "pg_control_init",
+        "pg_control_recovery",
+        "pg_notification_queue_usage",
+        "pg_last_committed_xact",  # commit timestamps and transaction status: reads of the commit log
+        "pg_xact_commit_timestamp",
+        "pg_xact_commit_timestamp_origin",
+        "pg_xact_status",
+        "txid_status",
+        "pg_stat_have_stats",  # statistics counters, behind pg_stat_xact_* and pg_stat_recovery_prefetch
+        "pg_stat_get_recovery_prefetch",
+        "pg_stat_get_xact_blocks_fetched",
+        "pg_stat_get_xact_blocks_hit",
+        "pg_stat_get_xact_function_calls",
+        "pg_stat_get_xact_function_self_time",
+        "pg_stat_get_xact_function_total_time",
+        "pg_stat_get_xact_numscans",
+        "pg_stat_get_xact_tuples_deleted",
+        "pg_stat_get_xact_tuples_fetched",
+        "pg_stat_get_xact_tuples_hot_updated",
+        "pg_stat_get_xact_tuples_inserted",
+        "pg_stat_get_xact_tuples_returned",
+        "pg_stat_get_xact_tuples_updated",
     }
 )
 # Marked STABLE in pg_proc, yet they assign a transaction id (a write to the WAL and the commit log).
