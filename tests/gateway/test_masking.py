@@ -22,6 +22,8 @@ INSERT INTO public."Contacts" VALUES (1, 'Hidden@example.com', 'shown@example.co
 CREATE OR REPLACE VIEW public.customer_names AS SELECT id, name FROM public.customers;
 CREATE OR REPLACE VIEW public.customer_ids AS SELECT id FROM public.customers;
 CREATE OR REPLACE VIEW public.customer_rows AS SELECT c.* FROM public.customers c;
+CREATE OR REPLACE VIEW public.customer_json AS SELECT c.id, to_json(c) AS j FROM public.customers c;
+CREATE MATERIALIZED VIEW IF NOT EXISTS public.customer_names_kept AS SELECT id, name FROM public.customers;
 """
 
 
@@ -100,6 +102,8 @@ REFUSED = [
     ("SELECT id FROM public.orders WHERE customer_id IN (SELECT id FROM customers WHERE name = 'x')", "name"),
     ("SELECT id FROM public.customer_names", "view public.customer_names: column name is masked"),
     ("SELECT id FROM public.customer_rows", "view public.customer_rows: column name is masked"),
+    ("SELECT id FROM public.customer_json", "view public.customer_json: `*` would include"),  # to_json(c.*)
+    ("SELECT id FROM public.customer_names_kept", "view public.customer_names_kept: column name is masked"),
     # COPY
     ("COPY public.customers TO STDOUT", "would include masked columns (name)"),
     ("COPY public.customers (id, name) TO STDOUT", "column name is masked"),

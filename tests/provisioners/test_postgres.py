@@ -641,3 +641,21 @@ def test_a_masked_table_with_unmasked_partitions_fails_closed(
         provisioner.provision(_masked_spec(target_db, ("app", "events", "secret")))
     spec = _masked_spec(target_db, ("app", "events", "secret"), ("app", "events_1", "secret"))
     provisioner.provision(spec)
+
+
+def test_views_that_read_a_masked_column_are_not_readable_and_the_others_are(
+    provisioner: PostgresProvisioner, target_db: TargetDb
+) -> None:
+    with target_db.admin() as conn:
+        conn.execute("CREATE VIEW app.order_ids_only AS SELECT id FROM app.orders")
+        conn.execute("CREATE VIEW app.items_again AS SELECT i.item AS thing FROM app.order_items i")  # view of view
+        conn.execute("CREATE MATERIALIZED VIEW app.items_kept AS SELECT upper(item) AS u FROM app.orders")
+    spec = _masked_spec(target_db, ("app", "orders", "item"))
+    provisioner.provision(spec)
+    provisioner.set_password(spec, PASSWORD)
+    with target_db.connect_as(spec.role_name, PASSWORD) as conn:
+        assert conn.execute("SELECT count(*) FROM app.order_ids_only").fetchone() == (2,)
+        for view in ("app.order_items", "app.items_again", "app.items_kept"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(f"SELECT count(*) FROM {view}")  # type: ignore[arg-type] - test constants
+    provisioner.provision(spec)  # idempotent: the second run revokes the same again

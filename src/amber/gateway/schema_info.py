@@ -67,7 +67,7 @@ class UpstreamSchema:
             # Every view of that name (search_path decides which one an unqualified name reads): all are judged.
             "SELECT string_agg(pg_get_viewdef(c.oid), E'\\n') FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = %s AND c.relkind = 'v' AND (%s::text IS NULL OR n.nspname = %s "
+            "WHERE c.relname = %s AND c.relkind IN ('v', 'm') AND (%s::text IS NULL OR n.nspname = %s "
             "OR (%s::text IS NULL AND pg_table_is_visible(c.oid)))",
             (name, schema, schema, schema),
         )

@@ -208,7 +208,8 @@ class SchemaInfo(Protocol):
     def operator_volatility(self, name: str) -> frozenset[str]: ...
 
     def view_definition(self, schema: str | None, name: str) -> str | None:
-        """The SQL of a view (None for a table or an unknown relation)."""
+        """The SQL of a view or materialized view (None for a table or an unknown relation). A materialized
+        view's definition is judged like a view's: its rows came from that query (masked columns included)."""
         ...
 
     def table_columns(self, schema: str, name: str) -> frozenset[str]:
