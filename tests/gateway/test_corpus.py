@@ -10,6 +10,7 @@ nothing either.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -594,3 +595,46 @@ def test_refusal_inside_a_pipeline_keeps_the_session_usable(gw: Amber, cred: dic
         with pytest.raises(psycopg.Error, match="amber refused"):
             pipeline(conn)
         assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+# Functions named like a harmless or query-text function, in another schema or in another case (issue 12 item 2).
+LOOKALIKES_SETUP = """
+CREATE OR REPLACE FUNCTION public.shout(a int) RETURNS int LANGUAGE sql STABLE AS 'SELECT a';
+CREATE OR REPLACE FUNCTION public."SHOUT"(a int) RETURNS bigint LANGUAGE sql VOLATILE
+  AS 'SELECT nextval(''public.order_ids'')';
+CREATE OR REPLACE FUNCTION public.query_to_xml(q text, a bool, b bool, c text) RETURNS bigint LANGUAGE sql VOLATILE
+  AS 'SELECT nextval(''public.order_ids'')';
+"""
+LOOKALIKES_TEARDOWN = """
+DROP FUNCTION public.shout(int); DROP FUNCTION public."SHOUT"(int);
+DROP FUNCTION public.query_to_xml(text, bool, bool, text);
+"""
+LOOKALIKES = [
+    'SELECT "SHOUT"(1)',
+    'SELECT public."SHOUT"(1)',
+    "SELECT public.query_to_xml('SELECT 1', true, true, '')",
+]
+
+
+@pytest.fixture
+def lookalikes(gw: Amber) -> Iterator[None]:
+    """In the session's shared target database: dropped afterwards (a public.query_to_xml shadows pg_catalog's
+    for every later test)."""
+    with connect_as(gw.target_url) as admin:
+        admin.execute(LOOKALIKES_SETUP)
+    yield
+    with connect_as(gw.target_url) as admin:
+        admin.execute(LOOKALIKES_TEARDOWN)
+
+
+@pytest.mark.usefixtures("lookalikes")
+def test_lookalike_functions_are_judged_as_what_postgresql_calls(gw: Amber) -> None:
+    cred = gateway_credential(gw)
+    before = snapshot(gw.target_url, cred["role"])
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        for sql in LOOKALIKES:
+            with pytest.raises(psycopg.Error, match="amber refused"):
+                conn.execute(sql)  # type: ignore[arg-type] - test strings
+        assert conn.execute("SELECT shout(7)").fetchone() == (7,)
+        assert conn.execute("SELECT pg_catalog.query_to_xml('SELECT 1 AS a', true, true, '')").fetchone() is not None
+    assert snapshot(gw.target_url, cred["role"]) == before

@@ -12,8 +12,8 @@ class Schema:
 
     def function_volatility(self, schema: str | None, name: str) -> frozenset[str]:
         self.lookups += 1
-        if schema not in (None, "pg_catalog"):
-            return frozenset()  # every function here is pg_catalog's
+        if schema not in (None, "pg_catalog") or name != name.lower():
+            return frozenset()  # every function here is pg_catalog's, named in lower case as PostgreSQL's are
         return frozenset("v") if name in ("nextval", "set_config") else frozenset("i")
 
     def operator_volatility(self, name: str) -> frozenset[str]:

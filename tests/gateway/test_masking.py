@@ -8,6 +8,7 @@ real PostgreSQL through the gateway, and so is every function that serializes ro
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -25,12 +26,25 @@ CREATE OR REPLACE VIEW public.customer_rows AS SELECT c.* FROM public.customers 
 CREATE OR REPLACE VIEW public.customer_json AS SELECT c.id, to_json(c) AS j FROM public.customers c;
 CREATE MATERIALIZED VIEW IF NOT EXISTS public.customer_names_kept AS SELECT id, name FROM public.customers;
 """
+DROP_OBJECTS = """
+DROP MATERIALIZED VIEW public.customer_names_kept;
+DROP VIEW public.customer_json, public.customer_rows, public.customer_ids, public.customer_names;
+DROP TABLE public."Contacts";
+"""
 
 
 @pytest.fixture
-def catalog_path(tmp_path: Path, target_db: str) -> Path:
+def catalog_path(tmp_path: Path, target_db: str) -> Iterator[Path]:
+    """The test catalog, masking "Contacts"."Email" too; the objects live in the session's shared target
+    database only for this test."""
     with pg_admin(target_db) as conn:
         conn.execute(OBJECTS)
+    yield _write_catalog(tmp_path)
+    with pg_admin(target_db) as conn:
+        conn.execute(DROP_OBJECTS)
+
+
+def _write_catalog(tmp_path: Path) -> Path:
     path = tmp_path / "amber.yaml"
     masked = "          public.customers: [name]\n"
     assert masked in CATALOG

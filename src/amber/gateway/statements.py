@@ -180,6 +180,10 @@ QUERY_TEXT_ARGUMENT: dict[str, dict[int, int]] = {
     "ts_rewrite": {2: 1},  # ts_rewrite(tsquery, 'SELECT target, substitute FROM ...')
     "crosstab": {1: 0, 2: 0, 3: 0},  # tablefunc: crosstab(source_sql [, category_sql | N])
 }
+# Of those, pg_catalog's own: labelled volatile only because the query could be anything, which the judge checked.
+PG_CATALOG_QUERY_TEXT = frozenset(
+    {"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite"}
+)
 CROSSTAB_CATEGORY_QUERY = 1  # crosstab(source_sql, category_sql): the second text is a query too
 # Functions that build and run SQL from names or reach another server: refused outright.
 RUNS_SQL_REFUSED = frozenset(
@@ -592,11 +596,14 @@ def _shadowed(name: str, scan: _Scan) -> bool:
 
 
 def _check_sql_running(call: ast.FuncCall, scan: _Scan) -> bool:
-    """Functions that serialize whole objects or run SQL given as text. Refuses what cannot be judged; for a
-    query text function, judges the literal text with this same judge (masking included) and returns True
-    (its volatility label then says nothing the judge did not check). False: not such a function."""
+    """Functions that serialize whole objects or run SQL given as text. Refuses what cannot be judged (by name,
+    in any schema); for a query text function, judges the literal text with this same judge (masking included).
+    True: pg_catalog's own query text function, whose volatility label then says nothing the judge did not
+    check. False: the function's own volatility is still to be checked (not such a function; tablefunc's
+    crosstab; or a function of that name in another schema, which search_path might pick first)."""
     parts = [str(part.sval) for part in call.funcname or ()]
     name, shown = parts[-1], ".".join(parts)
+    schema = parts[-2] if len(parts) > 1 else None
     if name in WHOLE_OBJECT_SERIALIZERS:
         raise Refused(
             "serializer",
@@ -622,7 +629,9 @@ def _check_sql_running(call: ast.FuncCall, scan: _Scan) -> bool:
         texts.append(args[CROSSTAB_CATEGORY_QUERY])
     for text in texts:
         _judge_query_text(shown, text, scan)
-    return True
+    if name not in PG_CATALOG_QUERY_TEXT:
+        return False
+    return schema == "pg_catalog" or (schema is None and not _shadowed(name, scan))
 
 
 def _judge_query_text(function: str, arg: Any, scan: _Scan) -> None:
@@ -656,9 +665,11 @@ def _string_literal(node: Any) -> str | None:
 
 
 def _check_function(funcname: Any, scan: _Scan) -> None:
+    # NOTE: names exactly as pglast gives them (unquoted ones already folded): PostgreSQL calls `"SHOUT"()`, not
+    # `shout()`, so lower-casing here would judge another function than the one that runs.
     parts = [part.sval for part in funcname]
-    name = parts[-1].lower()
-    schema = parts[-2].lower() if len(parts) > 1 else None
+    name = parts[-1]
+    schema = parts[-2] if len(parts) > 1 else None
     if name in SIDE_EFFECTS_DESPITE_LABEL:
         raise Refused("side-effect-function", f"function {'.'.join(parts)} assigns a transaction id (a write)")
     volatility = scan.schema.function_volatility(schema, name)
