@@ -118,3 +118,30 @@ def test_an_unwritable_ledger_refuses_statements_until_it_is_back(gw: Amber, sta
     ]
     verified = gw.api.get("/v1/ledger/verify", headers=gw.headers("sue", "security")).json()
     assert verified["ok"], verified
+
+
+def test_back_pressure_counts_bytes_so_large_statements_cannot_pile_up(gw: Amber, state_url: str) -> None:
+    assert gw.rt.gateway is not None
+    recorder = gw.rt.gateway.recorder
+    recorder.queue_max_bytes = 2 * 1024 * 1024  # about two of the statements below
+    cred = gateway_credential(gw)
+    big = "SELECT length('" + "x" * 900_000 + "')"
+    done: list[int] = []
+    with psycopg.connect(cred["url"], autocommit=True) as conn:
+        conn.execute("SELECT 0")
+        with ledger_locked(state_url):
+
+            def run() -> None:
+                for i in range(1, 7):
+                    conn.execute(big)  # type: ignore[arg-type] - a test string
+                    done.append(i)
+
+            client = threading.Thread(target=run)
+            client.start()
+            time.sleep(0.5)
+            assert len(done) < 6  # the queue holds ~2 MiB, far below its 10,000-entry limit, and stopped reading
+            assert recorder.queued <= 4
+        client.join(10)
+        assert done == list(range(1, 7))
+    assert wait_until(lambda: len(statements(gw, cred["grant_id"])) == 7)
+    assert [len(e["payload"]["statement"]) for e in statements(gw, cred["grant_id"])][1:] == [len(big)] * 6
