@@ -158,3 +158,27 @@ def test_cli_streams_to_stdout_from_its_cursor(amber: Amber, tmp_path: Path) -> 
     amber.request("bob", "engineering", "oncall")
     second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert json.loads(second.stdout.splitlines()[0])["seq"] == total + 1
+
+
+def test_syslog_udp_sends_an_entry_too_large_for_a_datagram_without_its_payload(amber: Amber) -> None:
+    big = {"statement": "SELECT '" + "x" * 200_000 + "'"}
+    with amber.rt.uow() as session:
+        ledger.append(
+            session,
+            at=amber.clock.now(),
+            event_type="test.big",
+            actor=ledger.SYSTEM,
+            subject_kind="test",
+            subject_id="big",
+            payload=big,
+        )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        sink = sink_for(f"syslog://127.0.0.1:{receiver.getsockname()[1]}")
+        sent = Streamer(amber.rt.uow, sink, "syslog-big").catch_up(amber.clock.now)
+        messages = [receiver.recv(65536) for _ in range(sent)]
+    entries = [json.loads(m.split(b" ledger - ", 1)[1]) for m in messages]
+    (last,) = [e for e in entries if e["type"] == "test.big"]
+    assert last["payload"]["payload_bytes"] == len(tlog.canonical_json(big))
+    assert "too large for a syslog UDP datagram" in last["payload"]["omitted"]

@@ -9,6 +9,8 @@ What this does NOT do: authenticate the SIEM or encrypt the transport beyond wha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import sys
@@ -73,7 +75,26 @@ class SyslogSink:
             return
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             for line in lines:
-                sock.sendto(self._frame(line), self.address)
+                frame = self._frame(line)
+                if len(frame) > UDP_MAX:
+                    frame = self._frame(without_payload(line))
+                sock.sendto(frame, self.address)
+
+
+UDP_MAX = 65_000  # bytes in one datagram (IPv4 allows 65,507); a statement may be kept up to 1 MiB
+
+
+def without_payload(line: bytes) -> bytes:
+    """An entry too large for a UDP datagram (a long statement): the same entry with its payload replaced by
+    the payload's SHA-256 and size, so the SIEM still sees the entry and can fetch it (seq) from amber."""
+    entry = json.loads(line)
+    payload = tlog.canonical_json(entry.get("payload"))
+    entry["payload"] = {
+        "omitted": "too large for a syslog UDP datagram; use syslog+tcp:// or read the entry from amber",
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_bytes": len(payload),
+    }
+    return line_of(entry)
 
 
 class HttpSink:
