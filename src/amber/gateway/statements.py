@@ -508,7 +508,21 @@ def _masked_use(node: Any, scan: _Scan) -> _MaskedUse:
                         PRIVILEGE,
                     )
     use.visible -= use.hidden  # a column masked in one table is refused in every table of the statement
+    if use.hidden:
+        _join_aliases(node, use)
     return use
+
+
+def _join_aliases(node: Any, use: _MaskedUse) -> None:
+    """`(customers c JOIN orders o ON ...) AS j`: `j` stands for a row of every column of the join, the masked
+    ones included, and `AS j(a, b, ...)` renames them. Conservative: every join alias in the statement."""
+    for child in _walk(node):
+        if isinstance(child, ast.JoinExpr) and child.alias is not None:
+            use.rows.add(str(child.alias.aliasname))
+            if child.alias.colnames:
+                raise Refused(
+                    "masked", "column aliases on a join rename masked columns; alias them in the select list", PRIVILEGE
+                )
 
 
 def _check_masked(node: ast.SelectStmt, scan: _Scan) -> None:
