@@ -93,7 +93,7 @@ def test_bad_startup(data: bytes, needle: str) -> None:
         (b"Q" + struct.pack("!i", codec.MAX_MESSAGE + 1), "invalid length"),
         (codec.message("Q", b"SELECT 1"), "unterminated string"),
         (codec.message("Q", b"SELECT 1\0junk"), "trailing bytes"),
-        (codec.message("Q", b"\xff\xfe\0"), "not valid UTF-8"),
+        (codec.message("Q", b"\xff\xfe\0"), "not valid in the session.s client encoding .utf-8."),
         (codec.message("P", b"s\0SELECT 1\0\0"), "too short"),
         (codec.message("D"), "empty Describe"),
     ],

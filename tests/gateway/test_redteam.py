@@ -102,5 +102,5 @@ def test_a_safe_encoding_may_be_chosen_and_an_unsafe_one_not_even_at_login(gw: A
         assert conn.execute("SELECT set_config('client_encoding', 'UTF8', false)").fetchone() == ("UTF8",)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="client_encoding is fixed at login"):
             conn.execute("SELECT set_config('client_encoding', 'EUC_JP', false)")
-    with pytest.raises(psycopg.OperationalError, match="amber refuses client_encoding SJIS"):
+    with pytest.raises(psycopg.OperationalError, match="amber refuses client_encoding 'SJIS'"):
         psycopg.connect(cred["url"], client_encoding="SJIS")

@@ -85,6 +85,7 @@ _BIND, _EXECUTE, _SYNC, _DESCRIBE = b"BESD"
 _DESCRIBE_KINDS = frozenset(b"SP")
 _DATA_ROW = ord("D")
 _ERROR = ord("E")
+_PARAMETER_STATUS = ord("S")
 _NOTABLE = frozenset(b"CEsIZ")  # CommandComplete, Error, PortalSuspended, EmptyQuery, ReadyForQuery
 _RFQ_FAILED = codec.ready_for_query("E")
 
@@ -100,8 +101,12 @@ class Session:
         upstream: asyncio.Transport,
         session_id: str,
         rules: SessionRules | None = None,
+        pinned: dict[str, str] | None = None,
     ) -> None:
         self.server = server
+        # Settings the upstream must keep (server.PINNED_SETTINGS and the client encoding): a ParameterStatus
+        # reporting another value ends the session, whatever changed it (decision 0010).
+        self.pinned = pinned or {}
         self.recorder: Recorder = server.recorder
         self.grant = grant
         self.parser = parser
@@ -215,7 +220,7 @@ class Session:
                 elif self.skip_until_sync:
                     continue
                 elif kind == _BIND:
-                    portal, name = codec.bind_names(raw)
+                    portal, name = codec.bind_names(raw, self.parser.encoding)
                     statement = self.prepared.get(name)
                     if statement is None:
                         out += self.refuse_in_batch(
@@ -231,7 +236,7 @@ class Session:
                 elif kind == _DESCRIBE and len(raw) > 6 and raw[5] in _DESCRIBE_KINDS and raw[-1] == 0:
                     out += raw  # libpq describes the portal before every Execute; only names, nothing to judge
                 else:
-                    msg = codec.parse_frontend(chr(kind), raw)
+                    msg = codec.parse_frontend(chr(kind), raw, self.parser.encoding)
                     if isinstance(msg, codec.Terminate):
                         self.upstream.write(bytes(out) + msg.raw)
                         self.close()
@@ -252,7 +257,7 @@ class Session:
         if ended is not None:
             self.cut(ended)
             return b""
-        portal, _ = codec.first_cstring(raw)
+        portal, _ = codec.first_cstring(raw, 5, self.parser.encoding)
         statement = self.portals.get(portal)
         if not self.recorder.healthy:
             return self.refuse_unrecordable(None, statement.sql if statement is not None else "")
@@ -470,6 +475,9 @@ class Session:
                 del buf[:]
                 self.client.write(b"".join(out))
                 return
+            elif kind == _PARAMETER_STATUS and not self.status_kept(bytes(buf[pos + 5 : end])):
+                del buf[:]
+                return
             elif kind in _NOTABLE:
                 replacement = self.on_backend(kind, bytes(buf[pos:end]))
                 if replacement is not None:
@@ -482,6 +490,20 @@ class Session:
         del buf[:pos]
         if out:
             self.client.write(b"".join(out))
+
+    def status_kept(self, body: bytes) -> bool:
+        """False (and the session ended, fail closed) if the upstream reports a pinned setting changed."""
+        name, value = codec.parameter_status_fields(body)
+        want = self.pinned.get(name.lower())
+        if want is None or value == want:
+            return True
+        self.cut_reason = f"the database changed {name} to {value!r}"
+        self.fatal(
+            "08P01",
+            f"amber ended this session: the database reports {name}={value!r}, but amber's parser reads statements "
+            f"as the database does only with {name}={want!r} (decision 0010)",
+        )
+        return False
 
     def hold_fatal(self, raw: bytes) -> bool:
         """For a FATAL admin_shutdown from the upstream: ask whether amber ended the grant (perhaps in another

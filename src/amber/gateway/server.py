@@ -37,11 +37,11 @@ from typing import Any, Protocol, cast
 import pglast
 
 from amber.core.clock import Clock
-from amber.gateway.pgwire import codec
+from amber.gateway.pgwire import codec, encodings
 from amber.gateway.relay import Recorder, Session
 from amber.gateway.scram import ScramClient, ScramError, ScramProtocolError, ScramServer
 from amber.gateway.session_settings import SessionRules, split_identifiers
-from amber.gateway.statements import MaskedItems, SchemaInfo, Verdict, judge, safe_client_encoding
+from amber.gateway.statements import MaskedItems, SchemaInfo, Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,15 @@ ALLOWED_STARTUP = frozenset(
     }
 )
 REFUSED_STARTUP = frozenset({"options", "replication"})
+# Settings that change how the server's lexer reads text: the gateway sends them in the upstream startup packet
+# (so they are the session's reset values too: RESET ALL and DISCARD ALL restore them), the judge refuses every
+# statement that would change them, and a ParameterStatus reporting another value ends the session (decision
+# 0010). pglast reads SQL as a server with exactly these values does. client_encoding is pinned per session.
+PINNED_SETTINGS = {
+    "standard_conforming_strings": "on",
+    "backslash_quote": "safe_encoding",
+    "escape_string_warning": "on",
+}
 
 
 class AuthFailed(Exception):
@@ -122,6 +131,7 @@ class _Connected:
     upstream_r: asyncio.StreamReader
     upstream_w: asyncio.StreamWriter
     upstream_key: tuple[int, int]
+    encoding: str  # the session's client encoding, PostgreSQL's canonical name (pinned)
     preamble: bytes = field(repr=False)  # what precedes BackendKeyData: SASL final, AuthenticationOk, statuses
 
 
@@ -348,12 +358,21 @@ class GatewayServer:
                 f"allowed: {', '.join(sorted(ALLOWED_STARTUP))}",
             )
             return None
-        if not safe_client_encoding(params.get("client_encoding", "UTF8")):
+        encoding = encodings.canonical(params.get("client_encoding", "UTF8"))
+        if encoding is None:
             await _fatal(
                 writer,
                 "08004",
-                f"amber refuses client_encoding {params['client_encoding']} (its multibyte characters can hide quotes "
-                "from amber's parser); use UTF8",
+                f"amber refuses client_encoding {params['client_encoding'][:64]!r}: amber's parser must read the "
+                "same characters as the database, which it cannot promise in this encoding; use UTF8",
+            )
+            return None
+        if params.get("standard_conforming_strings", "on").lower() != "on":
+            await _fatal(
+                writer,
+                "08004",
+                "amber keeps standard_conforming_strings on (its parser reads strings as the database does only "
+                "then); remove it from the connection parameters",
             )
             return None
         if not tls_on:
@@ -390,7 +409,7 @@ class GatewayServer:
             )
             return None
         try:
-            upstream_r, upstream_w, key, status = await self._connect_upstream(grant, params)
+            upstream_r, upstream_w, key, status = await self._connect_upstream(grant, params, encoding)
         except (OSError, ScramError, codec.ProtocolError, UpstreamRefused) as exc:
             await _fatal(writer, "08006", f"amber could not reach the database for grant {grant.grant_id}: {exc}")
             return None
@@ -404,6 +423,7 @@ class GatewayServer:
             upstream_r,
             upstream_w,
             key,
+            encoding,
             sasl_final + codec.auth_ok() + status,
         )
 
@@ -416,6 +436,7 @@ class GatewayServer:
         # uvloop's transports do not subclass asyncio.Transport but have its methods (set_protocol, pause_reading).
         client_transport = cast("asyncio.Transport", c.writer.transport)
         upstream_transport = cast("asyncio.Transport", c.upstream_w.transport)
+        c.parser.encoding = encodings.python_codec(c.encoding)
         session = Session(
             self,
             grant=grant,
@@ -427,8 +448,9 @@ class GatewayServer:
                 schemas=grant.schemas,
                 statement_timeout_ms=grant.statement_timeout_ms,
                 idle_in_transaction_timeout_ms=grant.idle_in_transaction_timeout_ms,
-                client_encoding=c.params.get("client_encoding", "UTF8"),
+                client_encoding=c.encoding,
             ),
+            pinned={**PINNED_SETTINGS, "client_encoding": c.encoding},
         )
         self.sessions.setdefault(grant.grant_id, set()).add(session)
         try:
@@ -491,22 +513,25 @@ class GatewayServer:
         return grant, codec.auth_sasl_final(scram.server_final())
 
     async def _connect_upstream(
-        self, grant: GatewayGrant, params: dict[str, str]
+        self, grant: GatewayGrant, params: dict[str, str], encoding: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, tuple[int, int], bytes]:
+        """Log in upstream as the grant's role with the pinned settings; fail unless the server reports them."""
         reader, writer = await asyncio.open_connection(grant.host, grant.port)
         startup = {
             "user": grant.role_name,
             "database": grant.database,
             "application_name": f"amber-gateway {params.get('application_name', '')}".strip()[:63],
         }
-        for name in ("client_encoding", "datestyle", "timezone", "intervalstyle", "extra_float_digits", "search_path"):
+        for name in ("datestyle", "timezone", "intervalstyle", "extra_float_digits", "search_path"):
             if name in params:
                 startup[name] = params[name]
+        startup |= {**PINNED_SETTINGS, "client_encoding": encoding}
         writer.write(codec.startup_message(startup))
         await writer.drain()
         parser = codec.BackendParser()
         scram: ScramClient | None = None
         status = bytearray()
+        reported: dict[str, str] = {}
         key: tuple[int, int] = (0, 0)
         while True:
             data = await reader.read(65536)
@@ -533,11 +558,19 @@ class GatewayServer:
                     fields = codec.error_fields(msg.body)
                     raise UpstreamRefused(fields.get("M", "login refused"))
                 elif msg.kind == "S":
+                    name, value = codec.parameter_status_fields(msg.body)
+                    reported[name] = value
                     status += msg.raw
                 elif msg.kind == "K":
                     pid, secret = struct.unpack_from("!ii", msg.body, 0)
                     key = (pid, secret)
                 elif msg.kind == "Z":
+                    for name in ("standard_conforming_strings", "client_encoding"):
+                        want = encoding if name == "client_encoding" else PINNED_SETTINGS[name]
+                        if reported.get(name) != want:
+                            raise UpstreamRefused(
+                                f"the database reports {name}={reported.get(name)!r}, not amber's pinned {want!r}"
+                            )
                     return reader, writer, key, bytes(status)
                 elif msg.kind == "N":
                     status += msg.raw

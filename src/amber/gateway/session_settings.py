@@ -23,6 +23,9 @@ from typing import Any
 from pglast import ast
 from pglast.enums import VariableSetKind
 
+
+from amber.gateway.pgwire import encodings
+
 # SQLSTATEs: 25006 read_only_sql_transaction, 42501 insufficient_privilege.
 READ_ONLY = "25006"
 PRIVILEGE = "42501"
@@ -474,10 +477,6 @@ def _const_text(node: Any) -> str | None:
 
 
 def same_encoding(a: str, b: str) -> bool:
-    """Whether two spellings name the same client encoding (PostgreSQL compares letters and digits only)."""
-
-    def norm(name: str) -> str:
-        folded = "".join(ch for ch in name.lower() if ch.isalnum())
-        return "utf8" if folded == "unicode" else folded
-
-    return norm(a) == norm(b)
+    """Whether two spellings name the same allowed client encoding (pgwire/encodings.py: LATIN1 = ISO_8859_1)."""
+    canonical = encodings.canonical(a)
+    return canonical is not None and canonical == encodings.canonical(b)

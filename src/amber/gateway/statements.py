@@ -29,6 +29,7 @@ import pglast
 from pglast import ast
 from pglast.enums import TransactionStmtKind
 
+from amber.gateway.pgwire import encodings
 from amber.gateway.session_settings import (
     PRIVILEGE,
     READ_ONLY,
@@ -115,46 +116,11 @@ HARMLESS_VOLATILE = frozenset(
 # Marked STABLE in pg_proc, yet they assign a transaction id (a write to the WAL and the commit log).
 SIDE_EFFECTS_DESPITE_LABEL = frozenset({"txid_current", "pg_current_xact_id"})
 MAX_VIEW_DEPTH = 8
-# Client encodings the gateway may let a session use: those in which every byte below 0x80 is the ASCII
-# character, so the quotes, backslashes and semicolons amber's parser sees (it reads the text as UTF-8) are
-# the ones PostgreSQL sees. The client-only encodings (SJIS, BIG5, GBK, UHC, GB18030, JOHAB, SHIFT_JIS_2004)
-# have multibyte characters whose second byte can be a backslash or a quote: a statement could then hide
-# another from amber. Names as PostgreSQL compares them: lower case, letters and digits only.
-SAFE_CLIENT_ENCODINGS = frozenset(
-    {
-        "utf8",
-        "unicode",
-        "sqlascii",
-        *(f"latin{n}" for n in range(1, 11)),
-        *(f"iso8859{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)),
-        "eucjp",
-        "euccn",
-        "euckr",
-        "euctw",
-        "eucjis2004",
-        "koi8",
-        "koi8r",
-        "koi8u",
-        "muleinternal",
-        "alt",
-        "win",
-        "win866",
-        "win874",
-        "windows866",
-        "windows874",
-        *(f"win{n}" for n in range(1250, 1259)),
-        *(f"windows{n}" for n in range(1250, 1259)),
-        "tcvn",
-        "tcvn5712",
-        "vscii",
-        "abc",
-    }
-)
 
 
 def safe_client_encoding(name: str) -> bool:
-    """Whether a client encoding keeps the statement's syntax where amber's parser sees it (see above)."""
-    return "".join(ch for ch in name.lower() if ch.isalnum()) in SAFE_CLIENT_ENCODINGS
+    """Whether the gateway lets a session use this client encoding (pgwire/encodings.py says which and why)."""
+    return encodings.canonical(name) is not None
 
 
 Masked = dict[tuple[str, str], frozenset[str]]  # (schema, table) -> masked columns, as PostgreSQL names them

@@ -127,14 +127,15 @@ class UnknownMessage(Message):
     kind: str
 
 
-def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
+def _cstring(buf: bytes, pos: int, encoding: str = "utf-8") -> tuple[str, int]:
+    """The NUL-terminated string at `pos`, read in the session's client encoding (as the server reads it)."""
     end = buf.find(b"\0", pos)
     if end < 0:
         raise ProtocolError("unterminated string in message")
     try:
-        return buf[pos:end].decode("utf-8"), end + 1
+        return buf[pos:end].decode(encoding), end + 1
     except UnicodeDecodeError:
-        raise ProtocolError("string in message is not valid UTF-8") from None
+        raise ProtocolError(f"string in message is not valid in the session's client encoding ({encoding})") from None
 
 
 def _int16(buf: bytes, pos: int) -> tuple[int, int]:
@@ -155,6 +156,8 @@ class FrontendParser:
     def __init__(self) -> None:
         self._buf = bytearray()
         self.in_startup = True
+        # How the server reads this session's text (pgwire/encodings.py); set by the gateway at login.
+        self.encoding = "utf-8"
 
     def has_buffered(self) -> bool:
         """True if bytes were fed that no message returned yet (a partial message, or one after the last read)."""
@@ -214,7 +217,7 @@ class FrontendParser:
             return None
         raw = bytes(buf[: 1 + length])
         del buf[: 1 + length]
-        return parse_frontend(kind, raw)
+        return parse_frontend(kind, raw, self.encoding)
 
     def _startup(self, raw: bytes) -> Message:
         code = struct.unpack_from("!i", raw, 4)[0]
@@ -241,16 +244,17 @@ class FrontendParser:
         return Startup(raw, params)
 
 
-def parse_frontend(kind: str, raw: bytes) -> Message:
+def parse_frontend(kind: str, raw: bytes, encoding: str = "utf-8") -> Message:
+    """One message after startup. Names and SQL text are read in the session's client encoding."""
     body = raw[5:]
     if kind == "Q":
-        sql, pos = _cstring(body, 0)
+        sql, pos = _cstring(body, 0, encoding)
         if pos != len(body):
             raise ProtocolError("trailing bytes in Query")
         return Query(raw, sql)
     if kind == "P":
-        name, pos = _cstring(body, 0)
-        sql, pos = _cstring(body, pos)
+        name, pos = _cstring(body, 0, encoding)
+        sql, pos = _cstring(body, pos, encoding)
         count, pos = _int16(body, pos)
         types = []
         for _ in range(max(count, 0)):
@@ -258,22 +262,22 @@ def parse_frontend(kind: str, raw: bytes) -> Message:
             types.append(oid)
         return Parse(raw, name, sql, tuple(types))
     if kind == "B":
-        portal, pos = _cstring(body, 0)
-        statement, _ = _cstring(body, pos)
+        portal, pos = _cstring(body, 0, encoding)
+        statement, _ = _cstring(body, pos, encoding)
         return Bind(raw, portal, statement)
     if kind == "D":
         if not body:
             raise ProtocolError("empty Describe")
-        name, _ = _cstring(body, 1)
+        name, _ = _cstring(body, 1, encoding)
         return Describe(raw, chr(body[0]), name)
     if kind == "E":
-        portal, pos = _cstring(body, 0)
+        portal, pos = _cstring(body, 0, encoding)
         max_rows, _ = _int32(body, pos)
         return Execute(raw, portal, max_rows)
     if kind == "C":
         if not body:
             raise ProtocolError("empty Close")
-        name, _ = _cstring(body, 1)
+        name, _ = _cstring(body, 1, encoding)
         return Close(raw, chr(body[0]), name)
     if kind == "S":
         return Sync(raw)
@@ -290,15 +294,15 @@ def parse_frontend(kind: str, raw: bytes) -> Message:
     return UnknownMessage(raw, kind)
 
 
-def first_cstring(raw: bytes, start: int = 5) -> tuple[str, int]:
+def first_cstring(raw: bytes, start: int = 5, encoding: str = "utf-8") -> tuple[str, int]:
     """The NUL-terminated string at `start` of a raw message and the position after it (Execute's portal)."""
-    return _cstring(raw, start)
+    return _cstring(raw, start, encoding)
 
 
-def bind_names(raw: bytes) -> tuple[str, str]:
+def bind_names(raw: bytes, encoding: str = "utf-8") -> tuple[str, str]:
     """(portal, statement) of a raw Bind message, without decoding its parameters."""
-    portal, pos = _cstring(raw, 5)
-    statement, _ = _cstring(raw, pos)
+    portal, pos = _cstring(raw, 5, encoding)
+    statement, _ = _cstring(raw, pos, encoding)
     return portal, statement
 
 
@@ -337,14 +341,28 @@ class BackendParser:
         return out
 
 
+def parameter_status_fields(body: bytes) -> tuple[str, str]:
+    """(name, value) of a ParameterStatus body (read as Latin-1: never fails; the names amber watches are ASCII)."""
+    name, pos = _cstring(body, 0, "latin-1")
+    value, _ = _cstring(body, pos, "latin-1")
+    return name, value
+
+
 def error_fields(body: bytes) -> dict[str, str]:
-    """The fields of an ErrorResponse or NoticeResponse body, by their one-letter codes."""
+    """The fields of an ErrorResponse or NoticeResponse body, by their one-letter codes.
+
+    Read leniently (undecodable bytes replaced): the server writes them in the session's client encoding, and
+    the fields the gateway compares (severity, code, amber's marker names) are ASCII.
+    """
     fields: dict[str, str] = {}
     pos = 0
     while pos < len(body) and body[pos] != 0:
         code = chr(body[pos])
-        value, pos = _cstring(body, pos + 1)
-        fields[code] = value
+        end = body.find(b"\0", pos + 1)
+        if end < 0:
+            raise ProtocolError("unterminated string in message")
+        fields[code] = body[pos + 1 : end].decode("utf-8", "replace")
+        pos = end + 1
     return fields
 
 
