@@ -23,7 +23,6 @@ from typing import Any
 from pglast import ast
 from pglast.enums import VariableSetKind
 
-
 from amber.gateway.pgwire import encodings
 
 # SQLSTATEs: 25006 read_only_sql_transaction, 42501 insufficient_privilege.
