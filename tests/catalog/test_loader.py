@@ -222,3 +222,21 @@ def test_bad_masks_name_file_line_and_problem(tmp_path: Path, old: str, new: str
     message = info.value.message
     assert f"{path}:{line}:" in message, message
     assert needle in message, message
+
+
+def test_a_mask_spelled_in_another_case_than_its_schema_says_how_to_quote_it(tmp_path: Path) -> None:
+    text = MASKED.replace("[public, reporting]", "[public, Reporting]").replace("public.customers:", "Reporting.t:")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    assert f"{path}:15: " in info.value.message
+    assert """unquoted here, Reporting means reporting: write '"Reporting".t'""" in info.value.message
+
+
+def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path: Path) -> None:
+    text = MASKED.replace("        max_ttl: 4h\n", "        max_ttl: 4h\n        masked_columns: {}\n", 1)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    assert f"{path}:15: " in info.value.message
+    assert "masked_columns is given twice" in info.value.message

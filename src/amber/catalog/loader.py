@@ -112,6 +112,9 @@ def load_catalog(path: Path | str) -> Catalog:
     lines: dict[Loc, int] = {}
     if node is not None:
         _index_lines(node, (), lines)
+        duplicates = _duplicate_keys(path, node)
+        if duplicates:
+            raise ConfigError("invalid catalog:\n  " + "\n  ".join(duplicates))
     try:
         parsed = CatalogFile.model_validate(data)
     except ValidationError as exc:
@@ -140,9 +143,16 @@ def _masks_outside_levels(path: Path, resources: list[Resource], lines: dict[Loc
                     continue
                 raw = next(key for key in level.masked_columns if _resolved_table(key) == (schema, table))
                 loc: Loc = ("resources", index, "levels", level_name, "masked_columns", raw)
+                same_letters = [s for s in level.schemas if s.lower() == schema.lower()]
+                hint = (
+                    f" (schema names in `schemas` are exact; unquoted here, {raw.split('.', 1)[0]} means {schema}: "
+                    f"write '\"{same_letters[0]}\".{raw.split('.', 1)[1]}')"
+                    if same_letters
+                    else ""
+                )
                 problems.append(
                     f"{path}:{_line_for(lines, loc)}: {_dotted(loc[:-1])}: masked table {raw} is outside the "
-                    f"level's schemas ({', '.join(level.schemas)}); add its schema or fix the name"
+                    f"level's schemas ({', '.join(level.schemas)}); add its schema or fix the name{hint}"
                 )
     return problems
 
@@ -150,6 +160,27 @@ def _masks_outside_levels(path: Path, resources: list[Resource], lines: dict[Loc
 def _resolved_table(raw: str) -> tuple[str, str]:
     schema, table = (sql_identifier(part) for part in split_qualified(raw))
     return schema, table
+
+
+def _duplicate_keys(path: Path, node: yaml.Node) -> list[str]:
+    """A key given twice in one mapping: YAML keeps only the last, silently (a second `masked_columns:` would
+    drop the first one's masks). Refused, naming the second."""
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
+            if key and key in seen:
+                problems.append(
+                    f"{path}:{key_node.start_mark.line + 1}: {key} is given twice in the same mapping "
+                    "(YAML would keep only the last, silently)"
+                )
+            seen.add(key)
+            problems += _duplicate_keys(path, value_node)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            problems += _duplicate_keys(path, item)
+    return problems
 
 
 def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
