@@ -86,6 +86,9 @@ _DESCRIBE_KINDS = frozenset(b"SP")
 _DATA_ROW = ord("D")
 _ERROR = ord("E")
 _PARAMETER_STATUS = ord("S")
+# Messages the gateway only passes on (it counts DataRows): streamed when large, with no size cap of their own.
+_STREAMED = frozenset(b"DdN")  # DataRow, CopyData, NoticeResponse
+STREAM_OVER = 256 * 1024  # a message larger than this is passed on as it arrives instead of held whole
 _NOTABLE = frozenset(b"CEsIZ")  # CommandComplete, Error, PortalSuspended, EmptyQuery, ReadyForQuery
 _RFQ_FAILED = codec.ready_for_query("E")
 
@@ -135,6 +138,7 @@ class Session:
         self.aborted = False
         self.cut_reason: str | None = None
         self._upstream_buf = bytearray()
+        self._streaming = 0  # bytes still to pass on of a large message being streamed (see from_upstream)
         self._client_paused: set[str] = set()  # why the client is not being read: "upstream", "recorder"
         self._waiting_for_room = False
         self.holding = False  # an upstream FATAL is held until amber knows whether the grant ended
@@ -449,6 +453,13 @@ class Session:
         """
         if self.closed:
             return
+        if self._streaming:  # the rest of a large message the gateway passes through without holding it
+            take = min(self._streaming, len(data))
+            self._streaming -= take
+            self.client.write(data[:take])
+            data = data[take:]
+            if not data:
+                return
         buf = self._upstream_buf
         buf += data
         size = len(buf)
@@ -459,12 +470,22 @@ class Session:
         while size - pos >= 5:
             length = int.from_bytes(buf[pos + 1 : pos + 5])
             end = pos + 1 + length
-            if length < 4 or length > codec.MAX_MESSAGE:
+            kind = buf[pos]
+            if length < 4 or (length > codec.MAX_MESSAGE and kind not in _STREAMED):
                 self.fatal("08P01", "the database sent an invalid message")
                 return
             if end > size:
+                if kind in _STREAMED and length > STREAM_OVER:
+                    # A large row (or COPY chunk, or notice) goes out as it arrives: the gateway only counts it,
+                    # so it never holds a value of hundreds of megabytes, and no cap ends the session.
+                    if kind == _DATA_ROW and running:
+                        running[0].rows += 1
+                    out.append(bytes(buf[copied:size]))
+                    self._streaming = end - size
+                    del buf[:]
+                    self.client.write(b"".join(out))
+                    return
                 break
-            kind = buf[pos]
             if kind == _DATA_ROW:
                 if running:
                     running[0].rows += 1

@@ -161,6 +161,43 @@ class FailedLogins:
         self._failures.setdefault(source, deque()).append(now)
 
 
+class PendingLogins:
+    """Caps connections that have not logged in yet: in all, and per source address.
+
+    An unauthenticated connection costs a socket, a task and up to MAX_STARTUP / MAX_LOGIN_MESSAGE bytes for at
+    most `login_timeout_s`: with these caps, what nobody authenticated can make the gateway hold is bounded.
+    """
+
+    def __init__(self, limit: int = 256, per_source: int = 32) -> None:
+        self.limit = limit
+        self.per_source = per_source
+        self.total = 0
+        self._by_source: dict[str, int] = {}
+
+    def admit(self, source: str) -> Callable[[], None] | None:
+        """A release function for an admitted connection (call it once logged in or gone; calling again is a
+        no-op), or None if a cap is reached."""
+        if self.total >= self.limit or self._by_source.get(source, 0) >= self.per_source:
+            return None
+        self.total += 1
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.total -= 1
+            left = self._by_source[source] - 1
+            if left:
+                self._by_source[source] = left
+            else:
+                del self._by_source[source]
+
+        return release
+
+
 class GatewayServer:
     def __init__(
         self,
@@ -175,11 +212,14 @@ class GatewayServer:
         verdict_cache_size: int = 10000,
         channel_binding: bytes | None = None,
         login_timeout_s: float = 60.0,
+        max_pending_logins: int = 256,
+        max_pending_logins_per_source: int = 32,
     ) -> None:
         self.authenticator = authenticator
         # From connect to a logged-in session (PostgreSQL's authentication_timeout): a client that stalls in the
         # handshake holds a socket and a task, so it is cut.
         self.login_timeout_s = login_timeout_s
+        self.pending_logins = PendingLogins(max_pending_logins, max_pending_logins_per_source)
         self.channel_binding = channel_binding  # tls-server-end-point data of `tls`'s certificate, for -PLUS
         self.recorder = recorder
         self.schema_for = schema_for
@@ -282,8 +322,15 @@ class GatewayServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if peer else "unknown"
+        release = self.pending_logins.admit(source)
+        if release is None:
+            log.warning("gateway: refused a connection from %s: too many connections waiting to log in", source)
+            with contextlib.suppress(Exception):
+                await _fatal(writer, "53300", "amber: too many connections are waiting to log in; try again shortly")
+                writer.close()
+            return
         try:
-            await self._serve(reader, writer, source)
+            await self._serve(reader, writer, source, release)
         except TimeoutError:
             log.info("gateway: login from %s timed out", source)
             with contextlib.suppress(Exception):
@@ -293,10 +340,17 @@ class GatewayServer:
         except Exception:
             log.exception("gateway: unexpected error on a connection from %s", source)
         finally:
+            release()
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str) -> None:
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        source: str,
+        logged_in: Callable[[], None],
+    ) -> None:
         parser = codec.FrontendParser()
         tls_on = False
         startup: codec.Startup | None = None
@@ -312,12 +366,22 @@ class GatewayServer:
                 writer.write(codec.error_response("08P01", f"protocol violation: {exc}", severity="FATAL"))
                 await writer.drain()
                 return
-            for msg in messages:
+            for index, msg in enumerate(messages):
                 if isinstance(msg, codec.SSLRequest):
                     if self.tls is None or tls_on:
                         writer.write(b"N")
                         await writer.drain()
                         continue
+                    if index != len(messages) - 1 or parser.has_buffered() or getattr(reader, "_buffer", b""):
+                        # Bytes sent before the TLS handshake would be read as if they came through TLS (the
+                        # CVE-2021-23214 class): refuse, as PostgreSQL does.
+                        writer.write(
+                            codec.error_response(
+                                "08P01", "protocol violation: unencrypted data after the SSL request", severity="FATAL"
+                            )
+                        )
+                        await writer.drain()
+                        return
                     writer.write(b"S")
                     await writer.drain()
                     async with asyncio.timeout_at(deadline):
@@ -334,7 +398,9 @@ class GatewayServer:
         async with asyncio.timeout_at(deadline) as login_time:
             connected = await self._session(startup, parser, reader, writer, source, tls_on)
             login_time.reschedule(None)  # logged in: the session lives as long as its grant
+        logged_in()
         if connected is not None:
+            connected.parser.max_message = codec.MAX_CLIENT_MESSAGE
             await self._relay(connected)
 
     async def _session(  # noqa: PLR0917 - one connection's state, passed once from _serve

@@ -15,7 +15,9 @@ PROTOCOL_V3 = 196608
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
-MAX_MESSAGE = 64 * 1024 * 1024
+MAX_MESSAGE = 64 * 1024 * 1024  # a message the gateway holds whole (from the server: never a DataRow; see relay)
+MAX_CLIENT_MESSAGE = 16 * 1024 * 1024  # one message from a logged-in client (a statement, a Bind)
+MAX_LOGIN_MESSAGE = 16 * 1024  # one message before login: a password or SASL message needs a few hundred bytes
 MAX_STARTUP = 10_000
 
 
@@ -156,6 +158,9 @@ class FrontendParser:
     def __init__(self) -> None:
         self._buf = bytearray()
         self.in_startup = True
+        # Until login only small messages (MAX_LOGIN_MESSAGE): nobody unauthenticated makes the gateway hold
+        # megabytes. The gateway raises it to MAX_CLIENT_MESSAGE when the session is logged in.
+        self.max_message = MAX_LOGIN_MESSAGE
         # How the server reads this session's text (pgwire/encodings.py); set by the gateway at login.
         self.encoding = "utf-8"
 
@@ -184,8 +189,10 @@ class FrontendParser:
         size = len(buf)
         while size - pos >= 5:
             length = int.from_bytes(buf[pos + 1 : pos + 5], signed=True)
-            if length < 4 or length > MAX_MESSAGE:
-                raise ProtocolError(f"invalid length {length} for message {chr(buf[pos])!r}")
+            if length < 4 or length > self.max_message:
+                raise ProtocolError(
+                    f"invalid length {length} for message {chr(buf[pos])!r} (at most {self.max_message})"
+                )
             end = pos + 1 + length
             if end > size:
                 break
@@ -211,8 +218,8 @@ class FrontendParser:
             return None
         kind = chr(buf[0])
         length = struct.unpack_from("!i", buf, 1)[0]
-        if length < 4 or length > MAX_MESSAGE:
-            raise ProtocolError(f"invalid length {length} for message {kind!r}")
+        if length < 4 or length > self.max_message:
+            raise ProtocolError(f"invalid length {length} for message {kind!r} (at most {self.max_message})")
         if len(buf) < 1 + length:
             return None
         raw = bytes(buf[: 1 + length])
