@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import struct
 import time
 from collections import deque
@@ -27,8 +28,11 @@ import pglast
 from pglast.enums import TransactionStmtKind
 
 from amber.gateway.pgwire import codec
+from amber.gateway.schema_info import NeedLookups
 from amber.gateway.session_settings import SessionRules
 from amber.gateway.statements import Verdict
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from amber.gateway.server import GatewayGrant, GatewayServer
@@ -93,6 +97,12 @@ _NOTABLE = frozenset(b"CEsIZ")  # CommandComplete, Error, PortalSuspended, Empty
 _RFQ_FAILED = codec.ready_for_query("E")
 
 
+class _Terminated(Exception):
+    def __init__(self, raw: bytes) -> None:
+        super().__init__("terminate")
+        self.raw = raw
+
+
 class Session:
     def __init__(
         self,
@@ -138,6 +148,9 @@ class Session:
         self.aborted = False
         self.cut_reason: str | None = None
         self._upstream_buf = bytearray()
+        # Client messages waiting for schema lookups (see _hold), and what those lookups found so far.
+        self._held: list[tuple[int, bytes]] | None = None
+        self._fetched: dict[Any, Any] = {}
         self._streaming = 0  # bytes still to pass on of a large message being streamed (see from_upstream)
         self._client_paused: set[str] = set()  # why the client is not being read: "upstream", "recorder"
         self._waiting_for_room = False
@@ -211,50 +224,89 @@ class Session:
 
     def from_client(self, data: bytes) -> None:
         """Judge and forward what the client sent. Bind, Execute and Sync (a prepared statement's every run) take
-        a short path that decodes only the names it needs; everything else goes through `handle`."""
+        a short path that decodes only the names it needs; everything else goes through `handle`.
+
+        A statement whose judgement needs names amber has not looked up yet (NeedLookups) waits, with everything
+        the client sent after it, while a worker thread looks them up; the client is not read meanwhile."""
         if self.done.done():
             return
+        try:
+            frames = self.parser.feed_frames(data)
+        except codec.ProtocolError as exc:
+            self.fatal("08P01", f"protocol violation: {exc}")
+            return
+        if self._held is not None:  # still waiting for a lookup: keep order
+            self._held += frames
+            return
+        self._relay_frames(frames)
+
+    def _relay_frames(self, frames: list[tuple[int, bytes]]) -> None:
         out = bytearray()
         try:
-            for kind, raw in self.parser.feed_frames(data):
-                if kind == _SYNC:
-                    self.pending.append(_Pending(marker=self._batch_marker, notice=self._batch_notice))
-                    self._batch_marker, self.skip_until_sync, self._batch_notice = None, False, b""
-                    out += raw
-                elif self.skip_until_sync:
-                    continue
-                elif kind == _BIND:
-                    portal, name = codec.bind_names(raw, self.parser.encoding)
-                    statement = self.prepared.get(name)
-                    if statement is None:
-                        out += self.refuse_in_batch(
-                            Verdict(
-                                False, "", "bind", "prepared", f"prepared statement {name!r} was not allowed by amber"
-                            )
-                        )
-                    else:
-                        self.portals[portal] = statement
-                        out += raw
-                elif kind == _EXECUTE:
-                    out += self.execute(raw)
-                elif kind == _DESCRIBE and len(raw) > 6 and raw[5] in _DESCRIBE_KINDS and raw[-1] == 0:
-                    out += raw  # libpq describes the portal before every Execute; only names, nothing to judge
-                else:
-                    msg = codec.parse_frontend(chr(kind), raw, self.parser.encoding)
-                    if isinstance(msg, codec.Terminate):
-                        self.upstream.write(bytes(out) + msg.raw)
-                        self.close()
-                        return
-                    out += self.handle(msg)
+            for index, (kind, raw) in enumerate(frames):
+                try:
+                    out += self._frame(kind, raw)
+                except NeedLookups as need:
+                    self._hold(frames[index:], need)
+                    break
                 if self.done.done():
                     return
         except codec.ProtocolError as exc:
             self.fatal("08P01", f"protocol violation: {exc}")
             return
+        except _Terminated as end:
+            self.upstream.write(bytes(out) + end.raw)
+            self.close()
+            return
         if out:
             self.upstream.write(bytes(out))
         if self.recorder.over_limit:
             self._wait_for_recorder()
+
+    def _frame(self, kind: int, raw: bytes) -> bytes:
+        """What to send upstream for one client message (raises NeedLookups before changing any state)."""
+        if kind == _SYNC:
+            self.pending.append(_Pending(marker=self._batch_marker, notice=self._batch_notice))
+            self._batch_marker, self.skip_until_sync, self._batch_notice = None, False, b""
+            return raw
+        if self.skip_until_sync:
+            return b""
+        if kind == _BIND:
+            portal, name = codec.bind_names(raw, self.parser.encoding)
+            statement = self.prepared.get(name)
+            if statement is None:
+                return self.refuse_in_batch(
+                    Verdict(False, "", "bind", "prepared", f"prepared statement {name!r} was not allowed by amber")
+                )
+            self.portals[portal] = statement
+            return raw
+        if kind == _EXECUTE:
+            return self.execute(raw)
+        if kind == _DESCRIBE and len(raw) > 6 and raw[5] in _DESCRIBE_KINDS and raw[-1] == 0:
+            return raw  # libpq describes the portal before every Execute; only names, nothing to judge
+        msg = codec.parse_frontend(chr(kind), raw, self.parser.encoding)
+        if isinstance(msg, codec.Terminate):
+            raise _Terminated(msg.raw)
+        return self.handle(msg)
+
+    def _hold(self, frames: list[tuple[int, bytes]], need: NeedLookups) -> None:
+        """Stop at a statement that needs lookups: look them up in a worker thread, then go on from it."""
+        self._held = frames
+        self.pause_client("lookup")
+
+        async def look_up() -> None:
+            try:
+                self._fetched.update(await asyncio.to_thread(need.schema.fetch, need.keys))
+            except Exception:  # noqa: BLE001 - cached as unavailable: the statement is refused (fail closed)
+                log.warning("gateway: looking up %d names for grant %s failed", len(need.keys), self.grant.grant_id)
+            held, self._held = self._held or [], None
+            if not self.closed:
+                self._relay_frames(held)
+                if self._held is None:
+                    self._fetched.clear()
+                    self.resume_client("lookup")
+
+        self.server.background(asyncio.get_running_loop().create_task(look_up()))
 
     def execute(self, raw: bytes) -> bytes:
         ended = self.server.authenticator.still_live(self.grant.grant_id)
@@ -397,7 +449,9 @@ class Session:
         return codec.empty_query()
 
     def judge(self, sql: str) -> list[Verdict]:
-        return self.server.judge(self.grant.resource, sql, frozenset(self.sql_prepared), self.grant.masked, self.rules)
+        return self.server.judge(
+            self.grant.resource, sql, frozenset(self.sql_prepared), self.grant.masked, self.rules, fetched=self._fetched
+        )
 
     def refusal(self, verdict: Verdict) -> bytes:
         return codec.error_response(
@@ -454,10 +508,7 @@ class Session:
         if self.closed:
             return
         if self._streaming:  # the rest of a large message the gateway passes through without holding it
-            take = min(self._streaming, len(data))
-            self._streaming -= take
-            self.client.write(data[:take])
-            data = data[take:]
+            data = self._stream_on(data)
             if not data:
                 return
         buf = self._upstream_buf
@@ -511,6 +562,13 @@ class Session:
         del buf[:pos]
         if out:
             self.client.write(b"".join(out))
+
+    def _stream_on(self, data: bytes) -> bytes:
+        """Pass on what belongs to the large message being streamed; return what comes after it."""
+        take = min(self._streaming, len(data))
+        self._streaming -= take
+        self.client.write(data[:take])
+        return data[take:]
 
     def status_kept(self, body: bytes) -> bool:
         """False (and the session ended, fail closed) if the upstream reports a pinned setting changed."""

@@ -39,6 +39,7 @@ import pglast
 from amber.core.clock import Clock
 from amber.gateway.pgwire import codec, encodings
 from amber.gateway.relay import Recorder, Session
+from amber.gateway.schema_info import Lookup, NeedLookups, UpstreamSchema
 from amber.gateway.scram import ScramClient, ScramError, ScramProtocolError, ScramServer
 from amber.gateway.session_settings import SessionRules, split_identifiers
 from amber.gateway.statements import MaskedItems, SchemaInfo, Verdict, judge
@@ -204,7 +205,7 @@ class GatewayServer:
         *,
         authenticator: Authenticator,
         recorder: Recorder,
-        schema_for: Callable[[str], SchemaInfo],
+        schema_for: Callable[[str], UpstreamSchema | SchemaInfo],
         clock: Clock,
         tls: ssl.SSLContext | None,
         host: str = "127.0.0.1",
@@ -280,8 +281,11 @@ class GatewayServer:
         prepared: frozenset[str],
         masked: MaskedItems = (),
         rules: SessionRules | None = None,
+        *,
+        fetched: dict[Any, Any] | None = None,
     ) -> list[Verdict]:
-        """Judge `sql`, from a cache when the answer cannot differ.
+        """Judge `sql`, from a cache when the answer cannot differ. Raises NeedLookups (before any cache or state
+        changes) when the judge needs names not looked up yet: `fetched` holds what earlier rounds found.
 
         NOTE: two caches. By exact text: a verdict depends on the text, the prepared names, the masked columns,
         the session's rules (level schemas, limits, encoding) and the upstream schema, never on anything else.
@@ -291,16 +295,28 @@ class GatewayServer:
         by shape). A verdict goes in one cache: by shape where it may, else by text. Each is cleared when full.
         """
         rules = rules or SessionRules()
-        key = (resource, sql, prepared, masked, rules)
+        schema = self.schema_for(resource)
+        # The upstream's catalogs changed since a verdict was cached: it is not reused (schema_info.py).
+        version = schema.version if isinstance(schema, UpstreamSchema) else 0
+        key = (resource, version, sql, prepared, masked, rules)
         cached = self._verdicts.get(key)
         if cached is not None:
             return cached
         shape = _shape(sql)
+        shape_key = (resource, version, shape, prepared, masked, rules)
         if shape is not None:
-            by_shape = self._shapes.get((resource, shape, prepared, masked, rules))
+            by_shape = self._shapes.get(shape_key)
             if by_shape is not None:
                 return [by_shape.with_sql(sql.strip())]
-        verdicts = judge(sql, self.schema_for(resource), prepared=prepared, masked=dict(masked), rules=rules)
+        if isinstance(schema, UpstreamSchema):
+            lookup = Lookup(schema, fetched)
+            verdicts = judge(sql, lookup, prepared=prepared, masked=dict(masked), rules=rules)
+            if lookup.missing:
+                raise NeedLookups(schema, frozenset(lookup.missing))
+            if lookup.unavailable:
+                return verdicts  # refused because a lookup failed: never cached
+        else:
+            verdicts = judge(sql, schema, prepared=prepared, masked=dict(masked), rules=rules)
         if (
             shape is not None
             and len(verdicts) == 1
@@ -310,7 +326,7 @@ class GatewayServer:
             # Only by shape: texts that differ only in literals (pgbench's, an ORM's) would flood the other.
             if len(self._shapes) >= self._verdict_cache_size:
                 self._shapes.clear()
-            self._shapes[(resource, shape, prepared, masked, rules)] = verdicts[0]
+            self._shapes[shape_key] = verdicts[0]
         else:
             if len(self._verdicts) >= self._verdict_cache_size:
                 self._verdicts.clear()
@@ -372,7 +388,7 @@ class GatewayServer:
                         writer.write(b"N")
                         await writer.drain()
                         continue
-                    if index != len(messages) - 1 or parser.has_buffered() or getattr(reader, "_buffer", b""):
+                    if index != len(messages) - 1 or parser.has_buffered() or bool(getattr(reader, "_buffer", b"")):
                         # Bytes sent before the TLS handshake would be read as if they came through TLS (the
                         # CVE-2021-23214 class): refuse, as PostgreSQL does.
                         writer.write(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,8 @@ from amber.gateway.server import GatewayServer
 from amber.gateway.statements import Masked
 from amber.gateway.tls import self_signed, server_context, tls_server_end_point
 from amber.gateway.watch import GrantWatcher, ended_grants
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -36,6 +40,7 @@ class Gateway:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         watch_interval_s: float = 0.5,
+        schema_poll_s: float = 1.0,
     ) -> None:
         if tls_cert is None or tls_key is None:
             tls_cert, tls_key = self_signed(state_dir)
@@ -44,6 +49,9 @@ class Gateway:
         self.recorder = LedgerRecorder(uow, clock, database_url=recorder_database_url)
         self._admin_dsn = admin_dsn
         self._schemas: dict[str, UpstreamSchema] = {}
+        # How often each upstream's catalogs are compared with what the judge's cache was filled from.
+        self.schema_poll_s = schema_poll_s
+        self._schema_watch: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
         self.server = GatewayServer(
             authenticator=self.authenticator,
@@ -79,12 +87,32 @@ class Gateway:
                 schema = self._schemas[resource] = UpstreamSchema(self._admin_dsn(resource))
             return schema
 
+    def refresh_schemas(self) -> None:
+        """Ask every upstream whether its catalogs changed (blocking; the schema watcher runs it in a thread)."""
+        with self._lock:
+            schemas = list(self._schemas.values())
+        for schema in schemas:
+            try:
+                schema.check_generation()
+            except Exception:
+                log.warning("gateway: could not check whether an upstream's catalogs changed", exc_info=True)
+
+    async def _watch_schemas(self) -> None:
+        while True:
+            await asyncio.sleep(self.schema_poll_s)
+            await asyncio.to_thread(self.refresh_schemas)
+
     async def start(self) -> None:
         self.recorder.start()
         await self.server.start()
         self.watcher.start()
+        self._schema_watch = asyncio.get_running_loop().create_task(self._watch_schemas())
 
     async def stop(self) -> None:
+        if self._schema_watch is not None:
+            self._schema_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._schema_watch
         await self.watcher.stop()
         await self.server.stop()
         await self.recorder.stop()

@@ -660,6 +660,13 @@ def _check_function(funcname: Any, scan: _Scan) -> None:
         raise Refused(
             "function", f"function {'.'.join(parts)} is unknown here; amber allows only functions it can look up"
         )
+    if "x" in volatility:  # schema_info.SETS_PINNED: its own SET clause changes how the server reads text
+        raise Refused(
+            "pinned-setting",
+            f"function {'.'.join(parts)} sets standard_conforming_strings, client_encoding, backslash_quote or "
+            "escape_string_warning while it runs; amber's gateway keeps those pinned",
+            PRIVILEGE,
+        )
     if "v" in volatility and not _harmless_volatile(name, schema, scan):
         raise Refused(
             "volatile-function",
