@@ -81,7 +81,7 @@ def test_many_unknown_names_cost_one_lookup_in_a_worker_thread(gw: Amber, monkey
         assert "amber refused" in message
         assert "is unknown here" in message
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    loop_thread = gateway(gw).server._loop  # noqa: SLF001 - the loop the gateway runs on
+    loop_thread = gateway(gw).server._loop
     assert loop_thread is not None
     assert len(calls) == 1  # one batched lookup for all 5,000 names
     thread, count = calls[0]
@@ -160,6 +160,6 @@ def test_a_lookup_that_fails_is_refused_and_retried_later(gw: Amber, monkeypatch
         assert message is not None
         assert "could not look this statement's functions and relations up" in message
         monkeypatch.undo()
-        for key in [k for k in list(upstream._cache) if k[0] == "f"]:  # noqa: SLF001 - the unavailable marks
-            del upstream._cache[key]  # noqa: SLF001 - as their 5 s would
+        for key in [k for k in list(upstream._cache) if k[0] == "f"]:
+            del upstream._cache[key]
         assert conn.execute("SELECT upper('x')").fetchone() == ("X",)  # the refusal was not cached
