@@ -409,8 +409,11 @@ def _check_query(node: ast.SelectStmt, scan: _Scan) -> None:
     if scan.masked:
         _check_masked(node, scan)
     # NOTE: only for a query without subqueries, where every `name` column is pg_settings' of that one row.
-    flat = not node.withClause and not any(isinstance(c, ast.SubLink | ast.RangeSubselect) for c in _walk(node))
-    scan.settings_row = settings_row(node) if flat else None
+    row = settings_row(node)
+    flat = row is not None and not node.withClause
+    if flat:
+        flat = not any(isinstance(c, ast.SubLink | ast.RangeSubselect) for c in _walk(node))
+    scan.settings_row = row if flat else None
     _check_expressions(node, scan)
 
 
