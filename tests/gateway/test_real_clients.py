@@ -19,6 +19,7 @@ import psycopg
 import psycopg2
 import pytest
 import sqlalchemy as sa
+from psycopg_pool import ConnectionPool
 
 from tests.conftest import Amber, connect_as, create_database, drop_database
 from tests.gateway.conftest import gateway_credential
@@ -233,6 +234,16 @@ def test_psycopg2_set_session_readonly_autocommit_and_named_cursors(cred: dict[s
             cur.execute("UPDATE public.orders SET total_cents = 0")
     finally:
         conn.close()
+
+
+def test_psycopg_pool_hands_out_connections_that_read(cred: dict[str, Any]) -> None:
+    with ConnectionPool(cred["url"], min_size=2, max_size=4, open=True, check=ConnectionPool.check_connection) as pool:
+        counts = []
+        for read_only in (True, False, None, True):
+            with pool.connection() as conn:  # returned to the pool in between (rolled back, checked)
+                conn.read_only = read_only
+                counts.append(conn.execute("SELECT count(*) FROM public.orders").fetchone())
+        assert counts == [(50,)] * 4
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])

@@ -10,13 +10,15 @@ any refused part is refused whole. What is allowed:
   SELECT this judge allows; never the functions that serialize whole tables, schemas or databases
   (table_to_xml, ...); and, over masked tables, nothing that reaches a masked column (`_check_masked`, 0012);
 - SHOW; EXPLAIN (with ANALYZE only of an allowed statement); transaction control that cannot start a
-  read-write transaction (BEGIN READ ONLY, any isolation level); cursors over allowed queries, FETCH, CLOSE
+  read-write transaction (BEGIN READ ONLY, any isolation level; BEGIN ... READ WRITE is rewritten to READ ONLY,
+  sent alone); SET TRANSACTION SNAPSHOT; cursors over allowed queries, FETCH, CLOSE
   (ALL); COPY ... TO STDOUT of an allowed query or a table; PREPARE of an allowed query, EXECUTE of a statement
   prepared that way, DEALLOCATE;
 - SET / RESET / set_config of the settings session_settings.py allows (presentation, planner, read only on,
   timeouts up to the level's limit, search_path inside the level, work_mem up to 256MB), SET TRANSACTION /
   SESSION CHARACTERISTICS that stay read only, RESET ALL, DISCARD, UNLISTEN, and LOCK ... IN ACCESS SHARE MODE
-  of tables in the level's schemas. A timeout above the level's limit (0 = none) is rewritten to the limit.
+  of tables in the level's schemas. A timeout above the level's limit (0 = none) is rewritten to the limit
+  (sent alone; Verdict.rewrite and .notice). Decision 0011 gives the reason for each.
 Everything else is refused with the rule that refused it. What this does NOT check: anything that happens
 inside functions the upstream marks immutable or stable (a mislabelled function is the upstream's bug; the
 database role's privileges are the boundary there), and type input functions of casts.
