@@ -269,3 +269,44 @@ def test_the_database_itself_refuses_masked_columns(gw: Amber) -> None:
             conn.execute('SELECT "Email" FROM public."Contacts"')
         assert conn.execute('SELECT email FROM public."Contacts"').fetchone() == ("shown@example.com",)
         assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (50,)
+
+
+@pytest.fixture
+def extensions(gw: Amber) -> Iterator[None]:
+    """tablefunc, dblink and hstore in the shared target database, for this test only."""
+    with pg_admin(gw.target_db) as conn:
+        conn.execute("CREATE EXTENSION tablefunc; CREATE EXTENSION dblink; CREATE EXTENSION hstore")
+    yield
+    with pg_admin(gw.target_db) as conn:
+        conn.execute("DROP EXTENSION tablefunc, dblink, hstore")
+
+
+EXTENSION_REFUSED = [
+    ("SELECT hstore(c) FROM public.customers c", "as a whole row"),
+    ("SELECT * FROM crosstab('SELECT name, ''a'', 1 FROM public.customers') AS t(n text, a int)", "name is masked"),
+    ("SELECT * FROM crosstab('SELECT 1; DELETE FROM public.orders') AS t(n text, a int)", "may only be a SELECT"),
+    ("SELECT * FROM crosstab('SELECT lo_creat(-1)::text, ''a'', 1') AS t(n text, a int)", "volatile"),
+    (
+        "SELECT * FROM crosstab('SELECT id::text, ''a'', id FROM public.customers', 'SELECT name FROM public.customers')"
+        " AS t(k text, a bigint)",
+        "crosstab's query: column name is masked",
+    ),
+    ("SELECT * FROM connectby('public.customers', 'id', 'name', '1', 0) AS t(a bigint, b bigint, l int)", "builds"),
+    ("SELECT dblink('dbname=postgres', 'DELETE FROM public.orders')", "builds or runs SQL"),
+    ("SELECT dblink_exec('dbname=postgres', 'DELETE FROM public.orders')", "builds or runs SQL"),
+]
+
+
+@pytest.mark.usefixtures("extensions")
+def test_extension_functions_that_run_sql_or_serialize_rows(gw: Amber) -> None:
+    grant = masked_grant(gw)
+    with psycopg.connect(grant["url"], autocommit=True) as conn:
+        for sql, needle in EXTENSION_REFUSED:
+            with pytest.raises(psycopg.Error, match="amber refused") as info:
+                conn.execute(sql)  # type: ignore[arg-type]
+            assert needle in str(info.value), sql
+        rows = conn.execute(
+            "SELECT * FROM crosstab('SELECT id::text, ''a'', id FROM public.customers WHERE id < 3 ORDER BY 1', 1)"
+            " AS t(k text, a bigint)"
+        ).fetchall()
+        assert rows == [("1", 1), ("2", 2)]
