@@ -287,8 +287,8 @@ EXTENSION_REFUSED = [
     ("SELECT * FROM crosstab('SELECT 1; DELETE FROM public.orders') AS t(n text, a int)", "may only be a SELECT"),
     ("SELECT * FROM crosstab('SELECT lo_creat(-1)::text, ''a'', 1') AS t(n text, a int)", "volatile"),
     (
-        "SELECT * FROM crosstab('SELECT id::text, ''a'', id FROM public.customers', 'SELECT name FROM public.customers')"
-        " AS t(k text, a bigint)",
+        "SELECT * FROM crosstab('SELECT id::text, ''a'', id FROM public.customers',"
+        " 'SELECT name FROM public.customers') AS t(k text, a bigint)",
         "crosstab's query: column name is masked",
     ),
     ("SELECT * FROM connectby('public.customers', 'id', 'name', '1', 0) AS t(a bigint, b bigint, l int)", "builds"),
