@@ -97,6 +97,15 @@ _NOTABLE = frozenset(b"CEsIZ")  # CommandComplete, Error, PortalSuspended, Empty
 _RFQ_FAILED = codec.ready_for_query("E")
 
 
+JUDGE_OFF_LOOP_OVER = 16 * 1024  # statements longer than this are judged in a worker thread (see Session.judge)
+
+
+class JudgeOffLoop(Exception):
+    def __init__(self, sql: str) -> None:
+        super().__init__(f"a statement of {len(sql)} characters")
+        self.sql = sql
+
+
 class _Terminated(Exception):
     def __init__(self, raw: bytes) -> None:
         super().__init__("terminate")
@@ -151,6 +160,7 @@ class Session:
         # Client messages waiting for schema lookups (see _hold), and what those lookups found so far.
         self._held: list[tuple[int, bytes]] | None = None
         self._fetched: dict[Any, Any] = {}
+        self._judged: dict[str, list[Verdict]] = {}  # verdicts a worker thread reached for long texts
         self._streaming = 0  # bytes still to pass on of a large message being streamed (see from_upstream)
         self._client_paused: set[str] = set()  # why the client is not being read: "upstream", "recorder"
         self._waiting_for_room = False
@@ -246,7 +256,7 @@ class Session:
             for index, (kind, raw) in enumerate(frames):
                 try:
                     out += self._frame(kind, raw)
-                except NeedLookups as need:
+                except (NeedLookups, JudgeOffLoop) as need:
                     self._hold(frames[index:], need)
                     break
                 if self.done.done():
@@ -289,16 +299,19 @@ class Session:
             raise _Terminated(msg.raw)
         return self.handle(msg)
 
-    def _hold(self, frames: list[tuple[int, bytes]], need: NeedLookups) -> None:
+    def _hold(self, frames: list[tuple[int, bytes]], need: NeedLookups | JudgeOffLoop) -> None:
         """Stop at a statement that needs lookups: look them up in a worker thread, then go on from it."""
         self._held = frames
         self.pause_client("lookup")
 
         async def look_up() -> None:
             try:
-                self._fetched.update(await asyncio.to_thread(need.schema.fetch, need.keys))
+                if isinstance(need, JudgeOffLoop):
+                    self._judged[need.sql] = await asyncio.to_thread(self.judge_blocking, need.sql)
+                else:
+                    self._fetched.update(await asyncio.to_thread(need.schema.fetch, need.keys))
             except Exception:  # noqa: BLE001 - cached as unavailable: the statement is refused (fail closed)
-                log.warning("gateway: looking up %d names for grant %s failed", len(need.keys), self.grant.grant_id)
+                log.warning("gateway: looking names up for grant %s failed", self.grant.grant_id)
             held, self._held = self._held or [], None
             if not self.closed:
                 self._relay_frames(held)
@@ -449,9 +462,35 @@ class Session:
         return codec.empty_query()
 
     def judge(self, sql: str) -> list[Verdict]:
+        """The verdicts on `sql`. A long text is judged in a worker thread (parsing half a megabyte of SQL takes
+        PostgreSQL's parser a good part of a second): JudgeOffLoop holds the session until it is done."""
+        judged = self._judged.pop(sql, None)
+        if judged is not None:
+            return judged
+        if len(sql) > JUDGE_OFF_LOOP_OVER:
+            raise JudgeOffLoop(sql)
         return self.server.judge(
             self.grant.resource, sql, frozenset(self.sql_prepared), self.grant.masked, self.rules, fetched=self._fetched
         )
+
+    def judge_blocking(self, sql: str) -> list[Verdict]:
+        """Judge `sql`, looking up what it needs on the way (blocking: run in a worker thread)."""
+        fetched: dict[Any, Any] = {}
+        while True:
+            try:
+                return self.server.judge(
+                    self.grant.resource,
+                    sql,
+                    frozenset(self.sql_prepared),
+                    self.grant.masked,
+                    self.rules,
+                    fetched=fetched,
+                )
+            except NeedLookups as need:
+                try:
+                    fetched.update(need.schema.fetch(need.keys))
+                except Exception:  # noqa: BLE001 - cached as unavailable: the next round refuses (fail closed)
+                    log.warning("gateway: looking up %d names for grant %s failed", len(need.keys), self.grant.grant_id)
 
     def refusal(self, verdict: Verdict) -> bytes:
         return codec.error_response(

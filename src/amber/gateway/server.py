@@ -357,8 +357,10 @@ class GatewayServer:
             log.exception("gateway: unexpected error on a connection from %s", source)
         finally:
             release()
+            # Abort, not close: a graceful TLS close keeps reading (and decrypting) whatever a refused client
+            # still sends. Every message for the client was drained before this.
             with contextlib.suppress(Exception):
-                writer.close()
+                writer.transport.abort()
 
     async def _serve(
         self,
