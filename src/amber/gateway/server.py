@@ -345,8 +345,15 @@ class GatewayServer:
                 await _fatal(writer, "53300", "amber: too many connections are waiting to log in; try again shortly")
                 writer.close()
             return
+        logged_in = False
+
+        def on_login() -> None:
+            nonlocal logged_in
+            logged_in = True
+            release()
+
         try:
-            await self._serve(reader, writer, source, release)
+            await self._serve(reader, writer, source, on_login)
         except TimeoutError:
             log.info("gateway: login from %s timed out", source)
             with contextlib.suppress(Exception):
@@ -357,10 +364,13 @@ class GatewayServer:
             log.exception("gateway: unexpected error on a connection from %s", source)
         finally:
             release()
-            # Abort, not close: a graceful TLS close keeps reading (and decrypting) whatever a refused client
-            # still sends. Every message for the client was drained before this.
             with contextlib.suppress(Exception):
-                writer.transport.abort()
+                if logged_in:
+                    writer.close()
+                else:
+                    # Abort, not close: a graceful TLS close keeps reading (and decrypting) whatever a refused
+                    # client still sends. Every message for the client was drained before this.
+                    writer.transport.abort()
 
     async def _serve(
         self,
@@ -410,6 +420,10 @@ class GatewayServer:
                     await writer.drain()
                 elif isinstance(msg, codec.CancelRequest):
                     await self._forward_cancel(msg)
+                    writer.close()  # gracefully: libpq reads the TLS close as the cancel's answer
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(2):
+                            await writer.wait_closed()
                     return
                 elif isinstance(msg, codec.Startup):
                     startup = msg
