@@ -73,3 +73,17 @@ def test_multi_statement_strings_are_not_cached_by_shape() -> None:
     assert [v.allowed for v in ok] == [True, True]
     mixed = gateway.judge("db", "SELECT 1; DELETE FROM accounts", frozenset())
     assert [v.allowed for v in mixed] == [True, False]
+
+
+def test_long_texts_are_judged_every_time_and_never_held_in_a_cache() -> None:
+    schema = Schema()
+    gateway = server(schema)
+    long_text = "SELECT abs(1) FROM accounts WHERE note = '" + "x" * 100_000 + "'"
+    first = gateway.judge("db", long_text, frozenset())
+    lookups = schema.lookups
+    second = gateway.judge("db", long_text, frozenset())
+    assert first[0].allowed
+    assert second[0].allowed
+    assert schema.lookups > lookups  # judged again
+    assert not gateway._verdicts  # the test reads the caches on purpose
+    assert not gateway._shapes

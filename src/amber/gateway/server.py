@@ -72,6 +72,9 @@ PINNED_SETTINGS = {
 }
 
 
+CACHE_TEXT_MAX = 64 * 1024  # characters: longer statements are judged every time, never cached
+
+
 class AuthFailed(Exception):
     pass
 
@@ -317,6 +320,8 @@ class GatewayServer:
                 return verdicts  # refused because a lookup failed: never cached
         else:
             verdicts = judge(sql, schema, prepared=prepared, masked=dict(masked), rules=rules)
+        if len(sql) > CACHE_TEXT_MAX:
+            return verdicts  # rarely repeated, and a full cache of them would hold gigabytes (statements up to 64 MiB)
         if (
             shape is not None
             and len(verdicts) == 1
