@@ -127,6 +127,8 @@ REFUSED = [
     ("COPY (SELECT name FROM public.customers) TO STDOUT", "column name is masked"),
     ("COPY (SELECT c FROM public.customers c) TO STDOUT", "as a whole row"),
     ("DECLARE cur CURSOR FOR SELECT name FROM public.customers", "column name is masked"),
+    ("EXPLAIN SELECT id FROM public.customers WHERE name = 'customer 1'", "column name is masked"),
+    ("EXPLAIN (ANALYZE) SELECT c FROM public.customers c", "as a whole row"),
 ]
 
 # Every function that serializes whole tables, schemas or databases, reads a cursor by name, or runs SQL

@@ -359,6 +359,8 @@ def _check(node: Any, scan: _Scan) -> None:
             _check_execute(node.query, scan)  # EXPLAIN EXECUTE evaluates the arguments even without ANALYZE
         elif analyze:
             _check(node.query, scan)
+        elif scan.masked and isinstance(node.query, ast.SelectStmt):
+            _check_masked(node.query, scan)  # a plan shows a masked column's filters and the rows they match
     elif isinstance(node, ast.TransactionStmt):
         scan.rewrite = _check_transaction(node)
     elif isinstance(node, ast.DiscardStmt | ast.UnlistenStmt):
