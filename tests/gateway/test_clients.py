@@ -83,7 +83,7 @@ def test_a_wrong_token_is_refused_with_one_clear_sentence(gw: Amber) -> None:
     wrong = cred["password"][:-2] + "xx"
     with pytest.raises(psycopg.OperationalError) as error:
         psycopg.connect(with_token(cred, wrong))
-    assert str(error.value).endswith(f"FATAL:  amber: login failed for '{cred['user']}': wrong token")
+    assert str(error.value).endswith(f"FATAL:  amber: login failed for '{cred['user']}': wrong grant or token")
     env = {**os.environ, "PGPASSWORD": wrong}
     result = subprocess.run(
         ["psql", without_password(cred), "-X", "-c", "SELECT 1"],
@@ -94,7 +94,7 @@ def test_a_wrong_token_is_refused_with_one_clear_sentence(gw: Amber) -> None:
         env=env,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().endswith(f"FATAL:  amber: login failed for '{cred['user']}': wrong token")
+    assert result.stderr.strip().endswith(f"FATAL:  amber: login failed for '{cred['user']}': wrong grant or token")
     assert result.stderr.count("FATAL") == 1
 
 
@@ -106,7 +106,7 @@ def test_liveness_checks_apply_to_scram_logins_and_come_after_the_proof(gw: Ambe
     assert response.status_code == 200
     with pytest.raises(psycopg.OperationalError, match=f"grant {cred['grant_id']} is revoked"):
         psycopg.connect(cred["url"], channel_binding="require")
-    with pytest.raises(psycopg.OperationalError, match="wrong token"):  # no proof, no news about the grant
+    with pytest.raises(psycopg.OperationalError, match="wrong grant or token"):  # no proof, no news about the grant
         psycopg.connect(with_token(cred, "amb_gw_guess"), channel_binding="require")
 
 
@@ -122,7 +122,7 @@ def test_a_token_issued_before_scram_verifiers_still_logs_in_with_cleartext_insi
         assert conn.execute("SELECT 1").fetchone() == (1,)
     with pytest.raises(psycopg.OperationalError, match="channel binding"):
         psycopg.connect(cred["url"], channel_binding="require")
-    with pytest.raises(psycopg.OperationalError, match="wrong token"):
+    with pytest.raises(psycopg.OperationalError, match="wrong grant or token"):
         psycopg.connect(with_token(cred, "amb_gw_guess"))
 
 
@@ -217,7 +217,7 @@ def test_an_unknown_grant_gets_a_challenge_like_any_other_and_fails_at_the_end(g
             challenge = next_message(tls, parser).body[4:].decode()
         salts.append(dict(part.split("=", 1) for part in challenge.split(","))["s"])
     assert salts[0] == salts[1]  # the same made-up salt every time, as a real grant's would be
-    with pytest.raises(psycopg.OperationalError, match="no such grant"):
+    with pytest.raises(psycopg.OperationalError, match="wrong grant or token"):
         psycopg.connect(str(cred["url"]).replace(cred["user"], "grt_nope"))
 
 

@@ -262,6 +262,7 @@ class Runtime:
                 tls_cert=settings.gateway_tls_cert,
                 tls_key=settings.gateway_tls_key,
                 watch_interval_s=settings.gateway_watch_interval_s,
+                refuse_self_signed=settings.env == "production" and not settings.gateway_allow_self_signed,
             )
             grants.on_ended.append(runtime.gateway.grant_ended)
             grants.gateway = (

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     gateway_public_port: int | None = None
     gateway_tls_cert: Path | None = None
     gateway_tls_key: Path | None = None
+    # In production the gateway refuses to start with a self-signed certificate (its own generated one, or a
+    # configured one that signs itself) unless this says the operator means it (clients then pin it themselves).
+    gateway_allow_self_signed: bool = False
     # Write the gateway's per-statement ledger entries from a child process (keeps hashing off the gateway).
     gateway_recorder_process: bool = True
     # How often the gateway asks the state database whether a grant with a live session here ended in another

@@ -73,10 +73,10 @@ class GrantAuthenticator:
         """
         with self._uow() as session:
             grant = session.scalar(select(Grant).where(Grant.id == _grant_id(user)))
-            if grant is None or grant.gateway_token_hash is None:
-                raise AuthFailed("no such grant, or it has no gateway credential")
-            if not self._proves(grant, proof):
-                raise AuthFailed("wrong token")
+            # NOTE: one answer for a grant that does not exist and a wrong token: a login never says which grants
+            # exist. What the grant's state is (expired, revoked) is said only after the token is proved.
+            if grant is None or grant.gateway_token_hash is None or not self._proves(grant, proof):
+                raise AuthFailed(WRONG)
             name = _claimed_name(user)
             if name is not None and name.casefold() != grant.grantee_name.casefold():
                 raise AuthFailed(f"grant {grant.id} does not belong to {name[:64]!r}")
@@ -153,6 +153,7 @@ class GrantAuthenticator:
                 del self._ended[next(iter(self._ended))]
 
 
+WRONG = "wrong grant or token"
 _REMEMBER = 10_000  # grants whose expiry / end the authenticator keeps in memory before forgetting old ones
 
 

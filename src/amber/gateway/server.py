@@ -597,7 +597,7 @@ class GatewayServer:
             try:
                 token = message.data.rstrip(b"\0").decode()
             except UnicodeDecodeError:
-                raise AuthFailed("wrong token") from None
+                raise AuthFailed("wrong grant or token") from None
             return await asyncio.to_thread(self.authenticator.authenticate, user, CleartextToken(token)), b""
         scram = ScramServer(verifier, channel_binding=self.channel_binding)
         writer.write(codec.auth_sasl(scram.mechanisms))

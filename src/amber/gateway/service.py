@@ -12,13 +12,14 @@ from pathlib import Path
 
 from amber.catalog.schema import PostgresLevel
 from amber.core.clock import Clock
+from amber.core.errors import ConfigError
 from amber.core.db import UnitOfWork
 from amber.gateway.auth import GrantAuthenticator
 from amber.gateway.recording import LedgerRecorder
 from amber.gateway.schema_info import UpstreamSchema
 from amber.gateway.server import GatewayServer
 from amber.gateway.statements import Masked
-from amber.gateway.tls import self_signed, server_context, tls_server_end_point
+from amber.gateway.tls import self_signed, server_context, signs_itself, tls_server_end_point
 from amber.gateway.watch import GrantWatcher, ended_grants
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,20 @@ class Gateway:
         tls_key: Path | None = None,
         watch_interval_s: float = 0.5,
         schema_poll_s: float = 1.0,
+        refuse_self_signed: bool = False,
     ) -> None:
+        if refuse_self_signed and (tls_cert is None or tls_key is None):
+            raise ConfigError(
+                "AMBER_ENV=production: the gateway needs a certificate clients can verify (AMBER_GATEWAY_TLS_CERT and "
+                "AMBER_GATEWAY_TLS_KEY); set AMBER_GATEWAY_ALLOW_SELF_SIGNED=true to run it with a self-signed one"
+            )
         if tls_cert is None or tls_key is None:
             tls_cert, tls_key = self_signed(state_dir)
+        if refuse_self_signed and signs_itself(tls_cert.read_bytes()):
+            raise ConfigError(
+                f"AMBER_ENV=production: the gateway certificate {tls_cert} is self-signed, so clients cannot verify "
+                "it; use one from your CA, or set AMBER_GATEWAY_ALLOW_SELF_SIGNED=true if clients pin it"
+            )
         self._uow = uow
         self.authenticator = GrantAuthenticator(uow, clock, secret_key, masked_for, level_for)
         self.recorder = LedgerRecorder(uow, clock, database_url=recorder_database_url)

@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -35,6 +36,19 @@ def tls_server_end_point(certificate_pem: bytes) -> bytes | None:
     if isinstance(algorithm, hashes.MD5 | hashes.SHA1):
         algorithm = hashes.SHA256()
     return cert.fingerprint(algorithm)
+
+
+def signs_itself(certificate_pem: bytes) -> bool:
+    """Whether the (first) certificate in `certificate_pem` is self-signed: its issuer is its subject and its
+    own key verifies its signature. Such a certificate proves nothing to a client that does not pin it."""
+    cert = x509.load_pem_x509_certificate(certificate_pem)
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def self_signed(directory: Path, host: str = "localhost") -> tuple[Path, Path]:
