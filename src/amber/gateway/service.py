@@ -12,8 +12,8 @@ from pathlib import Path
 
 from amber.catalog.schema import PostgresLevel
 from amber.core.clock import Clock
-from amber.core.errors import ConfigError
 from amber.core.db import UnitOfWork
+from amber.core.errors import ConfigError
 from amber.gateway.auth import GrantAuthenticator
 from amber.gateway.recording import LedgerRecorder
 from amber.gateway.schema_info import UpstreamSchema
