@@ -50,6 +50,57 @@ if [ -w "$hba" ] && ! grep -q '+amber_grantees' "$hba"; then
 elif ! grep -q '+amber_grantees' "$hba" 2>/dev/null; then
   say "warning: cannot edit $hba; tests that check VALID UNTIL and passwords will fail"
 fi
+
+# A group whose members log in with a cleartext password (hba method `password`): the gateway must never send
+# one over an unencrypted connection (tests/gateway/test_upstream_tls.py).
+psql -h 127.0.0.1 -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'amber_cleartext') THEN
+    CREATE ROLE amber_cleartext NOLOGIN;
+  END IF;
+END $$;
+SQL
+if [ -w "$hba" ] && ! grep -q '+amber_cleartext' "$hba"; then
+  say "adding a cleartext-password rule for +amber_cleartext ahead of the trust rules in $hba"
+  tmp=$(mktemp)
+  { printf '# amber tests: a group that logs in with cleartext passwords
+host    all    +amber_cleartext    127.0.0.1/32    password
+'; cat "$hba"; } >"$tmp"
+  cat "$tmp" >"$hba"
+  rm -f "$tmp"
+  psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SELECT pg_reload_conf()' >/dev/null
+fi
+
+# TLS on the local PostgreSQL, with a certificate for 127.0.0.1/localhost from a throw-away CA whose certificate
+# the tests read (the gateway's upstream TLS with sslmode=verify-full: tests/gateway/test_upstream_tls.py).
+tls_dir=/var/lib/postgresql/amber-tls
+if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SHOW ssl')" != on ] || [ ! -f "$tls_dir/ca.crt" ]; then
+  if [ "$(id -u)" = 0 ] && command -v openssl >/dev/null 2>&1; then
+    say "turning TLS on in the local PostgreSQL (certificates in $tls_dir)"
+    mkdir -p "$tls_dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj "/CN=amber test CA" \
+      -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.crt" >/dev/null 2>&1
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+      -keyout "$tls_dir/server.key" -out "$tls_dir/server.csr" >/dev/null 2>&1
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tls_dir/san.ext"
+    openssl x509 -req -in "$tls_dir/server.csr" -CA "$tls_dir/ca.crt" -CAkey "$tls_dir/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$tls_dir/san.ext" -out "$tls_dir/server.crt" >/dev/null 2>&1
+    chown -R postgres:postgres "$tls_dir"
+    chmod 600 "$tls_dir/server.key" "$tls_dir/ca.key"
+    chmod 644 "$tls_dir/ca.crt" "$tls_dir/server.crt"
+    psql -h 127.0.0.1 -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
+      -c "ALTER SYSTEM SET ssl_cert_file = '$tls_dir/server.crt'" \
+      -c "ALTER SYSTEM SET ssl_key_file = '$tls_dir/server.key'" \
+      -c "ALTER SYSTEM SET ssl = on" \
+      -c "SELECT pg_reload_conf()" >/dev/null
+    for _ in $(seq 1 20); do
+      [ "$(psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SHOW ssl')" = on ] && break
+      sleep 0.25
+    done
+  else
+    say "warning: cannot turn TLS on in the local PostgreSQL (needs root and openssl); upstream TLS tests will fail"
+  fi
+fi
 # The PostgreSQL JDBC driver, for the gateway's JDBC client test (Java itself comes with the machine image).
 jdbc_jar=/usr/share/java/postgresql.jar
 if [ ! -f "$jdbc_jar" ]; then

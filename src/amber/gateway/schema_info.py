@@ -169,11 +169,12 @@ class UpstreamSchema:
                 (sorted({k[2] for k in views}),),
             )
             for key in views:
-                # Every matching view is judged (search_path decides which one an unqualified name reads).
+                # Unqualified: every view of that name in any schema is judged (the session's search_path, not
+                # amber's, decides which one it reads).
                 definitions = sorted(
                     str(definition)
                     for schema, name, definition, visible in rows
-                    if name == key[2] and (schema == key[1] if key[1] else visible) and definition is not None
+                    if name == key[2] and (schema == key[1] or not key[1]) and definition is not None
                 )
                 found[key] = "\n".join(definitions)  # "" for a table or nothing: cached as known
         tables = [k for k in keys if k[0] == "c"]

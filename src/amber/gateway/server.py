@@ -43,6 +43,7 @@ from amber.gateway.schema_info import Lookup, NeedLookups, UpstreamSchema
 from amber.gateway.scram import ScramClient, ScramError, ScramProtocolError, ScramServer
 from amber.gateway.session_settings import SessionRules, split_identifiers
 from amber.gateway.statements import MaskedItems, SchemaInfo, Verdict, judge
+from amber.gateway.tls import UpstreamTls
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ class GatewayServer:
         verdict_cache_size: int = 10000,
         channel_binding: bytes | None = None,
         login_timeout_s: float = 60.0,
+        upstream_tls: Callable[[str], UpstreamTls] | None = None,
         max_pending_logins: int = 256,
         max_pending_logins_per_source: int = 32,
     ) -> None:
@@ -224,6 +226,8 @@ class GatewayServer:
         # handshake holds a socket and a task, so it is cut.
         self.login_timeout_s = login_timeout_s
         self.pending_logins = PendingLogins(max_pending_logins, max_pending_logins_per_source)
+        # The TLS each resource's catalog connection asks for (sslmode): used for the upstream connection too.
+        self.upstream_tls = upstream_tls or (lambda _resource: UpstreamTls())
         self.channel_binding = channel_binding  # tls-server-end-point data of `tls`'s certificate, for -PLUS
         self.recorder = recorder
         self.schema_for = schema_for
@@ -619,7 +623,22 @@ class GatewayServer:
         self, grant: GatewayGrant, params: dict[str, str], encoding: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, tuple[int, int], bytes]:
         """Log in upstream as the grant's role with the pinned settings; fail unless the server reports them."""
-        reader, writer = await asyncio.open_connection(grant.host, grant.port)
+        reader, writer, encrypted = await self._open_upstream(grant)
+        try:
+            return await self._log_in_upstream(grant, params, encoding, reader, writer, encrypted)
+        except BaseException:
+            writer.transport.abort()
+            raise
+
+    async def _log_in_upstream(  # noqa: PLR0917 - one login's state, passed once from _connect_upstream
+        self,
+        grant: GatewayGrant,
+        params: dict[str, str],
+        encoding: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        encrypted: bool,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, tuple[int, int], bytes]:
         startup = {
             "user": grant.role_name,
             "database": grant.database,
@@ -653,6 +672,11 @@ class GatewayServer:
                     elif code == 12 and scram is not None:
                         scram.verify_final(msg.body[4:])
                     elif code == 3:
+                        if not encrypted:
+                            raise UpstreamRefused(
+                                "the database asked for a cleartext password over an unencrypted connection; amber "
+                                "never sends one (use scram-sha-256, or sslmode=verify-full in the catalog)"
+                            )
                         writer.write(codec.password_message(grant.upstream_password))
                     else:
                         raise UpstreamRefused(f"unsupported upstream authentication method {code}")
@@ -668,15 +692,31 @@ class GatewayServer:
                     pid, secret = struct.unpack_from("!ii", msg.body, 0)
                     key = (pid, secret)
                 elif msg.kind == "Z":
-                    for name in ("standard_conforming_strings", "client_encoding"):
-                        want = encoding if name == "client_encoding" else PINNED_SETTINGS[name]
-                        if reported.get(name) != want:
-                            raise UpstreamRefused(
-                                f"the database reports {name}={reported.get(name)!r}, not amber's pinned {want!r}"
-                            )
+                    _check_pinned(reported, encoding)
                     return reader, writer, key, bytes(status)
                 elif msg.kind == "N":
                     status += msg.raw
+
+    async def _open_upstream(self, grant: GatewayGrant) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """A connection to the grant's database, in TLS as its catalog entry's sslmode asks (verify-full checks
+        the certificate for the host name); True if it is encrypted."""
+        reader, writer = await asyncio.open_connection(grant.host, grant.port)
+        tls = self.upstream_tls(grant.resource)
+        if not tls.attempt or tls.context is None:
+            return reader, writer, False
+        try:
+            writer.write(struct.pack("!ii", 8, codec.SSL_REQUEST))
+            await writer.drain()
+            offered = await reader.readexactly(1) == b"S"
+            if offered:
+                await writer.start_tls(tls.context, server_hostname=grant.host)
+        except BaseException:
+            writer.transport.abort()
+            raise
+        if not offered and tls.required:
+            writer.transport.abort()
+            raise UpstreamRefused(f"the database does not offer TLS, which its catalog entry asks for ({tls.mode})")
+        return reader, writer, offered
 
     async def _forward_cancel(self, msg: codec.CancelRequest) -> None:
         target = self._cancel_keys.get((msg.pid, msg.secret))
@@ -692,6 +732,14 @@ class GatewayServer:
 
 class UpstreamRefused(Exception):
     pass
+
+
+def _check_pinned(reported: dict[str, str], encoding: str) -> None:
+    """Refuse an upstream login whose server does not report the settings the gateway pinned (decision 0010)."""
+    for name in ("standard_conforming_strings", "client_encoding"):
+        want = encoding if name == "client_encoding" else PINNED_SETTINGS[name]
+        if reported.get(name) != want:
+            raise UpstreamRefused(f"the database reports {name}={reported.get(name)!r}, not amber's pinned {want!r}")
 
 
 SHAPE_CACHEABLE = frozenset({"SelectStmt", "VariableShowStmt"})

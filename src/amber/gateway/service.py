@@ -19,7 +19,14 @@ from amber.gateway.recording import LedgerRecorder
 from amber.gateway.schema_info import UpstreamSchema
 from amber.gateway.server import GatewayServer
 from amber.gateway.statements import Masked
-from amber.gateway.tls import self_signed, server_context, signs_itself, tls_server_end_point
+from amber.gateway.tls import (
+    UpstreamTls,
+    self_signed,
+    server_context,
+    signs_itself,
+    tls_server_end_point,
+    upstream_tls,
+)
 from amber.gateway.watch import GrantWatcher, ended_grants
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ class Gateway:
         self.recorder = LedgerRecorder(uow, clock, database_url=recorder_database_url)
         self._admin_dsn = admin_dsn
         self._schemas: dict[str, UpstreamSchema] = {}
+        self._upstream_tls: dict[str, UpstreamTls] = {}
         # How often each upstream's catalogs are compared with what the judge's cache was filled from.
         self.schema_poll_s = schema_poll_s
         self._schema_watch: asyncio.Task[None] | None = None
@@ -75,6 +83,7 @@ class Gateway:
             host=host,
             port=port,
             channel_binding=tls_server_end_point(tls_cert.read_bytes()),
+            upstream_tls=self.upstream_tls_for,
         )
 
         self.watcher = GrantWatcher(
@@ -92,6 +101,15 @@ class Gateway:
         if reason is not None:
             return reason
         return (await asyncio.to_thread(ended_grants, self._uow, [grant_id])).get(grant_id)
+
+    def upstream_tls_for(self, resource: str) -> UpstreamTls:
+        """The TLS the resource's catalog connection asks for, with its context made once per connection string."""
+        dsn = self._admin_dsn(resource)
+        with self._lock:
+            tls = self._upstream_tls.get(dsn)
+            if tls is None:
+                tls = self._upstream_tls[dsn] = upstream_tls(dsn)
+            return tls
 
     def schema_for(self, resource: str) -> UpstreamSchema:
         with self._lock:

@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -14,6 +15,46 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from psycopg.conninfo import conninfo_to_dict
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """How the gateway reaches a resource's database, from the `sslmode` (and `sslrootcert`) of its catalog
+    connection, as libpq reads them: `disable`/`allow` plain; `prefer` TLS when offered; `require` TLS without
+    checking the certificate; `verify-ca` TLS with a certificate from `sslrootcert` (or the system's CAs);
+    `verify-full` that, for the host name connected to."""
+
+    mode: str = "prefer"
+    context: ssl.SSLContext | None = field(default=None, compare=False)
+
+    @property
+    def attempt(self) -> bool:
+        return self.mode in ("prefer", "require", "verify-ca", "verify-full")
+
+    @property
+    def required(self) -> bool:
+        return self.mode in ("require", "verify-ca", "verify-full")
+
+
+UPSTREAM_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def upstream_tls(dsn: str) -> UpstreamTls:
+    """The TLS a resource's catalog connection asks for (ValueError for an sslmode libpq does not know)."""
+    params = conninfo_to_dict(dsn)
+    mode = str(params.get("sslmode") or "prefer")
+    if mode not in UPSTREAM_MODES:
+        raise ValueError(f"unknown sslmode {mode!r}")
+    if not mode.startswith("verify"):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return UpstreamTls(mode, context)
+    root = params.get("sslrootcert")
+    context = ssl.create_default_context(cafile=None if root in (None, "", "system") else str(root))
+    context.check_hostname = mode == "verify-full"
+    return UpstreamTls(mode, context)
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
