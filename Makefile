@@ -54,6 +54,7 @@ bench: install services
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/policy_decide.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway_abuse.py
 	$(BIN)/python bench/ledger.py
 
 clean:
