@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -180,6 +181,11 @@ def test_single_use_grant_is_revoked_when_its_session_ends(wf: Amber) -> None:
     with pytest.raises(psycopg.OperationalError):
         connect_as(claim["url"])  # one session at a time
     conn.close()
+    gone_by = time.monotonic() + 5  # the backend leaves pg_stat_activity a moment after the client hangs up
+    with connect_as(wf.target_url) as admin:
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE usename = %s", (grant["role"],)).fetchone():
+            assert time.monotonic() < gone_by, "the session did not end"
+            time.sleep(0.01)
     wf.tick()  # session gone: the grant is used up
     shown = wf.api.get(f"/v1/grants/{grant['id']}", headers=wf.headers("cody", "contractors")).json()
     assert shown["status"] == "revoked"
