@@ -263,6 +263,10 @@ class Runtime:
                 tls_key=settings.gateway_tls_key,
                 watch_interval_s=settings.gateway_watch_interval_s,
                 refuse_self_signed=settings.env == "production" and not settings.gateway_allow_self_signed,
+                schema_poll_s=settings.gateway_schema_poll_s,
+                max_pending_logins=settings.gateway_max_pending_logins,
+                max_pending_logins_per_source=settings.gateway_max_pending_logins_per_source,
+                login_timeout_s=settings.gateway_login_timeout_s,
             )
             grants.on_ended.append(runtime.gateway.grant_ended)
             grants.gateway = (

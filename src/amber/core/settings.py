@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     # In production the gateway refuses to start with a self-signed certificate (its own generated one, or a
     # configured one that signs itself) unless this says the operator means it (clients then pin it themselves).
     gateway_allow_self_signed: bool = False
+    # Bounds before login (decision 0010): connections waiting to log in, in all and per source address, and how
+    # long a login may take (PostgreSQL's authentication_timeout).
+    gateway_max_pending_logins: int = Field(default=256, ge=1)
+    gateway_max_pending_logins_per_source: int = Field(default=32, ge=1)
+    gateway_login_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    # How often the gateway compares each upstream's catalogs with what its lookup cache was filled from.
+    gateway_schema_poll_s: float = Field(default=1.0, gt=0, le=60)
     # Write the gateway's per-statement ledger entries from a child process (keeps hashing off the gateway).
     gateway_recorder_process: bool = True
     # How often the gateway asks the state database whether a grant with a live session here ended in another

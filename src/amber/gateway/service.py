@@ -51,6 +51,9 @@ class Gateway:
         watch_interval_s: float = 0.5,
         schema_poll_s: float = 1.0,
         refuse_self_signed: bool = False,
+        max_pending_logins: int = 256,
+        max_pending_logins_per_source: int = 32,
+        login_timeout_s: float = 60.0,
     ) -> None:
         if refuse_self_signed and (tls_cert is None or tls_key is None):
             raise ConfigError(
@@ -84,6 +87,9 @@ class Gateway:
             port=port,
             channel_binding=tls_server_end_point(tls_cert.read_bytes()),
             upstream_tls=self.upstream_tls_for,
+            max_pending_logins=max_pending_logins,
+            max_pending_logins_per_source=max_pending_logins_per_source,
+            login_timeout_s=login_timeout_s,
         )
 
         self.watcher = GrantWatcher(
