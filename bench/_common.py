@@ -313,3 +313,61 @@ def describe(label: str, stats: dict[str, Any]) -> str:
         f"{label:<34} n={stats['n']:<4} p50 {ms('p50_ms')} ms   p90 {ms('p90_ms')} ms   "
         f"p99 {ms('p99_ms')} ms   max {ms('max_ms')} ms"
     )
+
+
+@dataclass
+class BenchGateway:
+    """amber's gateway running on a caller's event loop, and one live gateway grant on a database."""
+
+    rt: Runtime
+    grant_id: str
+    password: str
+    port: int
+
+
+@contextlib.contextmanager
+def gateway_grant(db: str, work: Path, loop: Any, *, connection_limit: int = 20) -> Iterator[BenchGateway]:
+    """A runtime (SQLite state in `work`) whose gateway runs on `loop` (already running in a thread), with an
+    auto-approved gateway grant on database `db`. On exit: the gateway stops, the grant's roles are dropped."""
+    import asyncio
+    from datetime import timedelta
+
+    from amber.identity import Principal
+
+    (work / "policies").mkdir(exist_ok=True)
+    (work / "policies" / "bench.cedar").write_text(
+        '@id("bench")\n@auto_approve\npermit (principal, action == Amber::Action::"request", resource);\n'
+    )
+    (work / "amber.yaml").write_text(
+        textwrap.dedent(f"""
+        version: 1
+        identity: {{dev_issuer: true}}
+        resources:
+          - name: bench
+            kind: postgres
+            connection: env:AMBER_BENCH_DB
+            grantee_group: {GRANTEE_GROUP}
+            levels:
+              read-only: {{schemas: [public], connection_limit: {connection_limit}, via: gateway, max_ttl: 1h}}
+        """)
+    )
+    os.environ["AMBER_BENCH_DB"] = admin_url(db)
+    rt = Runtime.build(Settings(env="test", state_dir=work / "state", catalog=work / "amber.yaml", gateway_port=0))
+    try:
+        asyncio.run_coroutine_threadsafe(rt.start_gateway(), loop).result(10)
+        assert rt.gateway is not None
+        who = Principal("https://bench", "bench", "bench", frozenset({"bench"}))
+        outcome = rt.requests.submit(
+            who, resource="bench", level="read-only", reason="benchmark", ttl=timedelta(minutes=30)
+        )
+        activation = outcome.activation
+        if activation is None or activation.password is None:
+            raise RuntimeError(f"no credential: {activation}")
+        yield BenchGateway(rt, activation.grant.id, activation.password, rt.gateway.server.port)
+    finally:
+        if rt.gateway is not None:
+            with _warn_on_error("stopping the gateway"):
+                asyncio.run_coroutine_threadsafe(rt.gateway.stop(), loop).result(30)
+        with _warn_on_error("dropping amber's roles"):
+            drop_roles(roles_tagged(rt.installation_id), db)
+        rt.close()

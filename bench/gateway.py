@@ -29,10 +29,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +42,8 @@ try:
 except ImportError:  # pragma: no cover - uvloop is in the lock on Linux
     uvloop = None  # type: ignore[assignment]
 
+from _common import gateway_grant
 from amber.api.runtime import Runtime
-from amber.core.settings import Settings
-from amber.identity import Principal
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -109,6 +106,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     bouncer: subprocess.Popen[bytes] | None = None
     copier: subprocess.Popen[bytes] | None = None
     rt: Runtime | None = None
+    stack = contextlib.ExitStack()
     loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()  # as `amber serve` does
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     try:
@@ -117,36 +115,10 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             check=True,
             capture_output=True,
         )
-        (work / "policies").mkdir()
-        (work / "policies" / "bench.cedar").write_text(
-            '@id("bench")\n@auto_approve\npermit (principal, action == Amber::Action::"request", resource);\n'
-        )
-        (work / "amber.yaml").write_text(
-            textwrap.dedent("""
-            version: 1
-            identity: {dev_issuer: true}
-            resources:
-              - name: bench
-                kind: postgres
-                connection: env:AMBER_BENCH_DB
-                grantee_group: amber_grantees
-                levels:
-                  read-only: {schemas: [public], connection_limit: 20, via: gateway, max_ttl: 1h}
-            """)
-        )
-        os.environ["AMBER_BENCH_DB"] = f"postgresql://postgres@127.0.0.1:5432/{db}"
-        rt = Runtime.build(Settings(env="test", state_dir=work / "state", catalog=work / "amber.yaml", gateway_port=0))
         thread.start()
-        asyncio.run_coroutine_threadsafe(rt.start_gateway(), loop).result(10)
+        gw = stack.enter_context(gateway_grant(db, work, loop))
+        rt = gw.rt
         assert rt.gateway is not None
-        who = Principal("https://bench", "bench", "bench", frozenset({"bench"}))
-        outcome = rt.requests.submit(
-            who, resource="bench", level="read-only", reason="benchmark", ttl=timedelta(minutes=30)
-        )
-        activation = outcome.activation
-        if activation is None or activation.password is None:
-            raise RuntimeError(f"no credential: {activation}")
-        grant = activation.grant
         targets: dict[str, dict[str, str]] = {
             "direct": {
                 "PGHOST": "127.0.0.1",
@@ -157,9 +129,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             },
             "gateway": {
                 "PGHOST": "127.0.0.1",
-                "PGPORT": str(rt.gateway.server.port),
-                "PGUSER": grant.id,
-                "PGPASSWORD": activation.password,
+                "PGPORT": str(gw.port),
+                "PGUSER": gw.grant_id,
+                "PGPASSWORD": gw.password,
                 "PGDATABASE": db,
                 "PGSSLMODE": "require",
             },
@@ -252,18 +224,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         if copier is not None:
             copier.terminate()
             copier.wait(10)
-        if rt is not None:
-            if rt.gateway is not None and thread.is_alive():
-                asyncio.run_coroutine_threadsafe(rt.gateway.stop(), loop).result(30)
-            with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{db}", autocommit=True) as conn:
-                for (role,) in conn.execute(
-                    "SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'amber_g_') "
-                    "AND shobj_description(oid, 'pg_authid') LIKE %s",
-                    (f"%{rt.installation_id}%",),
-                ).fetchall():
-                    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-                    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-            rt.close()
+        stack.close()
         loop.call_soon_threadsafe(loop.stop)
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))

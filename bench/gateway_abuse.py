@@ -18,34 +18,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
-import secrets
 import socket
 import ssl
 import struct
 import tempfile
-import textwrap
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is in the lock on Linux
     uvloop = None  # type: ignore[assignment]
 
-from amber.api.runtime import Runtime
-from amber.core.settings import Settings
+from _common import create_database, drop_database, gateway_grant
 from amber.gateway.pgwire import codec
-from amber.identity import Principal
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def rss_mb() -> float:
@@ -144,92 +135,48 @@ def unknown_names(url: str, total: int) -> dict[str, Any]:
     return {"refused": refused, "one_statement_s": round(one_statement_s, 3)}
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=5)
     parser.add_argument("--names", type=int, default=20_000)
     args = parser.parse_args()
-    db = f"amber_bench_abuse_{secrets.token_hex(4)}"
+    db = create_database("amber_bench_abuse")
     work = Path(tempfile.mkdtemp(prefix="amber-bench-abuse-"))
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
     loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    rt: Runtime | None = None
+    threading.Thread(target=loop.run_forever, daemon=True).start()
     try:
-        (work / "policies").mkdir()
-        (work / "policies" / "bench.cedar").write_text(
-            '@id("bench")\n@auto_approve\npermit (principal, action == Amber::Action::"request", resource);\n'
-        )
-        (work / "amber.yaml").write_text(
-            textwrap.dedent("""
-            version: 1
-            identity: {dev_issuer: true}
-            resources:
-              - name: bench
-                kind: postgres
-                connection: env:AMBER_BENCH_DB
-                grantee_group: amber_grantees
-                levels:
-                  read-only: {schemas: [public], connection_limit: 20, via: gateway, max_ttl: 1h}
-            """)
-        )
-        os.environ["AMBER_BENCH_DB"] = f"postgresql://postgres@127.0.0.1:5432/{db}"
-        rt = Runtime.build(Settings(env="test", state_dir=work / "state", catalog=work / "amber.yaml", gateway_port=0))
-        thread.start()
-        asyncio.run_coroutine_threadsafe(rt.start_gateway(), loop).result(10)
-        assert rt.gateway is not None
-        heartbeat = Heartbeat()
-        asyncio.run_coroutine_threadsafe(heartbeat.run(), loop)
-        who = Principal("https://bench", "bench", "bench", frozenset({"bench"}))
-        outcome = rt.requests.submit(
-            who, resource="bench", level="read-only", reason="benchmark", ttl=timedelta(minutes=30)
-        )
-        activation = outcome.activation
-        if activation is None or activation.password is None:
-            raise RuntimeError(f"no credential: {activation}")
-        port = rt.gateway.server.port
-        url = f"postgresql://{activation.grant.id}:{activation.password}@127.0.0.1:{port}/{db}?sslmode=require"
-        with psycopg.connect(url, autocommit=True) as conn:  # warm: TLS, login, the first lookups
-            conn.execute("SELECT 1")
-        figures: dict[str, Any] = {}
-        heartbeat.recording = True
-        time.sleep(2)
-        figures["baseline"] = {**heartbeat.measure(), "rss_mb": round(rss_mb(), 1)}
-        before = rss_mb()
-        heartbeat.recording = True
-        flood = preauth_flood(port, activation.grant.id, args.connections)
-        figures["preauth"] = {**heartbeat.measure(), **flood, "rss_growth_mb": round(rss_mb() - before, 1)}
-        before = rss_mb()
-        heartbeat.recording = True
-        names = unknown_names(url, args.names)
-        figures["names"] = {
-            **heartbeat.measure(),
-            **names,
-            "rss_growth_mb": round(rss_mb() - before, 1),
-            "lookups": rt.gateway.schema_for("bench").fetches,
-            "cache_entries": len(rt.gateway.schema_for("bench")),
-        }
+        with gateway_grant(db, work, loop) as gw:
+            assert gw.rt.gateway is not None
+            heartbeat = Heartbeat()
+            beating = asyncio.run_coroutine_threadsafe(heartbeat.run(), loop)
+            url = f"postgresql://{gw.grant_id}:{gw.password}@127.0.0.1:{gw.port}/{db}?sslmode=require"
+            with psycopg.connect(url, autocommit=True) as conn:  # warm: TLS, login, the first lookups
+                conn.execute("SELECT 1")
+            figures: dict[str, Any] = {}
+            heartbeat.recording = True
+            time.sleep(2)
+            figures["baseline"] = {**heartbeat.measure(), "rss_mb": round(rss_mb(), 1)}
+            before = rss_mb()
+            flood = preauth_flood(gw.port, gw.grant_id, args.connections)
+            figures["preauth"] = {**heartbeat.measure(), **flood, "rss_growth_mb": round(rss_mb() - before, 1)}
+            before = rss_mb()
+            names = unknown_names(url, args.names)
+            schema = gw.rt.gateway.schema_for("bench")
+            figures["names"] = {
+                **heartbeat.measure(),
+                **names,
+                "rss_growth_mb": round(rss_mb() - before, 1),
+                "lookups": schema.fetches,
+                "cache_entries": len(schema),
+            }
+            beating.cancel()
         for phase, values in figures.items():
             print(f"{phase:9s} " + "  ".join(f"{k}={v}" for k, v in values.items()))
         flat = {f"{phase}_{k}": v for phase, values in figures.items() for k, v in values.items()}
         print(json.dumps(flat, sort_keys=True))
     finally:
-        if rt is not None:
-            if rt.gateway is not None and thread.is_alive():
-                asyncio.run_coroutine_threadsafe(rt.gateway.stop(), loop).result(30)
-            with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{db}", autocommit=True) as conn:
-                for (role,) in conn.execute(
-                    "SELECT rolname FROM pg_roles WHERE starts_with(rolname, 'amber_g_') "
-                    "AND shobj_description(oid, 'pg_authid') LIKE %s",
-                    (f"%{rt.installation_id}%",),
-                ).fetchall():
-                    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-                    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-            rt.close()
         loop.call_soon_threadsafe(loop.stop)
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+        drop_database(db)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,6 @@ every client encoding the gateway allows; each ends refused by amber or harmless
 from __future__ import annotations
 
 import select
-import socket
-import ssl
-import struct
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from amber.core.clock import FrozenClock
 from amber.gateway.pgwire import codec
 from tests.conftest import CATALOG, POLICIES, Amber, connect_as, create_database, drop_database, pg_admin
 from tests.gateway.conftest import gateway_credential, running
-from tests.gateway.test_sessions import gateway_port
+from tests.gateway.test_bounds import fatal_message, reply, tls_socket
 
 HOSTILE_SQL = """
 CREATE TABLE public.customers (id bigint PRIMARY KEY, name text NOT NULL);
@@ -292,20 +289,9 @@ def test_encodings_whose_bytes_the_judge_cannot_read_as_the_server_are_refused_a
 
 def startup_refusal(amber: Amber, params: dict[str, str]) -> str:
     """The FATAL message the gateway answers a startup packet with (before any login)."""
-    sock = socket.create_connection(("127.0.0.1", gateway_port(amber)), timeout=5)
-    sock.sendall(struct.pack("!ii", 8, codec.SSL_REQUEST))
-    assert sock.recv(1) == b"S"
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with context.wrap_socket(sock) as tls:
+    with tls_socket(amber) as tls:
         tls.sendall(codec.startup_message({"user": "x", "database": "x", **params}))
-        parser = codec.BackendParser()
-        messages: list[codec.BackendMessage] = []
-        while not messages and (data := tls.recv(65536)):
-            messages += parser.feed(data)
-    assert messages[0].kind == "E", messages
-    return codec.error_fields(messages[0].body)["M"]
+        return fatal_message(reply(tls))
 
 
 def test_a_client_asking_for_hostile_settings_at_login_is_refused(hgw: Amber) -> None:

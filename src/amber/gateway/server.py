@@ -439,8 +439,8 @@ class GatewayServer:
         async with asyncio.timeout_at(deadline) as login_time:
             connected = await self._session(startup, parser, reader, writer, source, tls_on)
             login_time.reschedule(None)  # logged in: the session lives as long as its grant
-        logged_in()
         if connected is not None:
+            logged_in()
             connected.parser.max_message = codec.MAX_CLIENT_MESSAGE
             await self._relay(connected)
 
