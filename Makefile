@@ -44,6 +44,7 @@ lint: dev
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_invariants.py
+	$(BIN)/python scripts/check_locks.py
 
 fmt: dev
 	$(BIN)/ruff format .
