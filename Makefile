@@ -8,7 +8,7 @@ CATALOG ?= examples/quickstart/amber.yaml
 export AMBER_DEMO_PG_URL ?= postgresql://postgres@127.0.0.1:5432/amber_demo
 GATEWAY_PORT ?= 6432
 
-.PHONY: run test lint fmt bench install dev clean services
+.PHONY: run test lint fmt bench install dev clean services locks
 
 $(BIN)/activate:
 	@test -n "$(PYTHON)" || { echo "amber needs Python 3.11 or newer on PATH"; exit 1; }
@@ -16,12 +16,12 @@ $(BIN)/activate:
 	$(BIN)/pip install -q --upgrade "pip>=24"
 
 $(VENV)/.installed: $(BIN)/activate requirements.lock pyproject.toml
-	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.lock
-	$(BIN)/pip install -q -r requirements-dev.lock
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
 	@touch $@
 
 install: $(VENV)/.installed
@@ -60,3 +60,11 @@ bench: install services
 
 clean:
 	rm -rf $(VENV) .amber build src/*.egg-info
+
+# Regenerate both lock files (exact pins with hashes) from pyproject.toml with pip-tools, in a venv of its own.
+# Existing pins are kept unless you pass UPGRADE=--upgrade (or --upgrade-package NAME).
+PIP_COMPILE_FLAGS := -q --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links --no-emit-index-url --all-build-deps
+locks:
+	test -x .venv-tools/bin/pip-compile || { $(PYTHON) -m venv .venv-tools && .venv-tools/bin/pip install -q "pip-tools==7.6.2"; }
+	.venv-tools/bin/pip-compile $(PIP_COMPILE_FLAGS) $(UPGRADE) -o requirements.lock pyproject.toml
+	.venv-tools/bin/pip-compile $(PIP_COMPILE_FLAGS) $(UPGRADE) --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml

@@ -29,7 +29,7 @@ def locked() -> dict[str, str]:
     pins: dict[str, str] = {}
     for lock in LOCKS:
         for raw in (ROOT / lock).read_text().splitlines():
-            line = raw.split("#", 1)[0].strip()
+            line = raw.split("#", 1)[0].strip().removesuffix("\\").strip()
             if not line or line.startswith("-"):
                 continue
             pins[normalize(Requirement(line.split(";", 1)[0].strip()).name)] = lock
