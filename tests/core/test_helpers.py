@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from amber.core.crypto import canonical_json, constant_time_equal, new_secret, secret_checksum_ok
-from amber.core.durations import format_duration, parse_duration
+from amber.core.durations import MAX_DURATION, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -18,10 +18,36 @@ def test_parse_duration(text: str | int, expected: int) -> None:
     assert parse_duration(text) == timedelta(seconds=expected)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "1x", "h", "-5m", "0s", "1h 2", 0, -1, True])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "abc",
+        "1x",
+        "h",
+        "-5m",
+        "0s",
+        "1h 2",
+        0,
+        -1,
+        True,
+        False,
+        float("nan"),
+        float("inf"),
+        1e308,
+        10**30,
+        "99999999999999999999d",
+        "9" * 5000,
+        "3651d",
+    ],
+)
 def test_parse_duration_rejects(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)  # type: ignore[arg-type]
+
+
+def test_parse_duration_takes_up_to_its_ceiling() -> None:
+    assert parse_duration("3650d") == MAX_DURATION
 
 
 def test_format_duration_round_trips() -> None:

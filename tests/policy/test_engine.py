@@ -132,7 +132,16 @@ def test_auto_approve_wins_over_approval_and_caps_ttl() -> None:
     assert decision.outcome == "auto_approve"
     assert decision.policy_ids == ("oncall-at-once",)
     assert decision.ttl == timedelta(hours=2)
-    assert "shortened" in decision.reasons[0]
+    assert decision.reasons[0] == "duration shortened to 2h (policy oncall-at-once allows at most 2h)"
+
+
+def test_the_shortening_message_names_the_level_when_the_level_binds() -> None:
+    short_level = LevelInfo(name="ro", max_ttl=timedelta(minutes=90), min_reason_length=3)
+    decision = ask("engineering", "oncall", ttl=timedelta(hours=5), level=short_level)
+    assert decision.ttl == timedelta(minutes=90)
+    assert decision.reasons[0] == "duration shortened to 1h30m (the maximum of db/ro is 1h30m)"
+    unshortened = ask("engineering", "oncall", ttl=timedelta(minutes=30))
+    assert not any("shortened" in reason for reason in unshortened.reasons)
 
 
 def test_all_of_several_groups_and_single_use() -> None:

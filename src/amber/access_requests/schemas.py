@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from amber.access_requests.models import AccessRequest, Approval
 from amber.core.clock import as_utc
-from amber.core.durations import parse_duration
+from amber.core.durations import MAX_LEVEL_TTL, format_duration, parse_duration
 from amber.grants.models import Grant
 from amber.grants.schemas import CredentialOut, GrantOut, PersonOut
 
 
 class RequestIn(BaseModel):
+    """A request as the API takes it. Every malformed value is refused here (422), before any policy is asked.
+
+    Not checked here: the level's own maximum and reason rules (they need the catalog; the service checks
+    them) and how far ahead the start is (it needs the clock and settings; the service checks it).
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     resource: str = Field(min_length=1, max_length=64)
     level: str = Field(min_length=1, max_length=64)
     reason: str = Field(min_length=1, max_length=2000)
-    duration: str | int = Field(description="How long, e.g. 30m, 2h, 1h30m, or seconds")
+    duration: str | int = Field(
+        description=f"How long, e.g. 30m, 2h, 1h30m, or seconds; at most {format_duration(MAX_LEVEL_TTL)}"
+    )
     supersedes: str | None = Field(default=None, max_length=40)
     start: datetime | None = Field(default=None, description="Scheduled access: when it should begin (RFC 3339).")
     break_glass: bool = Field(
@@ -32,19 +40,39 @@ class RequestIn(BaseModel):
     @field_validator("start")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("give the start with a time zone, e.g. 2026-11-27T09:00:00Z")
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the start is out of range") from None
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration_type(cls, value: object) -> object:
+        # Before pydantic's coercion, which would read `true` as 1 second and `1.5` as a string error.
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("give the duration as text like 30m or 2h, or as whole seconds")  # noqa: TRY004
         return value
 
     @field_validator("duration")
     @classmethod
     def _duration(cls, value: str | int) -> str | int:
-        parse_duration(value)
+        if parse_duration(value) > MAX_LEVEL_TTL:
+            raise ValueError(
+                f"duration {value!r} is longer than any access level allows ({format_duration(MAX_LEVEL_TTL)})"
+            )
         return value
 
     @property
+    def ttl(self) -> timedelta:
+        return parse_duration(self.duration)
+
+    @property
     def ttl_seconds(self) -> int:
-        return int(parse_duration(self.duration).total_seconds())
+        return int(self.ttl.total_seconds())
 
 
 class ReviewIn(BaseModel):

@@ -30,6 +30,7 @@ from amber.access_requests.notify import LogNotifier, Notifier, NotifyError
 from amber.catalog import Catalog
 from amber.core.clock import Clock, as_utc
 from amber.core.db import UnitOfWork, is_postgres
+from amber.core.durations import MAX_LEVEL_TTL, format_duration
 from amber.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from amber.core.ids import new_id
 from amber.core.observability import Metrics
@@ -91,8 +92,10 @@ class AccessRequestService:
         grant_service: GrantService,
         metrics: Metrics,
         notifier: Notifier | None = None,
+        max_start_ahead: timedelta = timedelta(days=30),
     ) -> None:
         self._uow = uow
+        self._max_start_ahead = max_start_ahead
         self._clock = clock
         self._catalog = catalog
         self._policies = policies
@@ -193,16 +196,12 @@ class AccessRequestService:
         supersedes: str | None = None,
     ) -> Outcome:
         reason = reason.strip()
-        if len(reason) > MAX_REASON:
-            raise InvalidInput(f"the reason is longer than {MAX_REASON} characters")
-        if ttl <= timedelta(0):
-            raise InvalidInput("the duration must be positive")
-        catalog = self._catalog()
-        resource_spec = catalog.resource(resource)
-        catalog.level(resource, level)
+        self._check_input(resource, level, reason, ttl)
+        resource_spec = self._catalog().resource(resource)
         actor = actor_of(principal)
         with self._uow() as session:
             now = self._clock.now()
+            self._check_start(starts_at, now)
             if starts_at is not None and starts_at <= now:
                 starts_at = None
             history = self._history(session, principal, now)
@@ -305,6 +304,34 @@ class AccessRequestService:
             return Outcome(request, grant)  # scheduled: the worker provisions it when it starts
         activation = self._grants.activate(grant.id, with_credential=True)
         return Outcome(request, activation.grant, activation)
+
+    def _check_input(self, resource: str, level: str, reason: str, ttl: timedelta) -> None:
+        """Refuse malformed requests (422) before policy is asked: they are never decided, never recorded and
+        never count in anyone's history. A duration within bounds but beyond the level's maximum is not an
+        error: the decision shortens it and says which limit applied."""
+        if len(reason) > MAX_REASON:
+            raise InvalidInput(f"the reason is longer than {MAX_REASON} characters")
+        if ttl <= timedelta(0):
+            raise InvalidInput("the duration must be positive")
+        if ttl > MAX_LEVEL_TTL:
+            raise InvalidInput(
+                f"the duration is longer than any access level allows ({format_duration(MAX_LEVEL_TTL)})"
+            )
+        problem = policy.justification_problem(resource, self._level_info(resource, level), reason)
+        if problem is not None:
+            raise InvalidInput(problem[0], extra={"rule": problem[1]})
+
+    def _check_start(self, starts_at: datetime | None, now: datetime) -> None:
+        if starts_at is None:
+            return
+        if starts_at.tzinfo is None:
+            raise InvalidInput("give the start with a time zone")
+        if starts_at - now > self._max_start_ahead:
+            raise InvalidInput(
+                f"the start is more than {format_duration(self._max_start_ahead)} ahead "
+                f"(the latest start now is {as_utc(now + self._max_start_ahead).isoformat(timespec='seconds')}); "
+                "ask again closer to the time"
+            )
 
     def _break_glass(self, session: Session, request: AccessRequest, owners: list[str], *, now: datetime) -> None:
         config = self._catalog().policy

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -32,7 +31,7 @@ def submit_request(body: RequestIn, rt: RuntimeDep, who: PrincipalDep, response:
         resource=body.resource,
         level=body.level,
         reason=body.reason,
-        ttl=timedelta(seconds=body.ttl_seconds),
+        ttl=body.ttl,
         starts_at=body.start,
         break_glass=body.break_glass,
         supersedes=body.supersedes,

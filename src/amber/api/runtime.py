@@ -218,6 +218,7 @@ class Runtime:
             grant_service=grants,
             metrics=metrics,
             notifier=notifier,
+            max_start_ahead=settings.max_start_ahead,
         )
         worker = Worker(
             grants,

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from amber.core.durations import parse_duration
+from amber.core.durations import MAX_LEVEL_TTL, format_duration, parse_duration
 
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
 _SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
@@ -153,8 +153,8 @@ class PostgresLevel(_Strict):
     @field_validator("max_ttl")
     @classmethod
     def _ttl_bound(cls, value: timedelta) -> timedelta:
-        if value > timedelta(days=7):
-            raise ValueError("max_ttl may be at most 7d")
+        if value > MAX_LEVEL_TTL:
+            raise ValueError(f"max_ttl may be at most {format_duration(MAX_LEVEL_TTL)}")
         return value
 
 

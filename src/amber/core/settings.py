@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from amber.core.durations import parse_duration
 
 
 class Settings(BaseSettings):
@@ -66,9 +69,18 @@ class Settings(BaseSettings):
     # {"kind": "webhook", "url": ..., "secret": "env:NAME"}, {"kind": "s3", "endpoint": ..., "bucket": ...,
     # "access_key": "env:NAME", "secret_key": "env:NAME", "retention_days": 3650}. Secrets only by reference.
     ledger_witnesses: list[dict[str, Any]] = Field(default_factory=list)
+    # How far ahead a scheduled start may be (`30d`, `12h`, or seconds); a later start is refused (422).
+    max_start_ahead: timedelta = timedelta(days=30)
     # Where break-glass notices go (a chat or paging bridge); without it they are logged as warnings.
     notify_webhook_url: str | None = None
     notify_webhook_secret: str | None = Field(default=None, repr=False)
+
+    @field_validator("max_start_ahead", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        if isinstance(value, str | int | float | timedelta):
+            return parse_duration(value)
+        raise ValueError(f"not a duration: {value!r}")
 
     @property
     def resolved_database_url(self) -> str:

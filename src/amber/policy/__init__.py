@@ -4,7 +4,7 @@
 """
 
 from amber.policy.bundle import PolicyBundle, PolicyError, Statement, WorkflowSettings, compile_bundle, load_bundle
-from amber.policy.engine import decide, may_approve
+from amber.policy.engine import decide, justification_problem, may_approve
 from amber.policy.model import (
     ApprovalDecision,
     ApprovalInput,
@@ -35,6 +35,7 @@ __all__ = [
     "approvals_satisfied",
     "compile_bundle",
     "decide",
+    "justification_problem",
     "load_bundle",
     "may_approve",
 ]

@@ -19,9 +19,17 @@ from zoneinfo import ZoneInfo
 
 import cedarpy
 
-from amber.core.durations import parse_duration
+from amber.core.durations import format_duration, parse_duration
 from amber.policy.bundle import PolicyBundle, Statement, parse_hours
-from amber.policy.model import ApprovalDecision, ApprovalInput, Decision, PolicyInput, ResourceInfo, Subject
+from amber.policy.model import (
+    ApprovalDecision,
+    ApprovalInput,
+    Decision,
+    LevelInfo,
+    PolicyInput,
+    ResourceInfo,
+    Subject,
+)
 
 NS = "Amber"
 
@@ -151,21 +159,31 @@ def _deny(inp: PolicyInput, reasons: list[str], ids: list[str]) -> Decision:
     return Decision(outcome="deny", reasons=tuple(reasons), policy_ids=tuple(ids), policy_hash=inp.bundle.hash)
 
 
+def justification_problem(resource: str, level: LevelInfo, reason: str) -> tuple[str, str] | None:
+    """What is wrong with a reason under the level's justification rules, as (message, rule id), or None.
+
+    The service refuses such a request as invalid input before deciding (it never becomes a denial that
+    counts in the requester's history); `decide` still denies on it for callers that skip that check."""
+    base = f"{resource}/{level.name}"
+    reason = reason.strip()
+    if len(reason) < level.min_reason_length:
+        return (
+            f"a reason of at least {level.min_reason_length} characters is required for {base}",
+            f"workflow:{base}:min_reason_length",
+        )
+    if level.reason_pattern and not re.search(level.reason_pattern, reason):
+        return (
+            f"the reason must reference a ticket matching {level.reason_pattern!r} for {base}",
+            f"workflow:{base}:reason_pattern",
+        )
+    return None
+
+
 def decide(inp: PolicyInput) -> Decision:
     base = f"{inp.resource.name}/{inp.level.name}"
-    reason = inp.reason.strip()
-    if len(reason) < inp.level.min_reason_length:
-        return _deny(
-            inp,
-            [f"a reason of at least {inp.level.min_reason_length} characters is required for {base}"],
-            [f"workflow:{base}:min_reason_length"],
-        )
-    if inp.level.reason_pattern and not re.search(inp.level.reason_pattern, reason):
-        return _deny(
-            inp,
-            [f"the reason must reference a ticket matching {inp.level.reason_pattern!r} for {base}"],
-            [f"workflow:{base}:reason_pattern"],
-        )
+    problem = justification_problem(inp.resource.name, inp.level, inp.reason)
+    if problem is not None:
+        return _deny(inp, [problem[0]], [problem[1]])
     if inp.requested_ttl <= timedelta(0):
         return _deny(inp, ["the requested duration must be positive"], ["workflow:ttl"])
     if inp.starts_at is not None and inp.starts_at < inp.at - timedelta(minutes=1):
@@ -197,12 +215,9 @@ def _approve(inp: PolicyInput, permits: list[Statement]) -> Decision:
     auto = [s for s in permits if "auto_approve" in s.annotations or inp.action == "break_glass"]
     chosen = auto[0] if auto else min(permits, key=lambda s: int(s.annotations.get("approvals", "1")))
     reasons: list[str] = []
-    ttl = min(inp.requested_ttl, inp.level.max_ttl)
-    caps = [parse_duration(s.annotations["max_ttl"]) for s in [chosen] if "max_ttl" in s.annotations]
-    if caps:
-        ttl = min(ttl, *caps)
+    ttl, limit = _granted_ttl(inp, chosen)
     if ttl < inp.requested_ttl:
-        reasons.append(f"duration shortened to {ttl} (level maximum {inp.level.max_ttl})")
+        reasons.append(f"duration shortened to {format_duration(ttl)} ({limit})")
     window_end = None
     if "business_hours" in chosen.annotations:
         start_min, end_min = parse_hours(chosen.annotations["business_hours"])
@@ -249,6 +264,17 @@ def _approve(inp: PolicyInput, permits: list[Statement]) -> Decision:
         approver_all_groups=tuple(sorted(approvers_all)),
         **common,  # type: ignore[arg-type]
     )
+
+
+def _granted_ttl(inp: PolicyInput, chosen: Statement) -> tuple[timedelta, str]:
+    """The TTL granted (the request within every limit) and which limit binds, named for the requester."""
+    base = f"{inp.resource.name}/{inp.level.name}"
+    limits = [(inp.level.max_ttl, f"the maximum of {base} is {format_duration(inp.level.max_ttl)}")]
+    if "max_ttl" in chosen.annotations:
+        cap = parse_duration(chosen.annotations["max_ttl"])
+        limits.append((cap, f"policy {chosen.id} allows at most {format_duration(cap)}"))
+    limit, name = min(limits, key=lambda item: item[0])
+    return min(inp.requested_ttl, limit), name
 
 
 def _groups(value: str, resource: ResourceInfo) -> frozenset[str]:
