@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import struct
@@ -276,12 +277,23 @@ def test_cancel_reaches_the_right_upstream_backend(gw: Amber) -> None:
 
 def test_gateway_token_can_be_reissued_and_the_old_one_stops_working(gw: Amber) -> None:
     cred = gateway_credential(gw)
+    old_session = psycopg.connect(cred["url"], autocommit=True)
+    assert old_session.execute("SELECT 1").fetchone() == (1,)
     again = gw.api.post(f"/v1/grants/{cred['grant_id']}/credentials", headers=gw.headers("alice", "engineering"))
     assert again.status_code == 200, again.text
     fresh = again.json()
     assert fresh["password"] != cred["password"]
     with psycopg.connect(fresh["url"], autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+        # The watcher (every gateway_watch_interval_s, here run once) ends sessions opened with the old token.
+        assert gw.rt.gateway is not None
+        loop = gw.rt.gateway.server._loop
+        assert loop is not None
+        asyncio.run_coroutine_threadsafe(gw.rt.gateway.watcher.check_once(), loop).result(10)
+        with pytest.raises(psycopg.OperationalError, match="had its gateway token re-issued"):
+            old_session.execute("SELECT 1")
+        assert conn.execute("SELECT 2").fetchone() == (2,)  # the session with the new token goes on
+    old_session.close()
     with pytest.raises(psycopg.OperationalError, match="wrong grant or token"):
         psycopg.connect(cred["url"])
     other = gw.api.post(f"/v1/grants/{cred['grant_id']}/credentials", headers=gw.headers("mallory", "engineering"))

@@ -115,6 +115,7 @@ class GrantAuthenticator:
             port=grant.connect_port,
             database=grant.connect_database,
             upstream_password=derived_secret(self._secret_key, "upstream", grant.id),
+            token_hash=grant.gateway_token_hash or "",
             masked=self._masked(grant.resource, grant.level),
             **self._limits(grant.resource, grant.level),
         )

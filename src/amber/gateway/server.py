@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 import ssl
@@ -93,6 +94,9 @@ class GatewayGrant:
     port: int
     database: str
     upstream_password: str = field(repr=False)
+    # The HMAC of the gateway token this session logged in with: a session whose grant's token was re-issued
+    # since is ended (GrantWatcher).
+    token_hash: str = field(default="", repr=False)
     masked: MaskedItems = ()  # ((schema, table), columns) the level masks, names as PostgreSQL resolves them
     schemas: tuple[str, ...] = ()  # the level's schemas: what search_path and LOCK may name
     statement_timeout_ms: int = 30_000  # the level's limit, also the role's default (lock_timeout: the same)
@@ -275,6 +279,14 @@ class GatewayServer:
 
     async def cut_session(self, session: Session, reason: str) -> None:
         session.cut(reason)
+
+    def cut_old_tokens(self, grant_id: str, token_hash: str) -> int:
+        """End the grant's sessions that logged in with another token than `token_hash` (the one in force).
+        Call on the loop. Returns how many were ended."""
+        stale = [s for s in self.sessions.get(grant_id, ()) if not hmac.compare_digest(s.grant.token_hash, token_hash)]
+        for session in stale:
+            session.cut("had its gateway token re-issued; sessions opened with the old token end (reconnect)")
+        return len(stale)
 
     def background(self, task: asyncio.Task[None]) -> None:
         """Keep a reference to a task a session started (asyncio holds tasks only weakly)."""

@@ -97,6 +97,7 @@ class Gateway:
             lambda: [gid for gid, sessions in self.server.sessions.items() if sessions],
             self.grant_ended,
             interval_s=watch_interval_s,
+            on_token=self.server.cut_old_tokens,
         )
 
         self.server.explain_end = self.why_ended

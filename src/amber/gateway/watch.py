@@ -3,7 +3,8 @@
 In one process, GrantService tells the gateway directly when a grant ends (`Gateway.grant_ended`). With several
 amber processes sharing one state database (replicas behind a load balancer), a revocation handled by one must
 cut the sessions another's gateway holds. This watcher asks the state database, every `interval_s`, whether any
-grant with a live session here is no longer active, and ends it here too. The query is one indexed lookup by
+grant with a live session here is no longer active, and ends it here too; and whether its gateway token was
+re-issued (in any process), ending the sessions that logged in with the old one. The query is one indexed lookup by
 primary key, and only runs while this gateway has sessions.
 
 Why polling rather than PostgreSQL LISTEN/NOTIFY: it works the same on SQLite and PostgreSQL state, needs no
@@ -25,6 +26,17 @@ from amber.core.db import UnitOfWork
 from amber.grants.models import Grant
 
 log = logging.getLogger(__name__)
+
+
+def token_hashes(uow: UnitOfWork, grant_ids: Collection[str]) -> dict[str, str]:
+    """The gateway token hash in force for each of `grant_ids` that is still active."""
+    if not grant_ids:
+        return {}
+    with uow() as session:
+        rows = session.execute(
+            select(Grant.id, Grant.gateway_token_hash).where(Grant.id.in_(list(grant_ids)), Grant.status == "active")
+        ).all()
+    return {gid: token_hash or "" for gid, token_hash in rows}
 
 
 def ended_grants(uow: UnitOfWork, grant_ids: Collection[str]) -> dict[str, str]:
@@ -51,8 +63,10 @@ class GrantWatcher:
         on_ended: Callable[[str, str], None],
         *,
         interval_s: float = 0.5,
+        on_token: Callable[[str, str], object] | None = None,
     ) -> None:
         self._uow = uow
+        self._on_token = on_token  # (grant id, token hash in force): ends sessions of re-issued tokens
         self._live_grants = live_grants
         self._on_ended = on_ended
         self.interval_s = interval_s
@@ -75,6 +89,10 @@ class GrantWatcher:
         ended = await asyncio.to_thread(ended_grants, self._uow, live)
         for grant_id, reason in ended.items():
             self._on_ended(grant_id, reason)
+        if self._on_token is not None:
+            in_force = await asyncio.to_thread(token_hashes, self._uow, [g for g in live if g not in ended])
+            for grant_id, token_hash in in_force.items():
+                self._on_token(grant_id, token_hash)
         return ended
 
     async def _run(self) -> None:
