@@ -257,6 +257,32 @@ def test_unsupported_filter_is_a_scim_error(amber: Amber) -> None:
     assert response.json()["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"]
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Bearer  {SCIM_TOKEN}",  # two spaces
+        f"Bearer\t{SCIM_TOKEN}",
+        f"Bearer\u00a0{SCIM_TOKEN}",  # a non-ASCII space
+        f"Bearer {SCIM_TOKEN} ",
+        f"Bearer {SCIM_TOKEN}\u00a0",
+        f"Basic {SCIM_TOKEN}",
+        "Bearer ",
+        "Bearer",
+    ],
+)
+def test_a_malformed_bearer_header_is_refused(amber: Amber, header: str) -> None:
+    response = amber.api.get("/scim/v2/Users", headers={"authorization": header.encode()})
+    assert response.status_code == 401, header
+
+
+def test_an_empty_token_file_opens_scim_to_nobody(amber: Amber, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMBER_TEST_SCIM_TOKEN", "")
+    for header in ("Bearer ", "Bearer  ", "Bearer x"):
+        assert amber.api.get("/scim/v2/Users", headers={"authorization": header}).status_code == 401
+    monkeypatch.setenv("AMBER_TEST_SCIM_TOKEN", "short")
+    assert amber.api.get("/scim/v2/Users", headers={"authorization": "Bearer short"}).status_code == 401
+
+
 def test_scim_is_off_without_a_token(amber: Amber, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(amber.rt, "scim", None)
     assert amber.api.get("/scim/v2/Users", headers=SCIM).status_code == 404

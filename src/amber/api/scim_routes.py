@@ -8,6 +8,8 @@ is configured. What this does NOT check: which provider sent the call (whoever h
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -16,10 +18,15 @@ from fastapi.responses import JSONResponse
 from amber.api.auth import RuntimeDep
 from amber.catalog import resolve_reference
 from amber.core.crypto import constant_time_equal
-from amber.core.errors import NotAuthenticated, NotFound
+from amber.core.errors import ConfigError, NotAuthenticated, NotFound
 from amber.scim import ScimService
 
 SCIM_JSON = "application/scim+json"
+# RFC 6750 section 2.1: `Bearer`, one ASCII space, a b64token. Anything else (another space, a tab, a non-ASCII
+# space, an empty token) is malformed and refused.
+BEARER = re.compile(r"[Bb]earer ([A-Za-z0-9\-._~+/]+=*)")
+MIN_TOKEN_LENGTH = 16
+log = logging.getLogger(__name__)
 
 
 def scim_service(request: Request, rt: RuntimeDep) -> ScimService:
@@ -27,10 +34,21 @@ def scim_service(request: Request, rt: RuntimeDep) -> ScimService:
     config = rt.catalog().identity.scim
     if config.token is None or rt.scim is None:
         raise NotFound("SCIM provisioning is not enabled (identity.scim.token)")
-    expected = resolve_reference(config.token, where="identity.scim.token", base=rt.catalog().path.parent)
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented or not constant_time_equal(presented.strip(), expected):
-        raise NotAuthenticated("SCIM calls need the provisioning bearer token")
+    try:
+        expected = resolve_reference(config.token, where="identity.scim.token", base=rt.catalog().path.parent).strip()
+    except ConfigError as exc:  # fail closed, and say why in the log (never in the answer)
+        log.error("SCIM: %s; refusing every call", exc)  # noqa: TRY400 - the reason, without a traceback
+        expected = ""
+    if len(expected) < MIN_TOKEN_LENGTH:  # an empty or trivial token file must not open SCIM to anyone
+        log.error(
+            "SCIM: identity.scim.token resolves to fewer than %d characters; refusing every call", MIN_TOKEN_LENGTH
+        )
+        raise NotAuthenticated(
+            "SCIM provisioning is misconfigured (its token is empty or too short); calls are refused"
+        )
+    match = BEARER.fullmatch(request.headers.get("authorization", ""))
+    if match is None or not constant_time_equal(match.group(1), expected):
+        raise NotAuthenticated("SCIM calls need the provisioning bearer token (`Authorization: Bearer <token>`)")
     return rt.scim
 
 
