@@ -14,7 +14,7 @@ from amber.catalog.schema import IdentityConfig
 from amber.core.clock import FrozenClock
 from amber.core.errors import ConfigError
 from amber.core.settings import Settings
-from tests.conftest import build_runtime
+from tests.conftest import POLICIES, build_runtime
 from tests.identity.conftest import provider_catalog, write_catalog
 from tests.identity.oidc import API_RESOURCE, WEB_SECRET, OidcProvider
 
@@ -53,6 +53,24 @@ def test_refused_at_load(identity: dict[str, object], message: str) -> None:
 def test_dev_issuer_is_refused_in_production(catalog_path: Path, tmp_path: Path) -> None:
     settings = Settings(env="production", state_dir=tmp_path / "state", catalog=catalog_path)
     with pytest.raises(ConfigError, match="dev_issuer is refused when AMBER_ENV=production"):
+        Runtime.build(settings)
+
+
+@pytest.mark.parametrize("field", ["issuer", "jwks_uri"])
+def test_plain_http_issuers_are_refused_in_production(tmp_path: Path, field: str) -> None:
+    issuer = {**OKTA, "client_secret": None, "jwks_uri": "https://acme.okta.com/keys"}
+    issuer[field] = "http://acme.okta.com/oauth2/default" if field == "issuer" else "http://acme.okta.com/keys"
+    catalog = tmp_path / "amber.yaml"
+    catalog.write_text(
+        "version: 1\nidentity:\n  issuers:\n"
+        + "".join(
+            f"    {'-' if i == 0 else ' '} {k}: {v}\n" for i, (k, v) in enumerate(issuer.items()) if v is not None
+        )
+    )
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "main.cedar").write_text(POLICIES)
+    settings = Settings(env="production", state_dir=tmp_path / "state", catalog=catalog)
+    with pytest.raises(ConfigError, match=f"{field} is 'http://acme.okta.com/.*': plain http is refused"):
         Runtime.build(settings)
 
 

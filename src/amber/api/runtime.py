@@ -167,6 +167,14 @@ class Runtime:
         warnings: list[str] = []
         if identity.dev_issuer and settings.env == "production":
             raise ConfigError(f"{settings.catalog}: identity.dev_issuer is refused when AMBER_ENV=production")
+        if settings.env == "production":
+            for issuer in identity.issuers:
+                for what, url in (("issuer", issuer.issuer), ("jwks_uri", issuer.jwks_uri or "")):
+                    if url.lower().startswith("http://"):
+                        raise ConfigError(
+                            f"{settings.catalog}: identity.issuers[{issuer.name}].{what} is {url!r}: plain http is "
+                            "refused when AMBER_ENV=production (keys fetched without TLS can be replaced in transit)"
+                        )
         if not identity.dev_issuer and not identity.issuers:
             raise ConfigError(
                 f"{settings.catalog}: identity: configure at least one issuer (or dev_issuer "
