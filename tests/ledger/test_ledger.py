@@ -178,7 +178,7 @@ def test_audit_verify_names_state_rows_that_disagree_with_the_ledger(amber: Ambe
     with make_unit_of_work(engine)() as session:
         report = audit.verify(session)
     assert not report.ok
-    assert report.problems[0].startswith(f"grant {body['grant']['id']}: expires_at is")
+    assert report.problems[0].startswith(f"grants {body['grant']['id']}: expires_at is")
 
 
 def test_audit_verify_names_state_rows_without_events(amber: Amber) -> None:
@@ -189,8 +189,8 @@ def test_audit_verify_names_state_rows_without_events(amber: Amber) -> None:
         report = audit.verify(session)
         last = ledger.entries(session, subject_id=body["id"])[-1].seq
     assert report.problems == [
-        f"request {body['id']}: status is 'approved' in the state table but the ledger (up to entry {last}) says "
-        "'pending'"
+        f"access_requests {body['id']}: status is 'approved' in the state table but the ledger "
+        f"(up to entry {last}) says 'pending'"
     ]
 
 

@@ -202,8 +202,8 @@ class AccessRequestService:
         with self._uow() as session:
             now = self._clock.now()
             self._check_start(starts_at, now)
-            if starts_at is not None and starts_at <= now:
-                starts_at = None
+            # NOTE: instants are stored in UTC: SQLite keeps a datetime's wall clock and drops its offset.
+            starts_at = as_utc(starts_at) if starts_at is not None and starts_at > now else None
             history = self._history(session, principal, now)
             decision = self.decide(
                 principal,
@@ -244,7 +244,7 @@ class AccessRequestService:
                 approver_groups=json.dumps(list(decision.approver_groups)),
                 approver_all_groups=json.dumps(list(decision.approver_all_groups)),
                 single_use=decision.single_use,
-                window_end_at=decision.window_end_at,
+                window_end_at=as_utc(decision.window_end_at) if decision.window_end_at else None,
             )
             if decision.outcome == "require_approval":
                 request.pending_expires_at = now + self._policies().settings.pending_ttl

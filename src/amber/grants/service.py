@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from amber import ledger
 from amber.catalog import Catalog
 from amber.core.clock import Clock, as_utc
-from amber.core.crypto import derived_secret, hash_secret, new_secret, scram_sha256_verifier
+from amber.core.crypto import derived_secret, hash_secret, new_secret, scram_sha256_verifier, sha256_hex
 from amber.core.db import UnitOfWork, is_postgres
 from amber.core.errors import Conflict, Forbidden, NotFound
 from amber.core.ids import new_id, short_id
@@ -93,10 +93,11 @@ def issue(
     start = max(now, requested start); expires_at = min(start + ttl, start + the level's max TTL, window end).
     """
     level_spec = catalog.level(resource, level)
-    start = max(now, starts_at) if starts_at is not None else now
+    # NOTE: both in UTC: SQLite keeps a datetime's wall clock and drops its offset (a window ends in local time).
+    start = as_utc(max(now, starts_at) if starts_at is not None else now)
     expires_at = start + min(ttl, level_spec.max_ttl)
     if window_end_at is not None:
-        expires_at = min(expires_at, window_end_at)
+        expires_at = as_utc(min(expires_at, window_end_at))
     grant_id = new_id("grt")
     grant = Grant(
         id=grant_id,
@@ -126,7 +127,7 @@ def issue(
         now=now,
         payload={
             "request_id": request_id,
-            "grantee": {"iss": grantee.issuer, "sub": grantee.subject},
+            "grantee": {"iss": grantee.issuer, "sub": grantee.subject, "name": grantee.name},
             "resource": resource,
             "level": level,
             "role": grant.role_name,
@@ -165,6 +166,20 @@ def _record(
         subject_id=grant.id,
         payload=payload,
     )
+
+
+def _credential(grant: Grant) -> dict[str, object]:
+    """The credential_issued payload: to whom, and SHA-256 digests of the gateway token's stored hashes (so the
+    replay can check those columns; the ledger is exported, so it never holds the stored values themselves)."""
+    return {
+        "to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject},
+        "gateway_token_hash_sha256": _digest(grant.gateway_token_hash),
+        "gateway_scram_verifier_sha256": _digest(grant.gateway_scram_verifier),
+    }
+
+
+def _digest(value: str | None) -> str | None:
+    return sha256_hex(value.encode()) if value is not None else None
 
 
 def _move(session: Session, grant: Grant, target: str, *, actor: Actor, now: datetime, reason: str) -> None:
@@ -294,12 +309,7 @@ class GrantService:
                         grant.gateway_token_hash = hash_secret(password, self._secret_key)
                         grant.gateway_scram_verifier = scram_sha256_verifier(password)
                     _record(
-                        session,
-                        grant,
-                        "grant.credential_issued",
-                        actor=SYSTEM,
-                        now=now,
-                        payload={"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}},
+                        session, grant, "grant.credential_issued", actor=SYSTEM, now=now, payload=_credential(grant)
                     )
         if ended is not None:
             self.deprovision([grant_id])
@@ -323,18 +333,12 @@ class GrantService:
                 )
             now = self._clock.now()
             grant.credential_shown_at = now
-            _record(
-                session,
-                grant,
-                "grant.credential_issued",
-                actor=SYSTEM,
-                now=now,
-                payload={"to": {"iss": grant.grantee_issuer, "sub": grant.grantee_subject}},
-            )
-            if grant.via == "gateway":
-                token = new_secret("gw")
+            token = new_secret("gw") if grant.via == "gateway" else None
+            if token is not None:
                 grant.gateway_token_hash = hash_secret(token, self._secret_key)
                 grant.gateway_scram_verifier = scram_sha256_verifier(token)
+            _record(session, grant, "grant.credential_issued", actor=SYSTEM, now=now, payload=_credential(grant))
+            if token is not None:
                 return Activation(grant, password=token, gateway=self.gateway)
             spec = self.spec(grant)
         password = new_secret("pg")
