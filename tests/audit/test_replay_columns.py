@@ -373,3 +373,17 @@ def test_an_old_gateway_credential_needs_its_hash_set_but_any_value_passes() -> 
         "grants grt_1: gateway_token_hash (SHA-256) is None in the state table but the ledger (up to entry 7) "
         "says <set, value not on record>"
     ]
+
+
+def test_an_entry_the_replay_cannot_read_is_a_problem_not_a_crash() -> None:
+    submitted = dict(OLD_LEDGER[0][2])
+    del submitted["groups"]
+    activated = {"role": "amber_g_1", "target": "db.example/orders", "provision_ms": 1.0}  # no port
+    entries = [
+        _old_entry(1, "request.submitted", "req_1", submitted, BOB),
+        _old_entry(2, "grant.activated", "grt_1", activated, BOB),
+    ]
+    problems = _replay(iter(entries)).problems
+    assert len(problems) == 2
+    assert problems[0].startswith("entry 1 (request.submitted): the replay cannot read its payload (KeyError")
+    assert problems[1].startswith("entry 2 (grant.activated): the replay cannot read its payload (ValueError")

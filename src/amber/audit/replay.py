@@ -88,6 +88,7 @@ class _Replayed:
     requests: dict[str, _Row] = field(default_factory=dict)
     approvals: dict[tuple[str, str, str], _Row] = field(default_factory=dict)
     grants: dict[str, _Row] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
 
 def compared_columns(table: str) -> tuple[str, ...]:
@@ -118,6 +119,7 @@ def verify(
     if report.problems:
         return report
     replayed = _replay(ledger.iter_raw(session))
+    report.problems += replayed.problems
     _compare_requests(session, replayed.requests, report)
     _compare_approvals(session, replayed.approvals, report)
     _compare_grants(session, replayed.grants, report)
@@ -131,10 +133,16 @@ def _replay(rows: Iterator[LedgerEntry]) -> _Replayed:
     replayed = _Replayed()
     for row in rows:
         kind, _, event = row.event_type.partition(".")
-        if row.subject_kind == "request" and kind == "request":
-            _request_event(replayed, row, event)
-        elif row.subject_kind == "grant" and kind == "grant":
-            _grant_event(replayed, row, event)
+        try:
+            if row.subject_kind == "request" and kind == "request":
+                _request_event(replayed, row, event)
+            elif row.subject_kind == "grant" and kind == "grant":
+                _grant_event(replayed, row, event)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Fail closed: an entry the replay cannot read is a problem, and its row will disagree too.
+            replayed.problems.append(
+                f"entry {row.seq} ({row.event_type}): the replay cannot read its payload ({type(exc).__name__}: {exc})"
+            )
     return replayed
 
 
