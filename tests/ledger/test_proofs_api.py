@@ -21,12 +21,13 @@ def _vkey(amber: Amber) -> str:
 def test_inclusion_and_consistency_proofs_verify_against_the_signed_checkpoint(amber: Amber) -> None:
     amber.request("alice", "engineering", "oncall")
     headers = amber.headers("bob", "engineering")
+    assert amber.api.post("/v1/ledger/checkpoints", headers=amber.headers("root", "platform")).status_code == 201
     old = amber.api.get("/v1/ledger/proofs/inclusion", params={"seq": 2}, headers=headers).json()
     old_size = old["tree_size"]
     amber.request("carol", "engineering", "oncall")
     assert amber.api.post("/v1/ledger/checkpoints", headers=amber.headers("root", "platform")).status_code == 201
     body = amber.api.get("/v1/ledger/proofs/inclusion", params={"seq": 3}, headers=headers).json()
-    # Without a size the proof is against a signed checkpoint (signed on demand) that covers the entry.
+    # Without a size the proof is against the latest signed checkpoint, which covers the entry.
     text, signers = tlog.open_note(body["checkpoint"], [tlog.Verifier.parse(_vkey(amber))])
     checkpoint = tlog.Checkpoint.parse(text)
     assert signers
@@ -61,6 +62,7 @@ def test_inclusion_and_consistency_proofs_verify_against_the_signed_checkpoint(a
 
 def test_people_involved_fetch_receipts_that_verify_offline(amber: Amber, tmp_path: Path) -> None:
     body = amber.request("alice", "engineering", "oncall")
+    assert amber.api.post("/v1/ledger/checkpoints", headers=amber.headers("root", "platform")).status_code == 201
     listed = amber.api.get("/v1/ledger/receipts", params={"subject": body["id"]}, headers=amber.headers("alice"))
     assert listed.status_code == 200, listed.text
     types = [item["type"] for item in listed.json()]
@@ -99,6 +101,7 @@ def test_people_involved_fetch_receipts_that_verify_offline(amber: Amber, tmp_pa
 
 def test_a_forged_receipt_names_the_failed_check(amber: Amber) -> None:
     amber.request("alice", "engineering", "oncall")
+    assert amber.api.post("/v1/ledger/checkpoints", headers=amber.headers("root", "platform")).status_code == 201
     seq = 3
     receipt = amber.api.get(f"/v1/ledger/receipts/{seq}", headers=amber.headers("ann", "security")).text
     key = [tlog.Verifier.parse(_vkey(amber))]

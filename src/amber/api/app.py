@@ -58,13 +58,14 @@ def create_app(rt: Runtime, *, run_worker: bool = True) -> FastAPI:
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
+        """Unauthenticated: says whether amber and its state store answer, never where its files are."""
         with rt.uow() as session:
             session.execute(text("SELECT 1"))
         return {
             "status": "ok",
             "version": __version__,
             "warnings": rt.warnings,
-            "catalog": {"path": str(rt.catalog().path), "hash": rt.catalog().content_hash},
+            "catalog": {"hash": rt.catalog().content_hash},
         }
 
     @app.get("/metrics", tags=["ops"])

@@ -4,6 +4,10 @@ Thin: parse, authorize, call amber.ledger, render. Public (no token): the latest
 verifier keys (they reveal a size and a hash, and witnesses and auditors must fetch them). Proofs need any
 verified identity (they reveal hashes only). Receipts carry an entry, so only the people involved (the
 entry's actor, whoever may see the request or grant it concerns) and auditors get one.
+
+Signing a checkpoint costs a signature, a witness delivery and a row that stays forever: only admins force one
+(the POST, or a proof or receipt of an entry newer than the latest checkpoint). Everyone else gets proofs against
+the latest signed checkpoint, and a 409 saying when to come back for an entry it does not cover yet.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from sqlalchemy import select
 from amber.access_requests import is_admin, is_auditor
 from amber.api.auth import PrincipalDep, RuntimeDep
 from amber.api.runtime import Runtime
-from amber.core.errors import Forbidden, NotFound
+from amber.core.durations import format_duration
+from amber.core.errors import Conflict, Forbidden, NotFound
 from amber.grants import get as get_grant
 from amber.identity import Principal
 from amber.ledger import checkpoints, proofs
+from amber.ledger import head as ledger_head
 from amber.ledger.checkpointer import Checkpointer
 from amber.ledger.models import LedgerEntry
 
@@ -72,13 +78,13 @@ def sign_checkpoint(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
 
 @router.get("/v1/ledger/proofs/inclusion", tags=["ledger"])
 def inclusion_proof(
-    rt: RuntimeDep, _who: PrincipalDep, seq: int = Query(ge=1), size: int | None = Query(default=None, ge=1)
+    rt: RuntimeDep, who: PrincipalDep, seq: int = Query(ge=1), size: int | None = Query(default=None, ge=1)
 ) -> dict[str, Any]:
     """Entry `seq` in the tree of `size` entries (default: the latest signed checkpoint, signed now if needed)."""
     with rt.uow() as session:
         note = None
         if size is None:
-            latest = _covering(rt, seq)
+            latest = _covering(rt, who, seq)
             size, note = latest.tree_size, latest.note
         body = proofs.inclusion(session, seq, size).as_dict()
     return {**body, "checkpoint": note}
@@ -93,12 +99,23 @@ def consistency_proof(
         return proofs.consistency(session, old, new).as_dict()
 
 
-def _covering(rt: Runtime, seq: int) -> checkpoints.CheckpointView:
+def _covering(rt: Runtime, who: Principal, seq: int) -> checkpoints.CheckpointView:
+    """The latest signed checkpoint if it covers entry `seq`; else a new one, signed now for admins only."""
+    signer = _checkpointer(rt)
     with rt.uow() as session:
         latest = checkpoints.latest_checkpoint(session)
+        size, _ = ledger_head(session)
     if latest is not None and latest.tree_size >= seq:
         return latest
-    return _checkpointer(rt).sign_now()
+    if seq > size:
+        raise NotFound(f"no ledger entry {seq}")
+    if not is_admin(rt.catalog(), who):
+        raise Conflict(
+            f"entry {seq} is newer than the latest signed checkpoint ({latest.tree_size if latest else 0} entries); "
+            f"the next is signed within {format_duration(signer.every)} or {signer.every_entries} entries, "
+            "try again then (only admins sign on demand)"
+        )
+    return signer.sign_now()
 
 
 def _may_see(rt: Runtime, who: Principal, row: LedgerEntry) -> bool:
@@ -131,7 +148,7 @@ def receipt(seq: int, rt: RuntimeDep, who: PrincipalDep) -> PlainTextResponse:
         row = session.get(LedgerEntry, seq)
     if row is None or not _may_see(rt, who, row):
         raise NotFound(f"no ledger entry {seq}")
-    checkpoint = _covering(rt, seq)
+    checkpoint = _covering(rt, who, seq)
     with rt.uow() as session:
         text = proofs.receipt(session, seq, checkpoint)
     return PlainTextResponse(text, media_type=TEXT)
@@ -149,7 +166,7 @@ def receipts_for(
     visible = [row for row in rows if _may_see(rt, who, row)]
     if not visible:
         raise NotFound(f"no ledger entries about {subject} that you may see")
-    checkpoint = _covering(rt, visible[-1].seq)
+    checkpoint = _covering(rt, who, visible[-1].seq)
     with rt.uow() as session:
         return [
             {"seq": row.seq, "type": row.event_type, "receipt": proofs.receipt(session, row.seq, checkpoint)}

@@ -180,7 +180,7 @@ class Runtime:
                 f"{settings.catalog}: identity: configure at least one issuer (or dev_issuer "
                 "for local development); amber accepts no unauthenticated calls"
             )
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url)
         if migrate:
             upgrade(engine)

@@ -7,11 +7,13 @@ writers queue instead of failing with "database is locked" half-way through.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -32,10 +34,26 @@ UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
+        _private_file(make_url(url).database)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+
+
+def _private_file(database: str | None) -> None:
+    """Create the SQLite state file readable by its owner only (0600) before SQLite does (it would use the umask,
+    usually 0644), and take group and other access away from an existing one. SQLite gives its -wal and -shm
+    files the database file's mode. Not checked: the directory's mode (Runtime.build makes the state dir 0700)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -45,7 +63,9 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before it is acknowledged, so a power loss or OS crash cannot take back a
+        # grant, a shown credential or a ledger entry (NORMAL could lose the last commits; decision 0013).
+        cursor.execute("PRAGMA synchronous=FULL")
         # Checkpoint the WAL into the database every ~40 MB instead of ~4 MB: a page rewritten by many commits
         # (the ledger's head, index leaves) is copied back once, and the checkpoint's fsyncs come 10x less
         # often. Durability is unchanged: a commit is in the WAL either way.

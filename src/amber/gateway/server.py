@@ -145,29 +145,47 @@ class _Connected:
 
 
 class FailedLogins:
-    """Per-source limit on failed logins: `limit` failures per `window_s` seconds, then refuse for the window."""
+    """A limit on failed logins per key (a source address, or the grant id a login names): `limit` failures per
+    `window_s` seconds, then refuse that key for the window.
 
-    def __init__(self, limit: int = 5, window_s: float = 60.0, max_sources: int = 10_000) -> None:
+    Per source alone lets many addresses guess at one grant; per grant alone lets one address try every grant.
+    amber keeps both. At most `max_keys` keys are remembered: keys whose failures all left the window go first,
+    then the oldest, so names made up by a client cannot grow it without bound.
+    """
+
+    def __init__(
+        self,
+        limit: int = 5,
+        window_s: float = 60.0,
+        max_keys: int = 10_000,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
         self.window_s = window_s
-        self.max_sources = max_sources
+        self.max_keys = max_keys
+        self._now = now
         self._failures: dict[str, deque[float]] = {}
 
-    def blocked(self, source: str) -> bool:
-        now = time.monotonic()
-        entries = self._failures.get(source)
+    def blocked(self, key: str) -> bool:
+        now = self._now()
+        entries = self._failures.get(key)
         if not entries:
             return False
         while entries and now - entries[0] > self.window_s:
             entries.popleft()
         return len(entries) >= self.limit
 
-    def failed(self, source: str) -> None:
-        now = time.monotonic()
-        if len(self._failures) >= self.max_sources:  # forget sources whose failures all left the window
-            for old in [s for s, when in self._failures.items() if not when or now - when[-1] > self.window_s]:
+    def failed(self, key: str) -> None:
+        now = self._now()
+        if key not in self._failures and len(self._failures) >= self.max_keys:
+            for old in [k for k, when in self._failures.items() if not when or now - when[-1] > self.window_s]:
                 del self._failures[old]
-        self._failures.setdefault(source, deque()).append(now)
+            while len(self._failures) >= self.max_keys:
+                del self._failures[next(iter(self._failures))]
+        entries = self._failures.setdefault(key, deque())
+        entries.append(now)
+        while len(entries) > self.limit:
+            entries.popleft()
 
 
 class PendingLogins:
@@ -239,7 +257,9 @@ class GatewayServer:
         self.tls = tls
         self.host = host
         self.port = port
-        self.failed_logins = FailedLogins()
+        self.failed_logins = FailedLogins()  # per source address
+        # Per grant id: many addresses together get a few more tries at one grant than one address does.
+        self.failed_logins_per_grant = FailedLogins(limit=10)
         self.sessions: dict[str, set[Session]] = {}
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -501,16 +521,20 @@ class GatewayServer:
             await _fatal(writer, "28000", "too many failed logins from your address; wait a minute")
             return None
         user = params.get("user", "")
+        grant_key = user[:64]
+        if self.failed_logins_per_grant.blocked(grant_key):
+            await _fatal(writer, "28000", f"too many failed logins for {grant_key!r}; wait a minute")
+            return None
         try:
             login = await self._login(user, parser, reader, writer)
         except AuthFailed as exc:
-            self.failed_logins.failed(source)
+            self._login_failed(source, grant_key)
             log.warning("gateway: failed login for user %r from %s: %s", user[:64], source, exc)
             self.recorder.record_login_failure(user, source, str(exc))
             await _fatal(writer, "28P01", f"amber: login failed for {user[:64]!r}: {exc}")
             return None
         except (codec.ProtocolError, ScramProtocolError) as exc:
-            self.failed_logins.failed(source)
+            self._login_failed(source, grant_key)
             log.warning("gateway: malformed login for user %r from %s: %s", user[:64], source, exc)
             self.recorder.record_login_failure(user, source, f"protocol violation: {exc}")
             await _fatal(writer, "08P01", f"protocol violation during login: {exc}")
@@ -545,6 +569,10 @@ class GatewayServer:
             encoding,
             sasl_final + codec.auth_ok() + status,
         )
+
+    def _login_failed(self, source: str, grant_key: str) -> None:
+        self.failed_logins.failed(source)
+        self.failed_logins_per_grant.failed(grant_key)
 
     async def _relay(self, c: _Connected) -> None:
         """Run one logged-in session until it ends, then record how it ended."""
