@@ -216,7 +216,7 @@ def test_cli_audit_verify_exits_nonzero_and_names_the_entry(amber: Amber, tmp_pa
         "AMBER_STATE_DIR": str(tmp_path / "state"),
     }
     ok = subprocess.run(
-        [sys.executable, "-m", "amber", "audit", "verify"],
+        [sys.executable, "-m", "amber", "audit", "verify", "--allow-unsigned-tail"],
         env=env,
         capture_output=True,
         text=True,

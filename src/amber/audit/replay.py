@@ -104,18 +104,20 @@ def verify(
     witnessed: Sequence[tuple[str, str]] = (),
     since: tuple[str, str] | None = None,
     origin: str | None = None,
+    allow_unsigned_tail: bool = True,
 ) -> AuditReport:
     """Chain, then Merkle tree and checkpoints, then replay against the state tables.
 
     `keys` are the trusted checkpoint keys (default: the first key on record, i.e. trust on first use);
     `witnessed` are checkpoints kept outside amber; `since` is a checkpoint the auditor kept earlier.
+    `allow_unsigned_tail=False` (the CLI's default) fails when no trusted checkpoint covers the last entry.
     """
     chain = ledger.verify_chain(ledger.iter_raw(session))
     report = AuditReport(entries=chain.entries, head_hash=chain.head_hash)
     if chain.problem is not None:
         report.problems.append(str(chain.problem))
         return report
-    report.problems += verify_tree(session, keys, witnessed, since, origin)
+    report.problems += verify_tree(session, keys, witnessed, since, origin, allow_unsigned_tail=allow_unsigned_tail)
     if report.problems:
         return report
     replayed = _replay(ledger.iter_raw(session))

@@ -166,7 +166,9 @@ def export(directory: Annotated[Path, typer.Argument(help="Directory to write th
         manifest = proofs.export_bundle(session, directory, ctx.origin)
     echo(
         f"exported {manifest['entries']} entries and {manifest['checkpoints']} checkpoints to {directory}\n"
-        f"verify with: python3 {directory / 'amber_verify.py'} bundle {directory} --key {manifest['keys'][-1]}"
+        f"{proofs.VERIFIER_ADVICE}\n"
+        f"verify with: amber audit verify --bundle {directory} --key {manifest['keys'][-1]}\n"
+        f"        or: python3 amber_verify.py bundle {directory} --key {manifest['keys'][-1]}"
     )
 
 
@@ -307,20 +309,45 @@ def register(audit_app: typer.Typer) -> None:
     audit_app.add_typer(checkpoints_app, name="checkpoints")
 
 
-def verify_offline(bundle: Path, keys: list[str], witnessed: list[Path], since: Path | None, as_json: bool) -> None:
+def trust_stored_key(ctx: Local) -> None:
+    """Live `amber audit verify` without --key: say loudly that the key comes from the database being checked;
+    in production that proves nothing against whoever can write the database, so refuse (exit 2)."""
+    echo(
+        "warning: no --key given: trusting the public key stored in the very database being verified; whoever "
+        "can rewrite the ledger can rewrite that key too. Pass --key with the key you obtained independently.",
+        file=sys.stderr,
+    )
+    if ctx.settings.env == "production":
+        echo("error: AMBER_ENV=production: `amber audit verify` needs --key KEY", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+def verify_offline(
+    bundle: Path,
+    keys: list[str],
+    witnessed: list[Path],
+    since: Path | None,
+    as_json: bool,
+    *,
+    allow_unsigned_tail: bool,
+) -> None:
     """`amber audit verify --bundle DIR`: the offline verifier (ledger/tlog.py, = tools/amber_verify.py)."""
     from amber.ledger import tlog
 
     trusted = [tlog.Verifier.parse(k) for k in keys] or None
     if trusted is None:
         echo("warning: no --key given; trusting the keys in the bundle itself")
-    report = tlog.verify_bundle(bundle, trusted, extra_checkpoints=witnessed, since=since)
+    report = tlog.verify_bundle(
+        bundle, trusted, extra_checkpoints=witnessed, since=since, allow_unsigned_tail=allow_unsigned_tail
+    )
     problems = [str(p) for p in report.problems]
     data = {
         "ok": report.ok,
         "entries": report.entries,
         "checkpoints": report.checkpoints,
         "root": report.root.hex(),
+        "signed_size": report.signed_size,
+        "unsigned": report.unsigned,
         "problems": problems,
     }
     human = (
@@ -329,5 +356,8 @@ def verify_offline(bundle: Path, keys: list[str], witnessed: list[Path], since: 
         else "ledger verification FAILED:\n  " + "\n  ".join(problems)
     )
     _print(data, as_json, human)
+    warning = tlog.unsigned_warning(report) if report.ok else None
+    if warning:
+        echo(warning, file=sys.stderr)
     if not report.ok:
         raise typer.Exit(1)

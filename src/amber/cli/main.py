@@ -425,17 +425,23 @@ def audit_verify(
         typer.Option("--checkpoint", help="Witnessed checkpoints: a note, a file witness's lines, a fetched DIR."),
     ] = None,
     since: Annotated[Path | None, typer.Option("--since", help="A checkpoint you kept: the log only grew.")] = None,
+    allow_unsigned_tail: Annotated[
+        bool,
+        typer.Option("--allow-unsigned-tail", help="Pass even if no trusted checkpoint covers the last entries."),
+    ] = False,
 ) -> None:
     """Verify the ledger (chain, Merkle tree, checkpoints) and replay it against the state tables."""
     from amber import audit
-    from amber.cli.ledger_cmds import checkpoint_files, local, verify_offline
+    from amber.cli.ledger_cmds import checkpoint_files, local, trust_stored_key, verify_offline
     from amber.ledger.tlog import Verifier, notes_in
 
     witnessed = checkpoint_files(checkpoint or [])
     if bundle is not None:
-        verify_offline(bundle, key or [], witnessed, since, as_json)
+        verify_offline(bundle, key or [], witnessed, since, as_json, allow_unsigned_tail=allow_unsigned_tail)
         return
     ctx = local()
+    if not key:
+        trust_stored_key(ctx)
     with ctx.uow() as session:
         report = audit.verify(
             session,
@@ -443,6 +449,7 @@ def audit_verify(
             witnessed=[note for p in witnessed for note in notes_in(p)],
             since=(str(since), since.read_text()) if since else None,
             origin=ctx.origin,
+            allow_unsigned_tail=allow_unsigned_tail,
         )
     data = {
         "ok": report.ok,

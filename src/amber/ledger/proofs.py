@@ -118,6 +118,13 @@ def receipt(session: Session, seq: int, checkpoint: CheckpointView | None = None
     return tlog.format_receipt(exported(row), seq - 1, proof, checkpoint.note)
 
 
+VERIFIER_ADVICE = (
+    "Verify with a verifier from a source you trust: the published amber package (`amber audit verify --bundle DIR "
+    "--key KEY`) or tools/amber_verify.py from amber's repository, and the key obtained independently. The "
+    "amber_verify.py in this bundle is a convenience copy only: whoever made the bundle could have changed it."
+)
+
+
 def export_bundle(session: Session, directory: Path, origin: str) -> dict[str, Any]:
     """Write entries.jsonl, checkpoints.jsonl, keys.txt, manifest.json and amber_verify.py into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -146,6 +153,7 @@ def export_bundle(session: Session, directory: Path, origin: str) -> dict[str, A
         "checkpoints": len(signed),
         "latest_checkpoint_size": signed[-1].tree_size if signed else None,
         "keys": keys,
+        "verifier": VERIFIER_ADVICE,
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -157,8 +165,13 @@ def verify_tree(
     witnessed: Sequence[tuple[str, str]],
     since: tuple[str, str] | None,
     origin: str | None,
+    *,
+    allow_unsigned_tail: bool = True,
 ) -> list[str]:
-    """The stored Merkle tree against the entries, and every checkpoint (stored or given) against both."""
+    """The stored Merkle tree against the entries, and every checkpoint (stored or given) against both.
+
+    With `allow_unsigned_tail=False` (the CLI's default), entries no trusted checkpoint covers are a problem.
+    """
     notes = [(f"#{cp.id}", cp.note) for cp in checkpoints(session)]
     history = key_history(session)
     trusted = list(keys) or ([tlog.Verifier.parse(history[0])] if history else [])
@@ -170,6 +183,7 @@ def verify_tree(
         trusted,
         origin=origin,
         since=since,
+        allow_unsigned_tail=allow_unsigned_tail,
     )
     problems = [str(p) for p in result.problems]
     size, _ = head(session)

@@ -8,6 +8,7 @@ NOTE: this module imports ONLY the Python standard library and `cryptography`, a
 copied verbatim to tools/amber_verify.py (a test keeps the two identical) so auditors can run it alone:
 
     python3 amber_verify.py bundle DIR --key VKEY [--checkpoint FILE ...] [--since FILE] [--jobs N]
+                               [--allow-unsigned-tail]
     python3 amber_verify.py receipt FILE --key VKEY
 
 Formats (docs/ledger.md):
@@ -350,10 +351,16 @@ def sign_note(text: str, signer: Signer) -> str:
     return f"{text}\n{_SIG_PREFIX}{signer.name} {signature}\n"
 
 
-def open_note(note: str, keys: Iterable[Verifier]) -> tuple[str, list[Verifier]]:
-    """Split a signed note into its text and the given keys that signed it (bad or unknown signatures skipped).
+class BadSignature(ValueError):
+    """A signature line by a known key (name and key id) that does not verify: an error, never skipped."""
 
-    Does NOT check what the text says; callers parse it and decide which signer they require.
+
+def open_note(note: str, keys: Iterable[Verifier]) -> tuple[str, list[Verifier]]:
+    """Split a signed note into its text and the given keys that signed it.
+
+    Signatures by unknown keys are skipped (C2SP signed-note); a signature by a known key (same name and key id)
+    that does not verify raises BadSignature. Does NOT check what the text says; callers parse it and decide
+    which signer they require.
     """
     text, sep, block = note.rpartition("\n\n")
     if not sep or not block.endswith("\n"):
@@ -370,8 +377,11 @@ def open_note(note: str, keys: Iterable[Verifier]) -> tuple[str, list[Verifier]]
         except binascii.Error as exc:
             raise ValueError("malformed signature in note") from exc
         key = by_id.get((name, raw[:4]))
-        if key is not None and key.verify(text.encode(), raw[4:]):
-            signed.append(key)
+        if key is None:
+            continue
+        if not key.verify(text.encode(), raw[4:]):
+            raise BadSignature(f"the signature by the known key {key.name}+{key.key_id.hex()} is invalid")
+        signed.append(key)
     return text, signed
 
 
@@ -390,8 +400,9 @@ class Checkpoint:
         if len(lines) < 4 or lines[-1] != "":
             raise ValueError("a checkpoint has an origin, a size and a root hash, each on its own line")
         origin, size_text, root_text = lines[0], lines[1], lines[2]
-        if not origin or not size_text.isdigit() or (size_text != "0" and size_text.startswith("0")):
-            raise ValueError("checkpoint: bad origin or tree size")
+        _check_origin(origin)
+        if not _is_index(size_text):
+            raise ValueError("checkpoint: bad tree size")
         try:
             root = base64.b64decode(root_text, validate=True)
         except binascii.Error as exc:
@@ -401,7 +412,21 @@ class Checkpoint:
         return cls(origin, int(size_text), root)
 
 
+def _check_origin(origin: str) -> None:
+    """An origin is one non-empty line without control characters (TAB, CR, NUL, DEL ...)."""
+    if not origin:
+        raise ValueError("checkpoint: the origin is empty")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in origin):
+        raise ValueError(f"checkpoint: the origin {origin!r} contains a control character")
+
+
+def _is_index(text: str) -> bool:
+    """ASCII decimal digits without a leading zero (C2SP tree sizes and tlog-proof indices)."""
+    return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))
+
+
 def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> str:
+    _check_origin(checkpoint.origin)
     return sign_note(checkpoint.text(), signer)
 
 
@@ -447,8 +472,10 @@ class Receipt:
         if not rest or not rest[0].startswith("extra "):
             raise ValueError("receipt: missing the `extra` line with the entry")
         entry = json.loads(base64.b64decode(rest[0][6:], validate=True))
-        if len(rest) < 2 or not rest[1].startswith("index ") or not rest[1][6:].isdigit():
+        if len(rest) < 2 or not rest[1].startswith("index "):
             raise ValueError("receipt: missing the `index` line")
+        if not _is_index(rest[1][6:]):
+            raise ValueError("receipt: the index is not a decimal number without leading zeros")
         proof = [base64.b64decode(line, validate=True) for line in rest[2:]]
         if not isinstance(entry, dict):
             raise ValueError("receipt: the entry is not a JSON object")  # noqa: TRY004 - bad input, not a bug
@@ -475,6 +502,13 @@ class Report:
     root: bytes = EMPTY_ROOT
     checkpoints: int = 0
     problems: list[Problem] = field(default_factory=list)
+    signed_size: int | None = None
+    """The largest tree size a trusted, matching checkpoint signs (None: no such checkpoint)."""
+
+    @property
+    def unsigned(self) -> int:
+        """How many entries at the end of the log no trusted checkpoint covers."""
+        return self.entries - (self.signed_size or 0)
 
     @property
     def ok(self) -> bool:
@@ -498,6 +532,9 @@ def verify_receipt(text: str, keys: Sequence[Verifier], origin: str | None = Non
         receipt = Receipt.parse(text)
         note_text, signers = open_note(receipt.note, keys)
         checkpoint = Checkpoint.parse(note_text)
+    except BadSignature as exc:
+        report.problems.append(Problem("signature", str(exc)))
+        return report
     except (ValueError, binascii.Error) as exc:
         report.problems.append(Problem("format", str(exc)))
         return report
@@ -610,6 +647,7 @@ def verify_log(
     *,
     origin: str | None = None,
     since: tuple[str, str] | None = None,
+    allow_unsigned_tail: bool = True,
 ) -> Report:
     """Verify entries (in file order) against signed checkpoints (source name, note text).
 
@@ -619,9 +657,17 @@ def verify_log(
     `root` (the log's first n entries do not hash to a checkpoint's root), `split-view` (two valid checkpoints
     cannot both be true). What this does NOT prove: that the log's timestamps are true (they are the log's
     claim), or that nothing was appended after the newest checkpoint and then withheld.
+    `unsigned-tail` (with `allow_unsigned_tail=False`, what the command lines pass unless told otherwise):
+    entries after the newest trusted checkpoint that matches the log, or no such checkpoint at all;
+    `report.unsigned` and `report.signed_size` say how many either way.
     """
     return verify_leaves(
-        ((*entry_leaf(entry), entry) for entry in entries), checkpoints, keys, origin=origin, since=since
+        ((*entry_leaf(entry), entry) for entry in entries),
+        checkpoints,
+        keys,
+        origin=origin,
+        since=since,
+        allow_unsigned_tail=allow_unsigned_tail,
     )
 
 
@@ -632,10 +678,16 @@ def verify_leaves(
     *,
     origin: str | None = None,
     since: tuple[str, str] | None = None,
+    allow_unsigned_tail: bool = True,
 ) -> Report:
     """`verify_log` over (leaf data, hash, entry) triples, streamed: memory stays flat for any log size."""
     return _verify(
-        lambda wanted, report, rotations: _walk(leaves, wanted, report, rotations), checkpoints, keys, origin, since
+        lambda wanted, report, rotations: _walk(leaves, wanted, report, rotations),
+        checkpoints,
+        keys,
+        origin,
+        since,
+        allow_unsigned_tail=allow_unsigned_tail,
     )
 
 
@@ -650,6 +702,8 @@ def _verify(
     keys: Sequence[Verifier],
     origin: str | None,
     since: tuple[str, str] | None,
+    *,
+    allow_unsigned_tail: bool,
 ) -> Report:
     report = Report()
     notes = [*checkpoints, *([since] if since else [])]
@@ -661,7 +715,24 @@ def _verify(
     signed = _signed_checkpoints(parsed, schedule, report)
     report.checkpoints = len(signed)
     _judge(signed, roots, report.entries, since, report)
+    tail = report.unsigned > 0 or report.signed_size is None
+    if tail and not allow_unsigned_tail and not report.problems:
+        report.problems.append(_unsigned_tail(report))
     return report
+
+
+def _unsigned_tail(report: Report) -> Problem:
+    if report.signed_size is None:
+        return Problem(
+            "unsigned-tail",
+            f"no checkpoint signed by a trusted key matches the log: all {report.entries} entries are unsigned",
+        )
+    return Problem(
+        "unsigned-tail",
+        f"{report.unsigned} entries after the newest signed checkpoint (size {report.signed_size}) are not covered "
+        f"by a trusted signature: entries {report.signed_size + 1}..{report.entries} could be forged",
+        report.signed_size + 1,
+    )
 
 
 def _parsed_checkpoints(
@@ -689,7 +760,11 @@ def _signed_checkpoints(
 ) -> list[_Signed]:
     signed: list[_Signed] = []
     for source, checkpoint, note in parsed:
-        _, signers = open_note(note, [key for _, key in schedule])
+        try:
+            _, signers = open_note(note, [key for _, key in schedule])
+        except BadSignature as exc:
+            report.problems.append(Problem("signature", f"checkpoint {source} (size {checkpoint.size}): {exc}"))
+            continue
         if not set(signers) & set(_keys_for(checkpoint.size, schedule)):
             report.problems.append(
                 Problem("signature", f"checkpoint {source} (size {checkpoint.size}) is not signed by the key in force")
@@ -951,6 +1026,7 @@ def _judge(
         (s for s in signed if roots.get(s.checkpoint.size) == s.checkpoint.root), key=lambda s: s.checkpoint.size
     )
     largest_good = matching[-1].checkpoint.size if matching else 0
+    report.signed_size = largest_good if matching else None
     for item in signed:
         cp = item.checkpoint
         if cp.size > size:
@@ -1008,8 +1084,10 @@ def verify_bundle(
     extra_checkpoints: Sequence[Path] = (),
     since: Path | None = None,
     processes: int | None = None,
+    allow_unsigned_tail: bool = False,
 ) -> Report:
     """Verify an `amber audit export` bundle. Without `keys`, trusts the bundle's keys.txt (say so to the user).
+    Entries no trusted checkpoint covers (or a bundle without one) fail unless `allow_unsigned_tail`.
 
     `processes`: how many processes check entries.jsonl (None: one per CPU for files of 32 MiB or more, else 1).
     The result is the same either way (see `_walk_in_parallel`).
@@ -1031,16 +1109,31 @@ def verify_bundle(
         roots = _walk_in_parallel(path, wanted, report, rotations, processes)
         return _walk(read_leaves(path), wanted, report, rotations) if roots is None else roots
 
-    return _verify(walk, notes, keys, str(manifest["origin"]), since_note)
+    return _verify(walk, notes, keys, str(manifest["origin"]), since_note, allow_unsigned_tail=allow_unsigned_tail)
 
 
 def _say(line: str, *, err: bool = False) -> None:
     (sys.stderr if err else sys.stdout).write(line + "\n")
 
 
+def unsigned_warning(report: Report) -> str | None:
+    """What an OK report with entries no trusted checkpoint covers must say (allowed by --allow-unsigned-tail)."""
+    if report.signed_size is None:
+        return f"warning: no checkpoint signed by a trusted key: all {report.entries} entries are unsigned"
+    if report.unsigned:
+        return (
+            f"warning: the last {report.unsigned} entries ({report.signed_size + 1}..{report.entries}) are not "
+            "covered by a signed checkpoint"
+        )
+    return None
+
+
 def _print_report(report: Report, what: str) -> int:
     if report.ok:
         _say(f"{what} OK: {report.entries} entries, {report.checkpoints} checkpoints, root {report.root.hex()}")
+        warning = unsigned_warning(report) if what == "ledger" else None
+        if warning:
+            _say(warning, err=True)
         return 0
     _say(f"{what} verification FAILED:")
     for problem in report.problems:
@@ -1057,6 +1150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle.add_argument("--checkpoint", action="append", type=Path, default=[], help="a witnessed checkpoint")
     bundle.add_argument("--since", type=Path, help="a checkpoint you kept: prove the log only grew since")
     bundle.add_argument("--jobs", type=int, help="processes checking the entries (default: one per CPU if large)")
+    bundle.add_argument(
+        "--allow-unsigned-tail", action="store_true", help="pass even if no trusted checkpoint covers the last entries"
+    )
     receipt = sub.add_parser("receipt", help="verify a receipt (c2sp.org/tlog-proof@v1)")
     receipt.add_argument("file", type=Path)
     receipt.add_argument("--key", action="append", default=[], required=True)
@@ -1068,7 +1164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not keys:
             _say("warning: no --key given; trusting the keys in the bundle itself", err=True)
         report = verify_bundle(
-            args.directory, keys or None, extra_checkpoints=args.checkpoint, since=args.since, processes=args.jobs
+            args.directory,
+            keys or None,
+            extra_checkpoints=args.checkpoint,
+            since=args.since,
+            processes=args.jobs,
+            allow_unsigned_tail=args.allow_unsigned_tail,
         )
     except (OSError, ValueError, KeyError) as exc:
         _say(f"error: {exc}", err=True)
