@@ -157,3 +157,54 @@ def test_ranges_join_into_the_rfc9162_tree(n: int, cuts: list[int], wanted: set[
     assert root == tlog.root_of(leaves)
     assert roots == {w: tlog.root_of(leaves[:w]) for w in wanted if w <= n}
     assert [r["seq"] for r in rotations] == ([ROTATION_AT] if n >= ROTATION_AT else [])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_consecutive_checkpoints_are_checked_with_a_consistency_proof(tmp_path: Path, processes: int) -> None:
+    """A middle rewritten (every hash recomputed): the proof from size 23 to size 40 drawn from the log fails."""
+    entries = _entries()
+    bundle = _bundle(tmp_path / "bundle", entries)
+    assert tlog.verify_bundle(bundle, [OLD.verifier], processes=processes).ok
+    entries[29]["payload"] = {"n": 30, "text": "rewritten"}
+    (bundle / "entries.jsonl").write_text("".join(_line(e) for e in _rechained(entries)))
+    report = tlog.verify_bundle(bundle, [OLD.verifier], processes=processes)
+    consistency = [str(p) for p in report.problems if p.check == "consistency"]
+    assert len(consistency) == 3, report.problems  # 23 -> 40, 40 -> 64, 64 -> 77 (the rechain changed every prev)
+    assert "from checkpoint #4 (bundle) (size 23) to checkpoint #5 (bundle) (size 40) does not verify" in consistency[0]
+    assert "from checkpoint #5 (bundle) (size 40) to checkpoint #6 (bundle) (size 64)" in consistency[1]
+
+
+def test_consistency_nodes_are_the_proofs_nodes() -> None:
+    needed = tlog._consistency_nodes([0, 3, 8, 13])
+    expected = {
+        node
+        for m, n in ((3, 8), (8, 13))
+        for node in tlog.needed_nodes(lambda get, m=m, n=n: tlog.consistency_proof(m, n, get))
+    }
+    assert needed == expected
+    assert tlog._consistency_nodes([5]) == set()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 200), cuts=st.lists(st.integers(0, 200), max_size=6), sizes=st.sets(st.integers(1, 200)))
+def test_walks_keep_the_nodes_consistency_proofs_need(n: int, cuts: list[int], sizes: set[int]) -> None:
+    """One process or ranges joined anywhere: every wanted node of the tree is kept, with its RFC 9162 hash."""
+    lines = [tlog.canonical_json(entry) for entry in _entries(n)]
+    leaves = [tlog.leaf_hash(tlog.entry_leaf(json.loads(line))[0]) for line in lines]
+    wanted = tlog._consistency_nodes(sizes)
+    expected = {
+        (level, index): tlog.root_of(leaves[index << level : (index + 1) << level])
+        for level, index in wanted
+        if (index + 1) << level <= n
+    }
+    bounds = sorted({0, n, *(c for c in cuts if c < n)})
+    joined = tlog._Nodes(wanted)
+    chunks = [tlog._check_lines(lines[lo:hi], sizes, tlog._Nodes(wanted)) for lo, hi in itertools.pairwise(bounds)]
+    result = tlog._join(chunks, sizes, joined)
+    assert result is not None
+    assert result[0] == {size: tlog.root_of(leaves[:size]) for size in sizes if size <= n}
+    assert joined.found == expected
+    walked = tlog._Nodes(wanted)
+    parsed = [(*tlog.entry_leaf(json.loads(line)), json.loads(line)) for line in lines]
+    tlog._walk(parsed, set(), tlog.Report(), [], walked)
+    assert walked.found == expected

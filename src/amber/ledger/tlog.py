@@ -24,7 +24,9 @@ import argparse
 import base64
 import binascii
 import concurrent.futures
+import functools
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -682,7 +684,7 @@ def verify_leaves(
 ) -> Report:
     """`verify_log` over (leaf data, hash, entry) triples, streamed: memory stays flat for any log size."""
     return _verify(
-        lambda wanted, report, rotations: _walk(leaves, wanted, report, rotations),
+        lambda wanted, nodes, report, rotations: _walk(leaves, wanted, report, rotations, nodes),
         checkpoints,
         keys,
         origin,
@@ -691,9 +693,33 @@ def verify_leaves(
     )
 
 
-Walker = Callable[[set[int], Report, list[dict[str, Any]]], dict[int, bytes]]
-"""Reads the log once: checks the chain into the report, collects key rotations, returns the root at each wanted
-size (and sets the report's entry count and final root)."""
+class _Nodes:
+    """The perfect-subtree hashes a walk keeps: those the consistency proofs between checkpoints read."""
+
+    def __init__(self, wanted: Iterable[tuple[int, int]] = ()) -> None:
+        self.wanted = frozenset(wanted)
+        self.ends = frozenset((index + 1) << level for level, index in self.wanted)
+        self.found: dict[tuple[int, int], bytes] = {}
+
+    def record(self, end: int, level: int, value: bytes) -> None:
+        """`value` is the hash of the perfect subtree of 2**level leaves ending before leaf `end`."""
+        key = (level, (end >> level) - 1)
+        if key in self.wanted:
+            self.found[key] = value
+
+
+Walker = Callable[[set[int], _Nodes, Report, list[dict[str, Any]]], dict[int, bytes]]
+"""Reads the log once: checks the chain into the report, collects key rotations, keeps the wanted nodes, returns
+the root at each wanted size (and sets the report's entry count and final root)."""
+
+
+def _consistency_nodes(sizes: Iterable[int]) -> set[tuple[int, int]]:
+    """The nodes of the consistency proofs between consecutive tree sizes."""
+    needed: set[tuple[int, int]] = set()
+    for old, new in itertools.pairwise(sorted(set(sizes))):
+        if old > 0:
+            needed.update(needed_nodes(functools.partial(consistency_proof, old, new)))
+    return needed
 
 
 def _verify(
@@ -709,16 +735,44 @@ def _verify(
     notes = [*checkpoints, *([since] if since else [])]
     parsed = _parsed_checkpoints(notes, origin, report)
     rotations: list[dict[str, Any]] = []
-    roots = walk({cp.size for _, cp, _ in parsed}, report, rotations)
+    sizes = {cp.size for _, cp, _ in parsed}
+    nodes = _Nodes(_consistency_nodes(sizes))
+    roots = walk(sizes, nodes, report, rotations)
     schedule, rotation_problems = _key_schedule(rotations, keys)
     report.problems.extend(rotation_problems)
     signed = _signed_checkpoints(parsed, schedule, report)
     report.checkpoints = len(signed)
-    _judge(signed, roots, report.entries, since, report)
+    forks = _judge(signed, roots, report.entries, since, report)
+    _check_consistency([s for s in signed if s not in forks], nodes.found, report)
     tail = report.unsigned > 0 or report.signed_size is None
     if tail and not allow_unsigned_tail and not report.problems:
         report.problems.append(_unsigned_tail(report))
     return report
+
+
+def _check_consistency(signed: Sequence[_Signed], found: dict[tuple[int, int], bytes], report: Report) -> None:
+    """Each pair of consecutive signed checkpoints (by size) with the RFC 9162 consistency proof drawn from the
+    log's own tree. Does NOT say which of the two is false: a failure means the log between them was rewritten, or
+    one of them was signed over another history."""
+    distinct = {(s.checkpoint.size, s.checkpoint.root): s for s in signed if s.checkpoint.size <= report.entries}
+    ordered = sorted(distinct.values(), key=lambda s: s.checkpoint.size)
+    for older, newer in itertools.pairwise(ordered):
+        m, n = older.checkpoint.size, newer.checkpoint.size
+        if m == n:
+            continue  # same size, different roots: `_judge` reports the split view
+        try:
+            proof = consistency_proof(m, n, lambda level, index: found[level, index])
+        except KeyError:
+            continue  # a checkpoint between them was refused (and reported): its neighbours' nodes were kept
+        if not verify_consistency(m, n, older.checkpoint.root, newer.checkpoint.root, proof):
+            report.problems.append(
+                Problem(
+                    "consistency",
+                    f"the log's RFC 9162 consistency proof from checkpoint {older.source} (size {m}) to checkpoint "
+                    f"{newer.source} (size {n}) does not verify: the log's first {n} entries are not what they "
+                    "were signed over, or the two were signed over different histories",
+                )
+            )
 
 
 def _unsigned_tail(report: Report) -> Problem:
@@ -775,9 +829,16 @@ def _signed_checkpoints(
 
 
 def _walk(
-    leaves: Iterable[Leaf], wanted: set[int], report: Report, rotations: list[dict[str, Any]]
+    leaves: Iterable[Leaf],
+    wanted: set[int],
+    report: Report,
+    rotations: list[dict[str, Any]],
+    nodes: _Nodes | None = None,
 ) -> dict[int, bytes]:
-    """Check the chain (first problem only), compute the root at every wanted size, collect key rotations."""
+    """Check the chain (first problem only), compute the root at every wanted size, collect key rotations, keep
+    the wanted nodes."""
+    nodes = nodes or _Nodes()
+    ends = nodes.ends
     roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in wanted else {}
     sha256 = hashlib.sha256
     stack: list[bytes] = []  # the frontier, inlined: this loop is the verifier's hot path
@@ -805,10 +866,16 @@ def _walk(
             rotations.append(entry)
         prev = stored
         value = sha256(b"\x00" + data).digest()
-        merges = position
+        keep = position in ends
+        if keep:
+            nodes.record(position, 0, value)
+        merges, level = position, 0
         while not merges & 1:
             value = sha256(b"\x01" + stack.pop() + value).digest()
             merges >>= 1
+            level += 1
+            if keep:
+                nodes.record(position, level, value)
         stack.append(value)
         if position in wanted:
             roots[position] = _fold(stack)
@@ -842,8 +909,11 @@ _PREV_KEY = b',"prev":"'
 _TYPE_KEY = b',"type":"'
 _ROTATION_TYPE = KEY_ROTATION_EVENT.encode() + b'"'
 
-Chunk = tuple[int, int, str, str, list[bytes], dict[int, list[bytes]], list[dict[str, Any]]]
-"""(first leaf index, entries, first `prev`, last hash, subtree hashes, {wanted size: subtree hashes}, rotations)."""
+Chunk = tuple[
+    int, int, str, str, list[bytes], dict[int, list[bytes]], list[dict[str, Any]], dict[tuple[int, int], bytes]
+]
+"""(first leaf index, entries, first `prev`, last hash, subtree hashes, {wanted size: subtree hashes}, rotations,
+{wanted node: hash} of the nodes made inside the range)."""
 
 
 def _cpus() -> int:
@@ -854,7 +924,13 @@ def _cpus() -> int:
 
 
 def _walk_in_parallel(
-    path: Path, wanted: set[int], report: Report, rotations: list[dict[str, Any]], processes: int | None
+    path: Path,
+    wanted: set[int],
+    report: Report,
+    rotations: list[dict[str, Any]],
+    *,
+    processes: int | None,
+    nodes: _Nodes,
 ) -> dict[int, bytes] | None:
     """`_walk` over an entries.jsonl file in `processes` processes; None if the file needs a closer look (or
     processes cannot be used here), and then `report` and `rotations` are untouched."""
@@ -866,18 +942,20 @@ def _walk_in_parallel(
     if processes is not None:  # as asked, even for a small file (tests use this)
         step = max(1, -(-size // (workers * 2)))
     wanted_sizes = tuple(sorted(wanted))
-    jobs = [(str(path), lo, min(lo + step, size), wanted_sizes) for lo in range(0, size, step)]
+    wanted_nodes = tuple(sorted(nodes.wanted))
+    jobs = [(str(path), lo, min(lo + step, size), wanted_sizes, wanted_nodes) for lo in range(0, size, step)]
     # Fork is cheap and safe only while this process has a single thread; otherwise start fresh interpreters.
     single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if single else "spawn")
     try:
         with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            result = _join(pool.map(_check_chunk, jobs), wanted)
+            result = _join(pool.map(_check_chunk, jobs), wanted, nodes)
             if result is None:
                 pool.shutdown(wait=False, cancel_futures=True)
     except Exception:  # noqa: BLE001 - no processes here (no semaphores, an unimportable module ...): one will do
         return None
     if result is None:
+        nodes.found.clear()
         return None
     roots, found, entries, root = result
     rotations.extend(found)
@@ -886,9 +964,11 @@ def _walk_in_parallel(
 
 
 def _join(
-    chunks: Iterable[Chunk | None], wanted: set[int]
+    chunks: Iterable[Chunk | None], wanted: set[int], nodes: _Nodes | None = None
 ) -> tuple[dict[int, bytes], list[dict[str, Any]], int, bytes] | None:
-    """Stitch the ranges' results in file order: (roots at the wanted sizes, rotations, entries, final root)."""
+    """Stitch the ranges' results in file order: (roots at the wanted sizes, rotations, entries, final root); the
+    wanted nodes made inside the ranges and where they meet go into `nodes`."""
+    nodes = nodes or _Nodes()
     roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in wanted else {}
     rotations: list[dict[str, Any]] = []
     edge: list[tuple[int, bytes]] = []  # (level, hash): the frontier of everything joined so far
@@ -896,28 +976,32 @@ def _join(
     for chunk in chunks:
         if chunk is None:
             return None
-        start, count, first_prev, last_hash, hashes, snapshots, found = chunk
+        start, count, first_prev, last_hash, hashes, snapshots, found, kept = chunk
         if count == 0:
             continue
         if start != size or first_prev != prev:
             return None
-        for at, nodes in snapshots.items():
-            partial = _attach(list(edge), start, at, nodes)
+        for at, subtrees in snapshots.items():
+            partial = _attach(list(edge), start, at, subtrees)
             if partial is None:
                 return None
             roots[at] = _fold([value for _, value in partial])
-        joined = _attach(edge, start, start + count, hashes)
+        joined = _attach(edge, start, start + count, hashes, nodes)
         if joined is None:
             return None
+        nodes.found.update(kept)
         edge = joined
         size, prev = start + count, last_hash
         rotations += found
     return roots, rotations, size, _fold([value for _, value in edge])
 
 
-def _attach(edge: list[tuple[int, bytes]], lo: int, hi: int, hashes: list[bytes]) -> list[tuple[int, bytes]] | None:
+def _attach(
+    edge: list[tuple[int, bytes]], lo: int, hi: int, hashes: list[bytes], nodes: _Nodes | None = None
+) -> list[tuple[int, bytes]] | None:
     """Extend the frontier of a tree of `lo` leaves by the perfect subtrees covering leaves [lo, hi) in order
-    (largest aligned first: what `_check_chunk`'s stack holds). None if `hashes` is not that many."""
+    (largest aligned first: what `_check_chunk`'s stack holds), keeping the wanted nodes this makes in `nodes`.
+    None if `hashes` is not that many."""
     levels = []
     at = lo
     while at < hi:
@@ -928,11 +1012,15 @@ def _attach(edge: list[tuple[int, bytes]], lo: int, hi: int, hashes: list[bytes]
         at += 1 << level
     if len(levels) != len(hashes):
         return None
+    end = lo
     for first_level, subtree in zip(levels, hashes, strict=True):
+        end += 1 << first_level
         level, value = first_level, subtree
         while edge and edge[-1][0] == level:
             value = node_hash(edge.pop()[1], value)
             level += 1
+            if nodes is not None:
+                nodes.record(end, level, value)
         edge.append((level, value))
     return edge
 
@@ -955,17 +1043,19 @@ def _chunk_lines(path: str, lo: int, hi: int) -> list[bytes]:
     return lines
 
 
-def _check_chunk(job: tuple[str, int, int, tuple[int, ...]]) -> Chunk | None:
+def _check_chunk(job: tuple[str, int, int, tuple[int, ...], tuple[tuple[int, int], ...]]) -> Chunk | None:
     """In a worker process: check one range of entries.jsonl as `read_leaves` + `_walk` would, assuming it
     starts at the leaf its first line names. None at the first doubt (the caller then walks sequentially)."""
-    path, lo, hi, wanted_sizes = job
+    path, lo, hi, wanted_sizes, wanted_nodes = job
     try:
-        return _check_lines(_chunk_lines(path, lo, hi), set(wanted_sizes))
+        return _check_lines(_chunk_lines(path, lo, hi), set(wanted_sizes), _Nodes(wanted_nodes))
     except Exception:  # noqa: BLE001 - whatever it is, the sequential walk will meet it and report it
         return None
 
 
-def _check_lines(lines: Iterable[bytes], wanted: set[int]) -> Chunk | None:
+def _check_lines(lines: Iterable[bytes], wanted: set[int], nodes: _Nodes | None = None) -> Chunk | None:
+    nodes = nodes or _Nodes()
+    ends = nodes.ends
     sha256, hexlify = hashlib.sha256, binascii.hexlify
     stack: list[bytes] = []
     snapshots: dict[int, list[bytes]] = {}
@@ -1006,22 +1096,29 @@ def _check_lines(lines: Iterable[bytes], wanted: set[int]) -> Chunk | None:
             return None
         prev = stored_hash
         value = sha256(b"\x00" + data).digest()
+        keep = position in ends
+        if keep:
+            nodes.record(position, 0, value)
         merges, width = position, 2
         while not merges & 1 and position - width >= start:  # else the sibling lies before this range
             value = sha256(b"\x01" + stack.pop() + value).digest()
             merges >>= 1
+            if keep:
+                nodes.record(position, width.bit_length() - 1, value)
             width <<= 1
         stack.append(value)
         if position in wanted:
             snapshots[position] = list(stack)
     if start < 0:
-        return 0, 0, GENESIS, GENESIS, [], {}, []
-    return start, position - start, first_prev.decode(), prev.decode(), stack, snapshots, rotations
+        return 0, 0, GENESIS, GENESIS, [], {}, [], {}
+    return start, position - start, first_prev.decode(), prev.decode(), stack, snapshots, rotations, nodes.found
 
 
 def _judge(
     signed: Sequence[_Signed], roots: dict[int, bytes], size: int, since: tuple[str, str] | None, report: Report
-) -> None:
+) -> list[_Signed]:
+    """Each checkpoint against the log's roots; returns those reported as split view (their conflict is named)."""
+    forks: list[_Signed] = []
     matching = sorted(
         (s for s in signed if roots.get(s.checkpoint.size) == s.checkpoint.root), key=lambda s: s.checkpoint.size
     )
@@ -1039,6 +1136,7 @@ def _judge(
             continue
         rivals = [s for s in signed if s.checkpoint.size == cp.size and s.checkpoint.root != cp.root]
         if rivals or largest_good >= cp.size:
+            forks.append(item)
             report.problems.append(
                 Problem(
                     "split-view",
@@ -1057,6 +1155,7 @@ def _judge(
                 good_below + 1,
             )
         )
+    return forks
 
 
 def notes_in(path: Path) -> list[tuple[str, str]]:
@@ -1105,9 +1204,9 @@ def verify_bundle(
     since_note = (str(since), since.read_text(encoding="utf-8")) if since else None
     path = directory / "entries.jsonl"
 
-    def walk(wanted: set[int], report: Report, rotations: list[dict[str, Any]]) -> dict[int, bytes]:
-        roots = _walk_in_parallel(path, wanted, report, rotations, processes)
-        return _walk(read_leaves(path), wanted, report, rotations) if roots is None else roots
+    def walk(wanted: set[int], nodes: _Nodes, report: Report, rotations: list[dict[str, Any]]) -> dict[int, bytes]:
+        roots = _walk_in_parallel(path, wanted, report, rotations, processes=processes, nodes=nodes)
+        return _walk(read_leaves(path), wanted, report, rotations, nodes) if roots is None else roots
 
     return _verify(walk, notes, keys, str(manifest["origin"]), since_note, allow_unsigned_tail=allow_unsigned_tail)
 
