@@ -159,3 +159,17 @@ def test_no_request_body_gets_a_5xx(amber: Amber, payload: dict[str, Any]) -> No
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/ledger/receipts/1815022925838012454958356496384",  # found by the schemathesis run: it was a 500
+        "/v1/ledger/proofs/inclusion?seq=99999999999999999999",
+        "/v1/ledger/proofs/consistency?old=1&new=99999999999999999999",
+        "/v1/ledger?after=99999999999999999999",
+    ],
+)
+def test_sequence_numbers_beyond_bigint_are_422_problems(amber: Amber, path: str) -> None:
+    response = amber.api.get(path, headers=amber.headers("sue", "security"))
+    assert_problem(response, 422, "less than or equal to")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
@@ -31,6 +32,7 @@ from amber.ledger.checkpointer import Checkpointer
 from amber.ledger.models import LedgerEntry
 
 WELL_KNOWN = "/.well-known/amber-ledger"
+MAX_SEQ = 2**63 - 1  # the largest sequence number a BIGINT (and SQLite's INTEGER) holds
 TEXT = "text/plain; charset=utf-8"
 
 router = APIRouter()
@@ -78,7 +80,10 @@ def sign_checkpoint(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
 
 @router.get("/v1/ledger/proofs/inclusion", tags=["ledger"])
 def inclusion_proof(
-    rt: RuntimeDep, who: PrincipalDep, seq: int = Query(ge=1), size: int | None = Query(default=None, ge=1)
+    rt: RuntimeDep,
+    who: PrincipalDep,
+    seq: int = Query(ge=1, le=MAX_SEQ),
+    size: int | None = Query(default=None, ge=1, le=MAX_SEQ),
 ) -> dict[str, Any]:
     """Entry `seq` in the tree of `size` entries (default: the latest signed checkpoint, signed now if needed)."""
     with rt.uow() as session:
@@ -92,7 +97,10 @@ def inclusion_proof(
 
 @router.get("/v1/ledger/proofs/consistency", tags=["ledger"])
 def consistency_proof(
-    rt: RuntimeDep, _who: PrincipalDep, old: int = Query(ge=0), new: int | None = Query(default=None, ge=0)
+    rt: RuntimeDep,
+    _who: PrincipalDep,
+    old: int = Query(ge=0, le=MAX_SEQ),
+    new: int | None = Query(default=None, ge=0, le=MAX_SEQ),
 ) -> dict[str, Any]:
     """The tree of `new` entries (default: the latest) extends the tree of `old` entries, append-only."""
     with rt.uow() as session:
@@ -142,7 +150,7 @@ def _may_see(rt: Runtime, who: Principal, row: LedgerEntry) -> bool:
 
 
 @router.get("/v1/ledger/receipts/{seq}", response_class=PlainTextResponse, tags=["ledger"])
-def receipt(seq: int, rt: RuntimeDep, who: PrincipalDep) -> PlainTextResponse:
+def receipt(rt: RuntimeDep, who: PrincipalDep, seq: int = PathParam(ge=1, le=MAX_SEQ)) -> PlainTextResponse:
     """Entry + checkpoint + inclusion proof in one c2sp.org/tlog-proof@v1 file that verifies offline."""
     with rt.uow() as session:
         row = session.get(LedgerEntry, seq)

@@ -171,7 +171,7 @@ def revoke_grant(grant_id: str, body: RevokeIn, rt: RuntimeDep, who: PrincipalDe
 def read_ledger(
     rt: RuntimeDep,
     who: PrincipalDep,
-    after: int = Query(default=0, ge=0),
+    after: int = Query(default=0, ge=0, le=2**63 - 1),  # a sequence number: BIGINT
     limit: int = Query(default=100, ge=1, le=1000),
     subject: str | None = None,
 ) -> dict[str, Any]:
