@@ -95,6 +95,21 @@ def test_a_client_that_stalls_in_the_handshake_is_cut(gw: Amber) -> None:
         assert ok.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_failed_logins_are_limited_per_grant_whatever_the_source(gw: Amber) -> None:
+    assert gw.rt.gateway is not None
+    gw.rt.gateway.server.failed_logins.limit = 1000  # as if each guess came from another address
+    target = gateway_credential(gw)
+    other = gateway_credential(gw, user="bob")
+    bad = url_with(target, **{target["password"]: "amb_gw_wrong"})
+    for _ in range(10):
+        with pytest.raises(psycopg.OperationalError, match="wrong grant or token"):
+            psycopg.connect(bad)
+    with pytest.raises(psycopg.OperationalError, match=f"too many failed logins for '{target['user']}'"):
+        psycopg.connect(target["url"])  # even the right token, for a while
+    with psycopg.connect(other["url"], autocommit=True) as conn:  # another grant, same address: fine
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_failed_logins_are_rate_limited_and_recorded(gw: Amber) -> None:
     cred = gateway_credential(gw)
     bad = url_with(cred, **{cred["password"]: "amb_gw_wrong"})
