@@ -173,3 +173,18 @@ def test_no_request_body_gets_a_5xx(amber: Amber, payload: dict[str, Any]) -> No
 def test_sequence_numbers_beyond_bigint_are_422_problems(amber: Amber, path: str) -> None:
     response = amber.api.get(path, headers=amber.headers("sue", "security"))
     assert_problem(response, 422, "less than or equal to")
+
+
+def test_a_nul_character_is_invalid_input_not_a_500(amber: Amber) -> None:
+    """PostgreSQL text cannot hold NUL: schemathesis found `GET /v1/requests?status=%00` answered with a 500.
+    On PostgreSQL state it is a 422; SQLite stores the character."""
+    headers = amber.headers("alice", "engineering", "oncall")
+    on_postgres = amber.rt.settings.database_url.startswith("postgresql")
+    listed = amber.api.get("/v1/requests", params={"status": "\x00"}, headers=headers)
+    posted = amber.api.post("/v1/requests", json=body(reason="investigating INC-42 \x00 now"), headers=headers)
+    if on_postgres:
+        assert_problem(listed, 422, "cannot be stored")
+        assert_problem(posted, 422, "cannot be stored")
+    else:
+        assert (listed.status_code, posted.status_code) == (200, 201), (listed.text, posted.text)
+    assert amber.api.get("/v1/requests", headers=headers).status_code == 200  # nothing left broken

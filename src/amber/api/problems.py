@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from amber.core.errors import AmberError
@@ -77,6 +78,19 @@ def install(app: FastAPI) -> None:
             slug=f"http-{exc.status_code}",
             instance=request.url.path,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(DataError)
+    async def _refused_value(request: Request, exc: DataError) -> JSONResponse:
+        # The state database refused a value the API let through (a NUL character in text, a number out of
+        # range): the caller's input, not amber's fault. The unit of work has rolled back.
+        log.info("the state database refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        return problem_response(
+            422,
+            "Invalid input",
+            "a value in this request cannot be stored (a NUL character in text, or a number out of range)",
+            slug="invalid-input",
+            instance=request.url.path,
         )
 
     @app.exception_handler(Exception)
