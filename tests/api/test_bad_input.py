@@ -152,7 +152,13 @@ BODIES = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(payload=BODIES)
 def test_no_request_body_gets_a_5xx(amber: Amber, payload: dict[str, Any]) -> None:
     response = amber.api.post("/v1/requests", json=payload, headers=amber.headers("bob", "engineering"))
