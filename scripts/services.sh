@@ -40,16 +40,22 @@ hba=$(psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SHOW hba_file')
 rule='host    all    +amber_grantees    127.0.0.1/32    scram-sha-256'
 rule6='host    all    +amber_grantees    ::1/128    scram-sha-256'
 rulel='local   all    +amber_grantees                    scram-sha-256'
-if [ -w "$hba" ] && ! grep -q '+amber_grantees' "$hba"; then
-  say "adding a scram-sha-256 rule for +amber_grantees ahead of the trust rules in $hba"
-  tmp=$(mktemp)
-  { printf '# amber: granted roles must log in with a password\n%s\n%s\n%s\n' "$rulel" "$rule" "$rule6"; cat "$hba"; } >"$tmp"
-  cat "$tmp" >"$hba"
-  rm -f "$tmp"
-  psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SELECT pg_reload_conf()' >/dev/null
-elif ! grep -q '+amber_grantees' "$hba" 2>/dev/null; then
-  say "warning: cannot edit $hba; tests that check VALID UNTIL and passwords will fail"
-fi
+# prepend_hba GROUP COMMENT RULE...: put RULEs for +GROUP ahead of every other rule (once) and reload.
+prepend_hba() {
+  local group=$1 comment=$2
+  shift 2
+  if [ -w "$hba" ] && ! grep -q "+$group" "$hba"; then
+    say "adding rules for +$group ahead of the trust rules in $hba"
+    tmp=$(mktemp)
+    { printf '# %s\n' "$comment"; printf '%s\n' "$@"; cat "$hba"; } >"$tmp"
+    cat "$tmp" >"$hba"
+    rm -f "$tmp"
+    psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SELECT pg_reload_conf()' >/dev/null
+  elif ! grep -q "+$group" "$hba" 2>/dev/null; then
+    say "warning: cannot edit $hba; tests that need the rules for +$group will fail"
+  fi
+}
+prepend_hba amber_grantees "amber: granted roles must log in with a password" "$rulel" "$rule" "$rule6"
 
 # A group whose members log in with a cleartext password (hba method `password`): the gateway must never send
 # one over an unencrypted connection (tests/gateway/test_upstream_tls.py).
@@ -60,16 +66,8 @@ DO $$ BEGIN
   END IF;
 END $$;
 SQL
-if [ -w "$hba" ] && ! grep -q '+amber_cleartext' "$hba"; then
-  say "adding a cleartext-password rule for +amber_cleartext ahead of the trust rules in $hba"
-  tmp=$(mktemp)
-  { printf '# amber tests: a group that logs in with cleartext passwords
-host    all    +amber_cleartext    127.0.0.1/32    password
-'; cat "$hba"; } >"$tmp"
-  cat "$tmp" >"$hba"
-  rm -f "$tmp"
-  psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SELECT pg_reload_conf()' >/dev/null
-fi
+prepend_hba amber_cleartext "amber tests: a group that logs in with cleartext passwords" \
+  'host    all    +amber_cleartext    127.0.0.1/32    password'
 
 # TLS on the local PostgreSQL, with a certificate for 127.0.0.1/localhost from a throw-away CA whose certificate
 # the tests read (the gateway's upstream TLS with sslmode=verify-full: tests/gateway/test_upstream_tls.py).

@@ -310,7 +310,12 @@ class Session:
                     self._judged[need.sql] = await asyncio.to_thread(self.judge_blocking, need.sql)
                 else:
                     self._fetched.update(await asyncio.to_thread(need.schema.fetch, need.keys))
-            except Exception:  # noqa: BLE001 - cached as unavailable: the statement is refused (fail closed)
+            except Exception:
+                if isinstance(need, JudgeOffLoop):  # no verdict: judging again would fail again (fail closed)
+                    log.exception("gateway: judging a statement for grant %s failed", self.grant.grant_id)
+                    self.fatal("XX000", "amber could not judge this statement, so it ended the session (fail closed)")
+                    return
+                # The keys are cached as unavailable: judged again, the statement is refused.
                 log.warning("gateway: looking names up for grant %s failed", self.grant.grant_id)
             held, self._held = self._held or [], None
             if not self.closed:
@@ -749,6 +754,8 @@ def statement_fields(sql: str) -> dict[str, Any]:
     """A statement as the ledger keeps it: whole up to STATEMENT_MAX_BYTES of UTF-8; beyond, the first
     STATEMENT_MAX_BYTES (cut on a character boundary) and, so the record says so, `statement_truncated`, the
     full text's SHA-256 and its length in bytes."""
+    if len(sql) * 4 <= STATEMENT_MAX_BYTES:  # no character takes more than 4 bytes: no need to encode it
+        return {"statement": sql}
     data = sql.encode("utf-8", "surrogatepass")  # any str; lone surrogates count as 3 bytes
     if len(data) <= STATEMENT_MAX_BYTES:
         return {"statement": sql}

@@ -118,7 +118,7 @@ class UpstreamSchema:
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     generation = str(self._rows(GENERATION_SQL, ())[0][0])
                     found = self._lookup(wanted)
-        except psycopg.Error:
+        except Exception:  # any failure: the keys are refused for a while (fail closed), never retried at once
             with self._conn_lock:
                 self._conn = None
             self._store(dict.fromkeys(wanted, _UNAVAILABLE))
@@ -134,61 +134,68 @@ class UpstreamSchema:
         return self._conn
 
     def _lookup(self, keys: set[Key]) -> dict[Key, Any]:
+        """One query per kind of key; each answer built from that query's rows grouped by name (no rescans)."""
         found: dict[Key, Any] = {}
         functions = [k for k in keys if k[0] == "f"]
         if functions:
-            rows = self._rows(
-                "SELECT n.nspname, p.proname, p.provolatile, p.proconfig FROM pg_catalog.pg_proc p "
+            procs = self._by_name(
+                "SELECT p.proname, n.nspname, p.provolatile, p.proconfig FROM pg_catalog.pg_proc p "
                 "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.proname = ANY(%s)",
-                (sorted({k[2] for k in functions}),),
+                {k[2] for k in functions},
             )
             for key in functions:
                 letters = set()
-                for schema, name, volatility, config in rows:
-                    if name == key[2] and (not key[1] or schema == key[1]):
+                for schema, volatility, config in procs.get(key[2], ()):
+                    if not key[1] or schema == key[1]:
                         letters.add(str(volatility))
                         if any(str(item).split("=", 1)[0].lower() in PINNED_IN_FUNCTIONS for item in config or ()):
                             letters.add(SETS_PINNED)
                 found[key] = frozenset(letters)
         operators = [k for k in keys if k[0] == "o"]
         if operators:
-            rows = self._rows(
+            ops = self._by_name(
                 "SELECT o.oprname, p.provolatile FROM pg_catalog.pg_operator o "
                 "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE o.oprname = ANY(%s)",
-                (sorted({k[1] for k in operators}),),
+                {k[1] for k in operators},
             )
             for key in operators:
-                found[key] = frozenset(str(v) for name, v in rows if name == key[1])
+                found[key] = frozenset(str(volatility) for (volatility,) in ops.get(key[1], ()))
         views = [k for k in keys if k[0] == "v"]
         if views:
-            rows = self._rows(
-                "SELECT n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid), "
-                "pg_catalog.pg_table_is_visible(c.oid) FROM pg_catalog.pg_class c "
+            defined = self._by_name(
+                "SELECT c.relname, n.nspname, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c "
                 "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.relname = ANY(%s) AND c.relkind IN ('v', 'm')",
-                (sorted({k[2] for k in views}),),
+                {k[2] for k in views},
             )
             for key in views:
                 # Unqualified: every view of that name in any schema is judged (the session's search_path, not
                 # amber's, decides which one it reads).
                 definitions = sorted(
                     str(definition)
-                    for schema, name, definition, visible in rows
-                    if name == key[2] and (schema == key[1] or not key[1]) and definition is not None
+                    for schema, definition in defined.get(key[2], ())
+                    if (schema == key[1] or not key[1]) and definition is not None
                 )
                 found[key] = "\n".join(definitions)  # "" for a table or nothing: cached as known
         tables = [k for k in keys if k[0] == "c"]
         if tables:
-            rows = self._rows(
-                "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a "
+            columns = self._by_name(
+                "SELECT c.relname, n.nspname, a.attname FROM pg_catalog.pg_attribute a "
                 "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
                 "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped",
-                (sorted({k[2] for k in tables}),),
+                {k[2] for k in tables},
             )
             for key in tables:
-                found[key] = frozenset(str(col) for schema, name, col in rows if (schema, name) == (key[1], key[2]))
+                found[key] = frozenset(str(col) for schema, col in columns.get(key[2], ()) if schema == key[1])
         return found
+
+    def _by_name(self, sql: str, names: set[str]) -> dict[str, list[tuple[Any, ...]]]:
+        """Rows of a catalog query whose first column is the name asked for, grouped by it."""
+        grouped: dict[str, list[tuple[Any, ...]]] = {}
+        for name, *rest in self._rows(sql, (sorted(names),)):
+            grouped.setdefault(str(name), []).append(tuple(rest))
+        return grouped
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Rows of one catalog query (the caller holds _conn_lock)."""
