@@ -99,17 +99,48 @@ if [ "$(psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SHOW ssl')" != on ] |
     say "warning: cannot turn TLS on in the local PostgreSQL (needs root and openssl); upstream TLS tests will fail"
   fi
 fi
-# The PostgreSQL JDBC driver, for the gateway's JDBC client test (Java itself comes with the machine image).
-jdbc_jar=/usr/share/java/postgresql.jar
-if [ ! -f "$jdbc_jar" ]; then
+# apt_install WHAT PACKAGE...: install Debian packages (as root) or say which tests will fail without them.
+apt_install() {
+  local what=$1
+  shift
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing the PostgreSQL JDBC driver (libpostgresql-jdbc-java)"
+    say "installing $*"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq --no-install-recommends libpostgresql-jdbc-java >/dev/null 2>&1 \
-      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libpostgresql-jdbc-java >/dev/null; } \
-      || say "warning: could not install libpostgresql-jdbc-java; the JDBC gateway test will fail"
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >/dev/null; } \
+      || say "warning: could not install $*; $what will fail"
   else
-    say "warning: $jdbc_jar is missing (apt-get install libpostgresql-jdbc-java as root); the JDBC gateway test will fail"
+    say "warning: $* missing (apt-get install as root); $what will fail"
+  fi
+}
+
+# The PostgreSQL JDBC driver, for the gateway's JDBC client test (Java itself comes with the machine image).
+[ -f /usr/share/java/postgresql.jar ] || apt_install "the JDBC gateway test" libpostgresql-jdbc-java
+
+# pg_cron (cuts direct sessions at expiry while amber is down) and pgaudit (records direct sessions), both
+# loaded at server start (pg_cron keeps its jobs in database `postgres`, its default): tests/provisioners. Restarting PostgreSQL once here is why this runs before any test.
+pg_major=$(ls /etc/postgresql | head -1)
+pg_ext=/usr/share/postgresql/$pg_major/extension
+[ -f "$pg_ext/pg_cron.control" ] && [ -f "$pg_ext/pgaudit.control" ] \
+  || apt_install "the pg_cron and pgaudit tests" "postgresql-$pg_major-cron" "postgresql-$pg_major-pgaudit"
+preload=$(psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'SHOW shared_preload_libraries')
+if [ -f "$pg_ext/pg_cron.control" ] && [ -f "$pg_ext/pgaudit.control" ] \
+  && ! { [[ ",${preload// /}," == *,pg_cron,* ]] && [[ ",${preload// /}," == *,pgaudit,* ]]; }; then
+  if [ "$(id -u)" = 0 ]; then
+    say "loading pg_cron and pgaudit in the local PostgreSQL (restarts it once)"
+    psql -h 127.0.0.1 -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
+      -c "ALTER SYSTEM SET shared_preload_libraries = pg_cron, pgaudit" >/dev/null
+    pg_ctlcluster --skip-systemctl-redirect "$pg_major" main restart
+    for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+    pg_up || { say "PostgreSQL did not come back after loading pg_cron"; exit 1; }
+  else
+    say "warning: cannot load pg_cron/pgaudit (needs root); the pg_cron and pgaudit tests will fail"
   fi
 fi
+psql -h 127.0.0.1 -U postgres -d postgres -qAt -c 'CREATE EXTENSION IF NOT EXISTS pg_cron' >/dev/null 2>&1 \
+  || say "warning: pg_cron is not loaded; the pg_cron tests will fail"
+
+# Go and golang.org/x/mod (sumdb/note, sumdb/tlog): an independent verifier run against our ledger exports.
+{ command -v go >/dev/null 2>&1 && [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb/note ]; } \
+  || apt_install "the Go cross-check of the ledger verifier" golang-go golang-golang-x-mod-dev
 say "ready"
