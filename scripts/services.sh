@@ -128,8 +128,13 @@ if [ -f "$pg_ext/pg_cron.control" ] && [ -f "$pg_ext/pgaudit.control" ] \
   && ! { [[ ",${preload// /}," == *,pg_cron,* ]] && [[ ",${preload// /}," == *,pgaudit,* ]]; }; then
   if [ "$(id -u)" = 0 ]; then
     say "loading pg_cron and pgaudit in the local PostgreSQL (restarts it once)"
+    # Keep the libraries already loaded; a list setting takes one quoted literal per library.
+    libs=""
+    for lib in ${preload//,/ } pg_cron pgaudit; do
+      [[ ",$libs," == *",'$lib',"* ]] || libs="${libs:+$libs,}'$lib'"
+    done
     psql -h 127.0.0.1 -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
-      -c "ALTER SYSTEM SET shared_preload_libraries = pg_cron, pgaudit" >/dev/null
+      -c "ALTER SYSTEM SET shared_preload_libraries = $libs" >/dev/null
     pg_ctlcluster --skip-systemctl-redirect "$pg_major" main restart
     for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
     pg_up || { say "PostgreSQL did not come back after loading pg_cron"; exit 1; }
