@@ -150,6 +150,12 @@ class OidcProvider:
         self.start()
         return kid
 
+    def withdraw(self, kid: str) -> None:
+        """The provider stops publishing (and signing with) the key `kid`; the others stay."""
+        self.keys = [key for key in self.keys if key["kid"] != kid]
+        self.stop()
+        self.start()
+
     # -- playing the user ------------------------------------------------------------------------------------
 
     def sign_in(self, browser: httpx.Client, authorize_url: str, user: str) -> httpx.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from amber.catalog.schema import IdentityConfig
 from amber.core.clock import FrozenClock
 from amber.core.errors import ConfigError
 from amber.core.settings import Settings
+from amber.identity import RemoteKeys
 from tests.conftest import POLICIES, build_runtime
 from tests.identity.conftest import provider_catalog, write_catalog
 from tests.identity.oidc import API_RESOURCE, WEB_SECRET, OidcProvider
@@ -28,6 +30,7 @@ def test_defaults_and_role_spellings() -> None:
     assert issuer.cli_client_id == "0oa1"
     assert issuer.name == "acme-okta-com-oauth2-default"
     assert issuer.scopes == ["openid", "profile", "email"]
+    assert issuer.jwks_max_age == timedelta(minutes=5)
     assert config.roles.admin == ["platform"]
     assert config.auditors == ["sec"]
 
@@ -42,6 +45,8 @@ def test_defaults_and_role_spellings() -> None:
         ({"issuers": [OKTA, {**OKTA, "client_id": "other"}]}, "same name"),
         ({"issuers": [{"issuer": "https://x.test"}]}, "set `audience`"),
         ({"clock_skew": "10m"}, "at most 5m"),
+        ({"issuers": [{**OKTA, "jwks_max_age": "5s"}]}, "jwks_max_age must be between 10s and 1h"),
+        ({"issuers": [{**OKTA, "jwks_max_age": "2h"}]}, "jwks_max_age must be between 10s and 1h"),
         ({"issuers": [{**OKTA, "issuer": "ftp://x"}]}, "issuer"),
     ],
 )
@@ -87,6 +92,7 @@ def test_several_providers_at_once(
     second = (
         f"    - name: second\n      issuer: {own_provider.issuer}\n      client_id: amber-web\n"
         f"      audience: {API_RESOURCE}\n      algorithms: [RS256]\n      group_map: {{engineering: eng-second}}\n"
+        "      jwks_max_age: 30s\n"
     )
     text = provider_catalog(provider.issuer).replace("  admins: [platform]\n", second + "  admins: [platform]\n")
     rt = build_runtime(state_url, write_catalog(tmp_path, text), tmp_path, clock)
@@ -95,9 +101,16 @@ def test_several_providers_at_once(
             first = api.get("/v1/me", headers={"authorization": f"Bearer {provider.access_token('alice')}"})
             other = api.get("/v1/me", headers={"authorization": f"Bearer {own_provider.access_token('alice')}"})
             providers = api.get("/auth/providers").json()["providers"]
+            max_ages = []
+            for idp in (provider, own_provider):
+                trusted = rt.verifier.issuer(idp.issuer)
+                assert trusted is not None
+                assert isinstance(trusted.keys, RemoteKeys)
+                max_ages.append(trusted.keys.max_age_s)
     finally:
         rt.close()
     assert first.json()["iss"] == provider.issuer
     assert other.json()["iss"] == own_provider.issuer
     assert other.json()["groups"] == ["eng-second", "oncall"]
     assert [p["name"] for p in providers] == ["test", "second"]
+    assert max_ages == [300.0, 30.0]  # jwks_max_age: default 5m, then as configured

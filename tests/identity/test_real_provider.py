@@ -27,7 +27,7 @@ from tests.identity.oidc import API_RESOURCE, OTHER_RESOURCE, OidcProvider
 
 
 def verifier_for(provider: OidcProvider, clock: FrozenClock, **kwargs: object) -> tuple[TokenVerifier, RemoteKeys]:
-    keys = RemoteKeys(provider.issuer, clock=clock, min_refresh_s=30)
+    keys = RemoteKeys(provider.issuer, clock=clock, min_refresh_s=30, max_age_s=300)
     trusted = TrustedIssuer(
         issuer=provider.issuer,
         audience=API_RESOURCE,
@@ -204,3 +204,65 @@ def test_withdrawn_key_stops_verifying_when_the_cache_ages(own_provider: OidcPro
     with pytest.raises(NotAuthenticated, match="key the issuer does not publish"):
         verifier.verify(token)
     assert keys.fetches == 1  # the cache had aged out: one fetch, which no longer lists key-1
+
+
+def _signed_now(claims: dict[str, object], key: object, kid: str, clock: FrozenClock) -> str:
+    """A token with `claims`, issued at the clock's now, signed with a key the test holds."""
+    now = int(clock.now().timestamp())
+    return jwt.encode({**claims, "iat": now, "exp": now + 600}, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_rotated_key_verifies_and_withdrawn_key_is_refused_within_max_age(
+    own_provider: OidcProvider, now_clock: FrozenClock
+) -> None:
+    verifier, keys = verifier_for(own_provider, now_clock)  # jwks_min_refresh 30 s, jwks_max_age 5 min
+    old_key = jwt.PyJWK(own_provider.keys[0]).key
+    _, claims, _ = _parts(own_provider.access_token("alice"))
+    assert verifier.verify(_signed_now(claims, old_key, "key-1", now_clock)).subject == "alice"
+    assert keys.fetches == 1
+
+    # Rotation: the provider adds key-2 and signs with it; its first token's unknown kid refetches the JWKS.
+    new_kid = own_provider.rotate(keep_old=True)
+    now_clock.advance(timedelta(seconds=31))
+    new_token = own_provider.access_token("alice")
+    assert jwt.get_unverified_header(new_token)["kid"] == new_kid
+    assert verifier.verify(new_token).subject == "alice"
+    assert keys.fetches == 2
+
+    # Withdrawal: the provider stops publishing key-1. Until the cached set is 5 minutes old it still
+    # verifies key-1 (the stated window: at most jwks_max_age after the provider withdrew it)...
+    own_provider.withdraw("key-1")
+    now_clock.advance(timedelta(seconds=299))
+    assert verifier.verify(_signed_now(claims, old_key, "key-1", now_clock)).subject == "alice"
+    assert keys.fetches == 2
+    # ...and once it is, the next verification fetches the set again and key-1 is refused.
+    now_clock.advance(timedelta(seconds=1))
+    with pytest.raises(NotAuthenticated, match="key the issuer does not publish"):
+        verifier.verify(_signed_now(claims, old_key, "key-1", now_clock))
+    assert keys.fetches == 3  # the max-age refetch; the unknown kid did not fetch again within 30 s
+    assert verifier.verify(new_token).subject == "alice"  # the key the provider still publishes
+    with pytest.raises(NotAuthenticated, match="key the issuer does not publish"):
+        verifier.verify(_signed_now(claims, old_key, "key-1", now_clock))
+    assert keys.fetches == 3
+
+
+def test_aged_keys_that_cannot_be_fetched_again_fail_closed(own_provider: OidcProvider, now_clock: FrozenClock) -> None:
+    verifier, keys = verifier_for(own_provider, now_clock)
+    token = own_provider.access_token("alice")
+    verifier.verify(token)
+    own_provider.stop()
+    now_clock.advance(timedelta(seconds=299))
+    assert verifier.verify(token).subject == "alice"  # the cached set is younger than 5 minutes
+    now_clock.advance(timedelta(seconds=1))
+    with pytest.raises(NotAuthenticated, match="cannot fetch the identity provider's keys"):
+        verifier.verify(token)
+    assert keys.fetches == 2
+    # No grace period, and no refetch before jwks_min_refresh: refused at once, without waiting on the network.
+    now_clock.advance(timedelta(seconds=29))
+    with pytest.raises(NotAuthenticated, match="refused until a fetch succeeds"):
+        verifier.verify(token)
+    assert keys.fetches == 2
+    own_provider.start()  # back, same keys
+    now_clock.advance(timedelta(seconds=1))
+    assert verifier.verify(token).subject == "alice"
+    assert keys.fetches == 3

@@ -85,6 +85,7 @@ def build_identity(
                     config.issuer,
                     config.jwks_uri,
                     min_refresh_s=identity.jwks_min_refresh.total_seconds(),
+                    max_age_s=config.jwks_max_age.total_seconds(),
                     clock=clock,
                     discovery=discovery,
                 ),

@@ -19,6 +19,10 @@ _SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _QUOTED = re.compile(r'^"(?:[^"\x00]|"")+"$')
 _MAX_IDENT_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names, so amber refuses them
+# How long a fetched JWKS is trusted before it is fetched again (a withdrawn key is refused within it).
+JWKS_MAX_AGE_DEFAULT = timedelta(minutes=5)
+JWKS_MAX_AGE_MIN = timedelta(seconds=10)
+JWKS_MAX_AGE_MAX = timedelta(hours=1)
 _WRITE_WORDS = {"insert", "update", "delete", "truncate", "create", "write", "all", "references", "trigger"}
 
 
@@ -210,6 +214,11 @@ class IssuerConfig(_Strict):
     scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
     resource: str | None = Field(default=None, description="RFC 8707 resource indicator sent when signing in.")
     jwks_uri: str | None = Field(default=None, pattern=r"^https?://")
+    jwks_max_age: Duration = Field(
+        default=JWKS_MAX_AGE_DEFAULT,
+        description="The provider's keys are fetched again before the first verification after this long, so a "
+        "key it withdrew is refused within this interval (10s to 1h).",
+    )
     algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA"]] = Field(
         default_factory=lambda: ["RS256", "ES256", "EdDSA"]  # type: ignore[arg-type]
     )
@@ -220,6 +229,16 @@ class IssuerConfig(_Strict):
     group_map: dict[str, str] = Field(
         default_factory=dict, description="Provider group (name or id) -> amber group; others pass unchanged."
     )
+
+    @field_validator("jwks_max_age")
+    @classmethod
+    def _max_age_bounds(cls, value: timedelta) -> timedelta:
+        if not JWKS_MAX_AGE_MIN <= value <= JWKS_MAX_AGE_MAX:
+            raise ValueError(
+                f"jwks_max_age must be between {format_duration(JWKS_MAX_AGE_MIN)} and "
+                f"{format_duration(JWKS_MAX_AGE_MAX)} (a key the provider withdraws is trusted at most this long)"
+            )
+        return value
 
     @field_validator("client_secret")
     @classmethod

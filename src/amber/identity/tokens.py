@@ -7,7 +7,8 @@ Claims table (deny by default; every claim amber relies on is checked or deliber
 | claim | check |
 |---|---|
 | header `alg` | must be in the issuer's allow-list; never `none`, never HMAC (no shared secrets) |
-| header `kid` | selects the key from the issuer's JWKS; unknown kid -> JWKS refetched (rate-limited), then reject |
+| header `kid` | selects the key from the JWKS, refetched when `jwks_max_age` old (a withdrawn key is then refused) |
+|  | and when the kid is unknown (rate-limited), then reject |
 | key type | the JWK's `kty` (and `alg`, if it names one) must fit the header `alg`: no key used for another family |
 | signature | verified with the issuer's public key |
 | `iss` | must equal a configured issuer exactly (also used to pick the configuration) |
@@ -105,11 +106,18 @@ class Discovery:
 
 
 class RemoteKeys(KeySource):
-    """A JWKS fetched over HTTP and cached. An unknown kid refetches it, at most once per `min_refresh`
-    (so a flood of tokens with made-up kids costs one fetch per window); the cache is also refetched when
-    older than `max_age`, so keys the provider withdrew stop verifying. Time comes from the injected clock.
+    """A JWKS fetched over HTTP and cached, with time from the injected clock.
 
-    Without a `jwks_uri`, the issuer's OpenID discovery document names it. A failed fetch fails closed.
+    - An unknown kid refetches it, at most once per `min_refresh` (a flood of tokens with made-up kids costs
+      one fetch per window).
+    - The cached set is trusted for at most `max_age` (catalog `jwks_max_age`, default 5 minutes): the first
+      verification after that fetches it again, and a key absent from the fresh set is refused. So a key the
+      provider withdrew stops verifying within `max_age`; until then the cached copy still verifies it.
+    - A failed fetch fails closed: once the set is older than `max_age` and cannot be fetched again, every
+      token of this issuer is refused (there is no grace period). A failed fetch is retried at most once per
+      `min_refresh`, so an unreachable provider does not make every request wait for a timeout.
+
+    Without a `jwks_uri`, the issuer's OpenID discovery document names it.
     """
 
     def __init__(
@@ -118,7 +126,7 @@ class RemoteKeys(KeySource):
         jwks_uri: str | None = None,
         *,
         min_refresh_s: float = 30.0,
-        max_age_s: float = 3600.0,
+        max_age_s: float = 300.0,
         timeout_s: float = 5.0,
         clock: Clock | None = None,
         discovery: Discovery | None = None,
@@ -131,8 +139,14 @@ class RemoteKeys(KeySource):
         self._clock: Clock = clock or SystemClock()
         self._keys: PyJWKSet | None = None
         self._fetched_at: float | None = None
+        self._failed_at: float | None = None
+        self._failure = ""
         self._lock = threading.Lock()
         self.fetches = 0
+
+    @property
+    def max_age_s(self) -> float:
+        return self._max_age_s
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -140,27 +154,41 @@ class RemoteKeys(KeySource):
     def get(self, kid: str | None) -> PyJWK | None:
         with self._lock:
             if self._keys is None or self._fetched_at is None or self._now() - self._fetched_at >= self._max_age_s:
+                # Too old to trust: drop it first, so a failed refetch leaves nothing that still verifies.
+                self._keys = None
+                if self._failed_at is not None and self._now() - self._failed_at < self._min_refresh_s:
+                    raise NotAuthenticated(
+                        f"cannot fetch the identity provider's keys ({self._failure}); tokens of this issuer are "
+                        "refused until a fetch succeeds"
+                    )
                 self._fetch()
             return _pick(self._keys, kid) if self._keys is not None else None
 
     def refresh(self) -> None:
         with self._lock:
-            if self._fetched_at is None or self._now() - self._fetched_at >= self._min_refresh_s:
+            last = max(self._fetched_at or float("-inf"), self._failed_at or float("-inf"))
+            if self._now() - last >= self._min_refresh_s:
                 self._fetch()
 
     def _fetch(self) -> None:
         self.fetches += 1
         try:
-            if self._uri is None:
-                uri = self._discovery.endpoint("jwks_uri")
-                if uri is None:
-                    raise NotAuthenticated("the identity provider's discovery document names no jwks_uri")
-                self._uri = uri
-            keys = PyJWKSet.from_dict(get_json(self._uri, self._timeout_s))
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            raise NotAuthenticated(f"cannot fetch the identity provider's keys: {type(exc).__name__}") from None
+            keys = PyJWKSet.from_dict(get_json(self._jwks_uri(), self._timeout_s))
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError, NotAuthenticated) as exc:
+            self._failed_at = self._now()
+            self._failure = exc.message if isinstance(exc, NotAuthenticated) else type(exc).__name__
+            raise NotAuthenticated(f"cannot fetch the identity provider's keys: {self._failure}") from None
         self._keys = keys
         self._fetched_at = self._now()
+        self._failed_at = None
+
+    def _jwks_uri(self) -> str:
+        if self._uri is None:
+            uri = self._discovery.endpoint("jwks_uri")
+            if uri is None:
+                raise NotAuthenticated("the identity provider's discovery document names no jwks_uri")
+            self._uri = uri
+        return self._uri
 
 
 def get_json(url: str, timeout_s: float) -> dict[str, Any]:
