@@ -15,7 +15,10 @@ SCIM_TOKEN = "scim-provisioning-token-for-tests-0123456789"
 @pytest.fixture
 def catalog_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AMBER_TEST_SCIM_TOKEN", SCIM_TOKEN)
-    scim = "  scim:\n    token: env:AMBER_TEST_SCIM_TOKEN\n    issuer: dev\n    subject_attribute: externalId\n"
+    scim = (
+        "  scim:\n    token: env:AMBER_TEST_SCIM_TOKEN\n    issuer: dev\n    subject_attribute: externalId\n"
+        "  roles:\n    approver: [leads, team-orders]\n"
+    )
     text = textwrap.dedent(CATALOG).replace("  auditors: [security]\n", "  auditors: [security]\n" + scim)
     path = tmp_path / "amber.yaml"
     path.write_text(text)

@@ -38,6 +38,7 @@ from amber.grants.lifecycle import LIVE
 from amber.grants.models import Grant
 from amber.grants.service import Activation, GrantService
 from amber.identity import Principal
+from amber.identity.directory import NO_DIRECTORY, DirectoryScope
 from amber.ledger import SYSTEM, Actor
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,10 @@ class AccessRequestService:
         metrics: Metrics,
         notifier: Notifier | None = None,
         max_start_ahead: timedelta = timedelta(days=30),
+        directory: Callable[[], DirectoryScope] | None = None,
     ) -> None:
         self._uow = uow
+        self._directory = directory or (lambda: NO_DIRECTORY)
         self._max_start_ahead = max_start_ahead
         self._clock = clock
         self._catalog = catalog

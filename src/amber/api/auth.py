@@ -1,10 +1,12 @@
 """Authentication for the API: who is calling, verified on every call, and which amber roles they hold.
 
 A caller is either a bearer JWT (verified through the one TokenVerifier) or a browser session cookie from
-web sign-in (amber.api.web_auth). Either way amber then refuses people SCIM deprovisioned, derives roles
-from the groups the token carries now (amber.identity.roles), and checks the role the route needs
-(`ROUTE_ROLES`). Admin and auditor checks stay in the routes (`is_admin` / `is_auditor`, which read the
-same role mapping); policy still decides every request and approval.
+web sign-in (amber.api.web_auth). Either way amber then refuses people SCIM deprovisioned, replaces the
+groups SCIM manages by what the directory holds now (amber.identity.directory.groups_now: a token or
+session issued before a SCIM group removal no longer carries that group), derives roles from the result
+(amber.identity.roles), and checks the role the route needs (`ROUTE_ROLES`). Admin and auditor checks stay
+in the routes (`is_admin` / `is_auditor`, which read the same role mapping); policy still decides every
+request and approval.
 
 What this does NOT check: CSRF for bearer calls (a bearer token is not ambient); cookie calls that change
 state must send `X-Requested-With`, which a cross-site form cannot.
@@ -12,6 +14,7 @@ state must send `X-Requested-With`, which a cross-site form cannot.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,7 +22,7 @@ from fastapi import Depends, Request
 from amber.api.runtime import Runtime
 from amber.core.errors import Forbidden, NotAuthenticated
 from amber.identity import APPROVER, REQUESTER, Principal, with_roles
-from amber.identity.directory import is_deprovisioned
+from amber.identity.directory import groups_now, is_deprovisioned
 from amber.identity.sessions import session_principal
 
 SESSION_COOKIE = "amber_session"
@@ -60,7 +63,8 @@ def authenticate(request: Request, rt: Runtime) -> Principal:
     with rt.uow() as session:
         if is_deprovisioned(session, found.issuer, found.subject):
             raise NotAuthenticated("this account was deactivated at the identity provider")
-    return with_roles(found, rt.catalog().identity.roles.model_dump())
+        groups = groups_now(session, rt.directory(), found.issuer, found.subject, found.groups)
+    return with_roles(dataclasses.replace(found, groups=groups), rt.catalog().identity.roles.model_dump())
 
 
 def principal(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Principal:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from amber.gateway.service import Gateway
 from amber.grants import GrantService
 from amber.identity import DevIssuer, Discovery, Provider, RemoteKeys, TokenVerifier, TrustedIssuer
 from amber.identity.dev_issuer import WARNING as DEV_WARNING
+from amber.identity.directory import NO_DIRECTORY, DirectoryScope
 from amber.ledger.checkpointer import Checkpointer
 from amber.ledger.checkpoints import LEDGER_DEV_KEY_WARNING, dev_signer, load_signer
 from amber.ledger.witnesses import build as build_witnesses
@@ -158,6 +160,7 @@ class Runtime:
     checkpointer: Checkpointer | None = None
     providers: dict[str, Provider] = field(default_factory=dict)
     scim: ScimService | None = None
+    directory: Callable[[], DirectoryScope] = field(default_factory=lambda: _no_directory)
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
@@ -216,6 +219,7 @@ class Runtime:
             metrics=metrics,
             secret_key=secret_key,
         )
+        directory = directory_scope(catalog, dev_issuer)
         notifier: Notifier | None = None
         if settings.notify_webhook_url:
             notifier = WebhookNotifier(settings.notify_webhook_url, settings.notify_webhook_secret)
@@ -228,6 +232,7 @@ class Runtime:
             metrics=metrics,
             notifier=notifier,
             max_start_ahead=settings.max_start_ahead,
+            directory=directory,
         )
         worker = Worker(
             grants,
@@ -256,6 +261,7 @@ class Runtime:
             warnings=warnings,
             providers=providers,
             scim=scim,
+            directory=directory,
         )
         if settings.gateway_port is not None:
             runtime.gateway = Gateway(
@@ -385,6 +391,27 @@ def _scim_issuer(identity: IdentityConfig, dev_url: str | None) -> str:
     raise ConfigError(f"identity.scim.issuer {wanted!r} names no configured issuer")
 
 
+def _no_directory() -> DirectoryScope:
+    return NO_DIRECTORY
+
+
+def directory_scope(catalog: CatalogHolder, dev_issuer: DevIssuer | None) -> Callable[[], DirectoryScope]:
+    """Whose groups the SCIM directory decides, read from the running catalog at each call: the SCIM issuer's
+    people while SCIM is on (a provisioning token is configured), nobody's when it is off."""
+    dev_url = dev_issuer.issuer_url if dev_issuer is not None else None
+
+    def scope() -> DirectoryScope:
+        current = catalog().identity
+        if not current.scim.token:
+            return NO_DIRECTORY
+        return DirectoryScope(
+            issuer=_scim_issuer(current, dev_url),
+            group_map={k: v for i in current.issuers for k, v in i.group_map.items()},
+        )
+
+    return scope
+
+
 def build_scim(
     catalog: CatalogHolder,
     dev_issuer: DevIssuer | None,
@@ -399,11 +426,14 @@ def build_scim(
 
     def scim_settings() -> ScimSettings:
         current = catalog().identity
+        issuer = _scim_issuer(current, dev_url)
+        group_map = {k: v for i in current.issuers for k, v in i.group_map.items()}
         return ScimSettings(
-            issuer=_scim_issuer(current, dev_url),
+            issuer=issuer,
             subject_attribute=current.scim.subject_attribute,
-            group_map={k: v for i in current.issuers for k, v in i.group_map.items()},
+            group_map=group_map,
             roles=current.roles.model_dump(),
+            scope=DirectoryScope(issuer=issuer, group_map=group_map),
         )
 
     if catalog().identity.scim.token:

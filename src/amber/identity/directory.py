@@ -1,8 +1,14 @@
 """The directory: the people and groups the identity provider provisions into amber over SCIM.
 
 Owns the `scim_users`, `scim_groups` and `scim_members` tables (amber.scim drives them and the revocations
-that follow). Protects: a person SCIM deactivated or deleted is refused at every authentication
-(`is_deprovisioned`), whatever token they still hold.
+that follow). Protects:
+- a person SCIM deactivated or deleted is refused at every authentication (`is_deprovisioned`), whatever
+  token they still hold;
+- the groups SCIM manages follow the directory at once (`groups_now`): for the issuer SCIM provisions, a
+  group name any SCIM group maps to (live, deleted or renamed away) counts only for the people the
+  directory lists in it now, whatever a still-valid token or browser session says; the directory only
+  takes groups away, never adds one. Token groups SCIM has never managed still count. Roles, policy
+  decisions, approvals and re-checks all read groups through it.
 
 Rows are never hard-deleted: a SCIM DELETE sets `deleted_at`, so the person's tokens stay refused and the
 ledger's `scim.*` entries keep pointing at something. Membership rows are plain state (the ledger holds
@@ -11,6 +17,8 @@ the history).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String, Text, or_, select, true
@@ -72,3 +80,69 @@ def is_deprovisioned(session: Session, issuer: str, subject: str) -> bool:
         .limit(1)
     )
     return found is not None
+
+
+@dataclass(frozen=True)
+class DirectoryScope:
+    """Whose groups the directory decides, and how its group names read as amber groups.
+
+    `issuer` is the issuer whose people SCIM provisions, or None when SCIM is off (tokens alone decide);
+    `group_map` maps a SCIM group's displayName or externalId to an amber group name (as tokens' groups are).
+    """
+
+    issuer: str | None = None
+    group_map: Mapping[str, str] = field(default_factory=dict)
+
+
+NO_DIRECTORY = DirectoryScope()
+
+
+def amber_names(display_name: str, external_id: str | None, group_map: Mapping[str, str]) -> set[str]:
+    """The amber group names one SCIM group stands for."""
+    names = {group_map.get(display_name, display_name)}
+    if external_id and external_id in group_map:
+        names.add(group_map[external_id])
+    return names
+
+
+def groups_now(
+    session: Session, scope: DirectoryScope, issuer: str, subject: str, claimed: Collection[str]
+) -> frozenset[str]:
+    """The amber groups a person holds now: `claimed` (from a token, a browser session or a recorded decision)
+    less every group SCIM manages that the directory does not list them in now.
+
+    For the issuer SCIM provisions, a name any SCIM group maps to (a live group, a deleted one, or a name a
+    group was renamed from) counts only if the person is an active directory user listed in a live group
+    with that name; a person the directory does not know holds none of them (fail closed: SCIM pushes a
+    person before their memberships). Names SCIM has never managed are taken from `claimed` as they are.
+    People of other issuers, or anyone when SCIM is off, keep `claimed`.
+
+    The directory only takes groups away, never adds one `claimed` lacks: a group counts when the signed
+    token and the directory agree, so whoever holds the SCIM provisioning token cannot give anyone a role.
+
+    What this does NOT check: whether the person is deprovisioned (`is_deprovisioned` refuses them first).
+    """
+    if scope.issuer is None or issuer != scope.issuer:
+        return frozenset(claimed)
+    member_of = set(
+        session.scalars(
+            select(ScimMember.group_id)
+            .join(ScimUser, ScimUser.id == ScimMember.user_id)
+            .where(
+                ScimUser.issuer == issuer,
+                ScimUser.subject == subject,
+                ScimUser.active.is_(True),
+                ScimUser.deleted_at.is_(None),
+            )
+        )
+    )
+    managed: set[str] = set()
+    held: set[str] = set()
+    for group_id, display_name, external_id, deleted_at in session.execute(
+        select(ScimGroup.id, ScimGroup.display_name, ScimGroup.external_id, ScimGroup.deleted_at)
+    ):
+        names = amber_names(display_name, external_id, scope.group_map)
+        managed |= names
+        if deleted_at is None and group_id in member_of:
+            held |= names
+    return frozenset(name for name in claimed if name not in managed or name in held)

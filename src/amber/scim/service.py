@@ -35,7 +35,15 @@ from amber.core.errors import AmberError, Conflict, InvalidInput, NotFound
 from amber.core.ids import new_id
 from amber.grants import LIVE, Grant, GrantService
 from amber.identity import REQUESTER, Principal, roles_for
-from amber.identity.directory import ScimGroup, ScimMember, ScimUser
+from amber.identity.directory import (
+    NO_DIRECTORY,
+    DirectoryScope,
+    ScimGroup,
+    ScimMember,
+    ScimUser,
+    amber_names,
+    groups_now,
+)
 from amber.identity.sessions import end_sessions_of
 from amber.ledger import Actor
 
@@ -61,6 +69,7 @@ class ScimSettings:
     subject_attribute: str
     group_map: Mapping[str, str]
     roles: Mapping[str, Collection[str]]
+    scope: DirectoryScope = NO_DIRECTORY
 
 
 @dataclass(frozen=True)
@@ -220,20 +229,22 @@ class ScimService:
     def replace_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         with self._uow() as session:
             group = self._group(session, group_id)
+            before = (group.display_name, group.external_id)
             group.display_name = _required_str(body, "displayName")
             lowered = _lower_keys(body)
             if "externalid" in lowered:
                 group.external_id = _opt_str(lowered["externalid"])
-            result, removed = self._save_members(
-                session, group, _member_ids(lowered.get("members")), "scim.group_replaced", call
+            result, changes = self._save_members(
+                session, group, _member_ids(lowered.get("members")), "scim.group_replaced", call, before=before
             )
-        self._recheck(removed, call=call, left=result["displayName"])
+        self._recheck(changes, call=call)
         return result
 
     def patch_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         operations = _operations(body)
         with self._uow() as session:
             group = self._group(session, group_id)
+            before = (group.display_name, group.external_id)
             current = set(self._member_ids_of(session, group.id))
             wanted = set(current)
             for op, path, value in operations:
@@ -265,26 +276,58 @@ class ScimService:
                     wanted.discard(member)
                 else:
                     raise scim_error(InvalidInput, f"unsupported Group PATCH {op} {path!r}", "invalidPath")
-            result, removed = self._save_members(session, group, sorted(wanted), "scim.group_updated", call)
-        self._recheck(removed, call=call, left=result["displayName"])
+            result, changes = self._save_members(
+                session, group, sorted(wanted), "scim.group_updated", call, before=before
+            )
+        self._recheck(changes, call=call)
         return result
 
     def _save_members(
-        self, session: Session, group: ScimGroup, wanted: list[str], event: str, call: str
-    ) -> tuple[dict[str, Any], list[str]]:
-        """Set a group's members, record the change, and return the group as SCIM shows it and who left."""
+        self,
+        session: Session,
+        group: ScimGroup,
+        wanted: list[str],
+        event: str,
+        call: str,
+        *,
+        before: tuple[str, str | None],
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Set a group's members, record the change, and return the group as SCIM shows it and whose groups
+        changed (user id -> what happened to them)."""
         added, removed = self._set_members(session, group, wanted)
         now = self._clock.now()
         group.updated_at = now
-        self._record(
-            session,
-            event,
-            group.id,
-            call,
-            {"displayName": group.display_name, "added": added, "removed": removed},
-            now=now,
+        payload: dict[str, Any] = {"displayName": group.display_name, "added": added, "removed": removed}
+        changes = dict.fromkeys(removed, f"left group {before[0]!r}")
+        if self._keep_old_names(session, group, before, now=now):
+            payload["renamedFrom"] = {"displayName": before[0], "externalId": before[1]}
+            for user_id in self._member_ids_of(session, group.id):
+                changes.setdefault(user_id, f"group {before[0]!r} renamed to {group.display_name!r}")
+        self._record(session, event, group.id, call, payload, now=now)
+        return self._group_out(session, group, members=True), changes
+
+    def _keep_old_names(
+        self, session: Session, group: ScimGroup, before: tuple[str, str | None], *, now: datetime
+    ) -> bool:
+        """After a rename, keep the amber names the group stood for managed by the directory, so that a token
+        that still carries an old name does not bring it back: a deleted row (no members) holds them.
+        Returns whether any amber name went away."""
+        group_map = self._settings().group_map
+        old = amber_names(before[0], before[1], group_map)
+        if old <= amber_names(group.display_name, group.external_id, group_map):
+            return False
+        # NOTE: a deleted group row is how the directory remembers a name it manages (groups_now reads them).
+        session.add(
+            ScimGroup(
+                id=new_id("scg"),
+                display_name=before[0],
+                external_id=before[1],
+                created_at=now,
+                updated_at=now,
+                deleted_at=now,
+            )
         )
-        return self._group_out(session, group, members=True), removed
+        return True
 
     def delete_group(self, group_id: str, *, call: str) -> None:
         with self._uow() as session:
@@ -301,8 +344,8 @@ class ScimService:
                 {"displayName": group.display_name, "removed": removed},
                 now=now,
             )
-            name = group.display_name
-        self._recheck(removed, call=call, left=name)
+            changes = dict.fromkeys(removed, f"left group {group.display_name!r}")
+        self._recheck(changes, call=call)
 
     def get_group(self, group_id: str, *, members: bool = True) -> dict[str, Any]:
         with self._uow() as session:
@@ -367,11 +410,11 @@ class ScimService:
         if withdrawn:
             log.info("scim: cancelled %d pending request(s) of a deprovisioned user", len(withdrawn))
 
-    def _recheck(self, user_ids: Collection[str], *, call: str, left: str) -> list[Revocation]:
-        """Ask policy again about each live grant of people who left a group; revoke what it now denies."""
+    def _recheck(self, changes: Mapping[str, str], *, call: str) -> list[Revocation]:
+        """Ask policy again about each live grant of people whose groups changed; revoke what it now denies."""
         done: list[Revocation] = []
         settings = self._settings()
-        for user_id in user_ids:
+        for user_id, change in changes.items():
             with self._uow() as session:
                 user = session.get(ScimUser, user_id)
                 if user is None or user.subject is None or not user.active or user.deleted_at is not None:
@@ -388,38 +431,25 @@ class ScimService:
                         )
                     )
                 ]
-                groups_of = self._groups_now(session, user, settings)
                 checks = [
-                    (grant_id, request, groups_of(_json_list(request.requester_groups))) for grant_id, request in rows
+                    (
+                        grant_id,
+                        request,
+                        groups_now(
+                            session, settings.scope, user.issuer, user.subject, _json_list(request.requester_groups)
+                        ),
+                    )
+                    for grant_id, request in rows
                 ]
                 session.expunge_all()
             for grant_id, request, groups in checks:
                 denied = self._still_denied(request, groups, settings)
                 if denied is not None:
-                    reason = f"scim {call}: left group {left!r}; policy now denies: {denied}"
+                    reason = f"scim {call}: {change}; policy now denies: {denied}"
                     revocation = self._revoke(grant_id, reason)
                     if revocation is not None:
                         done.append(revocation)
         return done
-
-    def _groups_now(
-        self, session: Session, user: ScimUser, settings: ScimSettings
-    ) -> Callable[[list[str]], frozenset[str]]:
-        """The person's amber groups now: SCIM decides the groups it manages; the token's others stand."""
-        managed: dict[str, bool] = {}
-        member_of = set(self._group_ids_of(session, user.id))
-        for group in session.scalars(select(ScimGroup).where(ScimGroup.deleted_at.is_(None))):
-            for name in _amber_names(group, settings.group_map):
-                managed[name] = managed.get(name, False) or group.id in member_of
-        for group in session.scalars(select(ScimGroup).where(ScimGroup.deleted_at.is_not(None))):
-            for name in _amber_names(group, settings.group_map):
-                managed.setdefault(name, False)
-
-        def groups(at_submission: list[str]) -> frozenset[str]:
-            kept = {g for g in at_submission if managed.get(g, True)}
-            return frozenset(kept | {name for name, member in managed.items() if member})
-
-        return groups
 
     def _still_denied(self, request: AccessRequest, groups: frozenset[str], settings: ScimSettings) -> str | None:
         if REQUESTER not in roles_for(groups, settings.roles):
@@ -649,13 +679,6 @@ def _parse_filter(text: str) -> tuple[str, str]:
         raise scim_error(InvalidInput, f'unsupported filter {text!r}; only `attribute eq "value"`', "invalidFilter")
     value = json.loads(parts[2])
     return parts[0], str(value)
-
-
-def _amber_names(group: ScimGroup, group_map: Mapping[str, str]) -> set[str]:
-    names = {group_map.get(group.display_name, group.display_name)}
-    if group.external_id and group.external_id in group_map:
-        names.add(group_map[group.external_id])
-    return names
 
 
 def _json_list(text: str) -> list[str]:
