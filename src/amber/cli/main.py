@@ -544,8 +544,14 @@ def resource_harden(
     """Apply the REVOKE statements `amber resource check` proposes."""
     provisioner = _resource_provisioner(name)
     if not yes:
-        fixes = [f.fix for f in provisioner.check() if f.fix and f.severity == "danger"]
-        echo("\n".join(f"  {fix}" for fix in fixes) or "  nothing to apply")
+        findings = [f for f in provisioner.check() if f.fix and f.severity == "danger"]
+        fixes = [f.fix for f in findings]
+        lines = []
+        for f in findings:
+            lines.append(f"  {f.fix}")
+            if "CAUTION" in f.message:  # the fix may take something the application uses (check says what)
+                lines.append(f"    {f.message[f.message.index('CAUTION') :]}")
+        echo("\n".join(lines) or "  nothing to apply")
         if not fixes or not typer.confirm("apply these statements?"):
             raise typer.Exit(0)
     applied = provisioner.harden()

@@ -38,6 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
+from amber.provisioners import postgres_hardening
 from amber.provisioners.base import (
     ROLE_PREFIX,
     ConnectionInfo,
@@ -84,6 +85,13 @@ _LO_WRITE_FUNCTIONS = (
 )
 _TABLE_WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER")
 _SEQUENCE_WRITE_PRIVILEGES = ("USAGE", "UPDATE")
+# The role settings provision sets, as pg_db_role_setting shows them; `check` reports a role that changed them.
+_EXPECTED_SETTINGS = postgres_hardening.ExpectedSettings(
+    fixed={
+        "default_transaction_read_only": "on",
+        "idle_in_transaction_session_timeout": f"{int(IDLE_IN_TRANSACTION_TIMEOUT.total_seconds())}s",
+    }
+)
 _DATABASE_WRITE_PRIVILEGES = ("CREATE", "TEMPORARY")
 _PASSWORDLESS_METHODS = frozenset({"trust", "peer", "ident"})
 _PASSWORD_METHODS = frozenset({"scram-sha-256", "md5", "password"})
@@ -356,8 +364,10 @@ class PostgresProvisioner:
 
         Looks at PUBLIC's privileges (database TEMP/CREATE, large-object write functions, CREATE on schemas,
         write privileges on tables and sequences, now and by default for new ones), at the grantee group,
-        and at pg_hba.conf as the server reads it from disk. Does NOT look at SECURITY DEFINER functions,
-        event triggers, extensions, other databases on the cluster, or the pg_ident.conf map behind
+        at what `postgres_hardening` owns (SECURITY DEFINER routines, restricted routines granted since,
+        dblink/postgres_fdw, foreign servers, amber roles' memberships and self-set settings,
+        lo_compat_privileges, prepared transactions) and at pg_hba.conf as the server reads it from disk.
+        Does NOT look at event triggers, other databases on the cluster, or the pg_ident.conf map behind
         `ident`/`peer` rules.
         """
 
@@ -675,6 +685,13 @@ class PostgresProvisioner:
 
         for finding, fix in self._check_grantee_group(conn):
             plan.append((finding, fix))
+        plan += postgres_hardening.plan(
+            conn,
+            database=self._dbname,
+            grantee_group=self._grantee_group,
+            expected=_EXPECTED_SETTINGS,
+            covered_catalog_functions=_LO_WRITE_FUNCTIONS,
+        )
         return plan
 
     @staticmethod
