@@ -30,7 +30,7 @@ dev: $(VENV)/.installed-dev
 
 run: install
 	@$(BIN)/amber demo setup || echo "amber: the demo database could not be prepared (is PostgreSQL on 127.0.0.1:5432?); starting anyway"
-	AMBER_CATALOG=$(CATALOG) AMBER_GATEWAY_PORT=$(GATEWAY_PORT) $(BIN)/amber serve
+	AMBER_ENV=development AMBER_CATALOG=$(CATALOG) AMBER_GATEWAY_PORT=$(GATEWAY_PORT) $(BIN)/amber serve
 
 services:
 	bash scripts/services.sh

@@ -6,6 +6,7 @@ databases and state databases get unique names and are dropped afterwards; so ar
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import textwrap
@@ -24,6 +25,11 @@ from amber.api.app import create_app
 from amber.api.runtime import Runtime
 from amber.core.clock import FrozenClock
 from amber.core.settings import Settings
+
+# amber assumes production when AMBER_ENV is unset. Tests say where they run: `test` for every Settings() read
+# from the environment and every `amber` command they start (subprocesses inherit it); tests of production's
+# refusals pass env="production" or AMBER_ENV=production themselves.
+os.environ["AMBER_ENV"] = "test"
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_SQL = """

@@ -105,7 +105,7 @@ def served(
     port = free_port()
     witness = tmp_path / "witness.jsonl"
     settings = Settings(
-        env="development",  # as `amber serve` runs by default; AMBER_ENV=test keeps the thread off
+        env="development",  # as `make run` runs `amber serve`; AMBER_ENV=test keeps the thread off
         state_dir=tmp_path / "state",
         database_url=state_url,
         catalog=catalog_path,

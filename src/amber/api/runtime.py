@@ -26,7 +26,7 @@ from amber.core.errors import ConfigError
 from amber.core.meta import installation_id
 from amber.core.migrate import upgrade
 from amber.core.observability import Metrics
-from amber.core.settings import Settings
+from amber.core.settings import PRODUCTION_HINT, Settings
 from amber.gateway.service import Gateway
 from amber.grants import GrantService
 from amber.identity import DevIssuer, Discovery, Provider, RemoteKeys, TokenVerifier, TrustedIssuer
@@ -55,7 +55,9 @@ def build_checkpointer(
     if settings.ledger_signing_key:
         signer = load_signer(settings.ledger_signing_key)
     elif settings.env == "production":
-        raise ConfigError("AMBER_LEDGER_SIGNING_KEY is required when AMBER_ENV=production (file:/path or env:NAME)")
+        raise ConfigError(
+            f"AMBER_LEDGER_SIGNING_KEY is required when AMBER_ENV=production (file:/path or env:NAME) {PRODUCTION_HINT}"
+        )
     else:
         signer = dev_signer(settings.state_dir)
         warnings.append(LEDGER_DEV_KEY_WARNING)
@@ -170,14 +172,17 @@ class Runtime:
         identity = catalog().identity
         warnings: list[str] = []
         if identity.dev_issuer and settings.env == "production":
-            raise ConfigError(f"{settings.catalog}: identity.dev_issuer is refused when AMBER_ENV=production")
+            raise ConfigError(
+                f"{settings.catalog}: identity.dev_issuer is refused when AMBER_ENV=production {PRODUCTION_HINT}"
+            )
         if settings.env == "production":
             for issuer in identity.issuers:
                 for what, url in (("issuer", issuer.issuer), ("jwks_uri", issuer.jwks_uri or "")):
                     if url.lower().startswith("http://"):
                         raise ConfigError(
                             f"{settings.catalog}: identity.issuers[{issuer.name}].{what} is {url!r}: plain http is "
-                            "refused when AMBER_ENV=production (keys fetched without TLS can be replaced in transit)"
+                            "refused when AMBER_ENV=production (keys fetched without TLS can be replaced in transit) "
+                            + PRODUCTION_HINT
                         )
         if not identity.dev_issuer and not identity.issuers:
             raise ConfigError(

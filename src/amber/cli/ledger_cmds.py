@@ -318,7 +318,9 @@ def trust_stored_key(ctx: Local) -> None:
         file=sys.stderr,
     )
     if ctx.settings.env == "production":
-        echo("error: AMBER_ENV=production: `amber audit verify` needs --key KEY", file=sys.stderr)
+        from amber.core.settings import PRODUCTION_HINT
+
+        echo(f"error: AMBER_ENV=production: `amber audit verify` needs --key KEY {PRODUCTION_HINT}", file=sys.stderr)
         raise typer.Exit(2)
 
 

@@ -122,7 +122,8 @@ def serve(
     rt = Runtime.build(settings)
     url = settings.resolved_public_url
     echo(
-        f"amber is starting on {url}  (state: {settings.resolved_database_url.split('://')[0]}, "
+        f"amber is starting on {url}  (AMBER_ENV={settings.env}, "
+        f"state: {settings.resolved_database_url.split('://')[0]}, "
         f"catalog: {settings.catalog})"
     )
     for warning in rt.warnings:

@@ -11,11 +11,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from amber.core.durations import parse_duration
 
+# Appended to every refusal that only production makes, for whoever forgot to say where amber runs.
+PRODUCTION_HINT = (
+    "(AMBER_ENV is production unless set otherwise; to try amber on your machine, set AMBER_ENV=development "
+    "as `make run` does)"
+)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AMBER_", extra="ignore")
 
-    env: Literal["development", "test", "production"] = "development"
+    # Unset means production: whoever forgets to say gets the strict checks (http issuers, the dev issuer, an
+    # unsigned ledger, a self-signed gateway certificate are refused). `make run` sets development explicitly.
+    env: Literal["development", "test", "production"] = "production"
     state_dir: Path = Path(".amber")
     # None means SQLite in state_dir; set a postgresql+psycopg:// URL for the scale-out store.
     database_url: str | None = None

@@ -14,6 +14,7 @@ from amber.catalog.schema import PostgresLevel
 from amber.core.clock import Clock
 from amber.core.db import UnitOfWork
 from amber.core.errors import ConfigError
+from amber.core.settings import PRODUCTION_HINT
 from amber.gateway.auth import GrantAuthenticator
 from amber.gateway.recording import LedgerRecorder
 from amber.gateway.schema_info import UpstreamSchema
@@ -58,7 +59,8 @@ class Gateway:
         if refuse_self_signed and (tls_cert is None or tls_key is None):
             raise ConfigError(
                 "AMBER_ENV=production: the gateway needs a certificate clients can verify (AMBER_GATEWAY_TLS_CERT and "
-                "AMBER_GATEWAY_TLS_KEY); set AMBER_GATEWAY_ALLOW_SELF_SIGNED=true to run it with a self-signed one"
+                "AMBER_GATEWAY_TLS_KEY); set AMBER_GATEWAY_ALLOW_SELF_SIGNED=true to run it with a self-signed one "
+                + PRODUCTION_HINT
             )
         if tls_cert is None or tls_key is None:
             tls_cert, tls_key = self_signed(state_dir)
