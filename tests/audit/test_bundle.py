@@ -224,7 +224,7 @@ def test_bad_signatures_are_detected(history: tuple[Amber, Path, Path]) -> None:
     report = _verify(amber, bundle)
     assert [p.check for p in report.problems] == ["signature"]
     assert f"#{item['id']}" in str(report.problems[0])
-    stranger = tlog.Signer.generate("amber-dev-ledger").verifier  # same name, different key
+    stranger = tlog.Signer.generate(_cp(amber).origin).verifier  # same name, different key
     assert {p.check for p in tlog.verify_bundle(bundle, [stranger]).problems} == {"signature"}
 
 

@@ -26,19 +26,19 @@ def _amber(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_key_lifecycle_receipts_and_proofs_from_the_command_line(amber: Amber, tmp_path: Path) -> None:
     amber.request("alice", "engineering", "oncall")
     key = tmp_path / "ledger.key"
-    made = _amber(dict(os.environ), "audit", "keygen", "--out", str(key), "--name", "ops-2026")
-    assert made.returncode == 0, made.stderr
-    vkey = made.stdout.strip()
-    assert vkey.startswith("ops-2026+")
-    assert "PRIVATE" not in made.stdout
-    assert key.stat().st_mode & 0o777 == 0o600
-    assert _amber(dict(os.environ), "audit", "keygen", "--out", str(key)).returncode != 0  # never overwritten
     env = {
         **os.environ,
         "AMBER_DATABASE_URL": amber.rt.engine.url.render_as_string(hide_password=False),
         "AMBER_STATE_DIR": str(tmp_path / "state"),
-        "AMBER_LEDGER_SIGNING_KEY": f"file:{key}",
     }
+    made = _amber(env, "audit", "keygen", "--out", str(key))
+    assert made.returncode == 0, made.stderr
+    vkey = made.stdout.strip()
+    assert vkey.startswith(f"amber/{amber.rt.installation_id}+")  # named after the origin by default
+    assert "PRIVATE" not in made.stdout
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert _amber(env, "audit", "keygen", "--out", str(key)).returncode != 0  # never overwritten
+    env["AMBER_LEDGER_SIGNING_KEY"] = f"file:{key}"
     signed = _amber(env, "audit", "checkpoint", "--json")
     assert signed.returncode == 0, signed.stderr
     note = json.loads(signed.stdout)["note"]
@@ -53,7 +53,13 @@ def test_key_lifecycle_receipts_and_proofs_from_the_command_line(amber: Amber, t
     assert ok.returncode == 0, ok.stdout + ok.stderr
     # Rotate to a new key: the old one signs the handover, then only the new one signs.
     new_key = tmp_path / "ledger-2027.key"
-    new_vkey = _amber(env, "audit", "keygen", "--out", str(new_key), "--name", "ops-2027").stdout.strip()
+    misnamed = tmp_path / "ops-2027.key"
+    assert _amber(env, "audit", "keygen", "--out", str(misnamed), "--name", "ops-2027").returncode == 0
+    refused = _amber(env, "audit", "rotate-key", "--new-key", f"file:{misnamed}")
+    assert refused.returncode == 1
+    assert f"named 'ops-2027' but the checkpoint origin is 'amber/{amber.rt.installation_id}'" in refused.stderr
+    assert "amber audit keygen" in refused.stderr
+    new_vkey = _amber(env, "audit", "keygen", "--out", str(new_key)).stdout.strip()
     rotated = _amber(env, "audit", "rotate-key", "--new-key", f"file:{new_key}")
     assert rotated.returncode == 0, rotated.stderr
     amber.request("bob", "engineering", "oncall")

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from amber.ledger import tlog
 
 ORIGIN = "test/parallel"
-OLD = tlog.Signer.generate("old")
-NEW = tlog.Signer.generate("new")
+OLD = tlog.Signer.generate(ORIGIN)  # a log's keys are named after its origin
+NEW = tlog.Signer.generate(ORIGIN)
 ROTATION_AT = 23  # entry 23 hands over from OLD to NEW
 CHECKPOINTS = (1, 8, 22, 23, 40, 64, 77)
 

@@ -19,7 +19,8 @@ from tests.conftest import Amber
 # The command is the same code on both stores; one keeps this quick.
 @pytest.mark.parametrize("state_url", ["sqlite"], indirect=True)
 def test_rotate_key_publishes_to_the_witnesses(amber: Amber, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    old, new = tlog.Signer.generate("ops-2026"), tlog.Signer.generate("ops-2027")
+    origin = f"amber/{amber.rt.installation_id}"
+    old, new = tlog.Signer.generate(origin), tlog.Signer.generate(origin)
     write_key(tmp_path / "old.key", old)
     write_key(tmp_path / "new.key", new)
     witness_file = tmp_path / "witness.jsonl"
@@ -43,5 +44,5 @@ def test_rotate_key_publishes_to_the_witnesses(amber: Amber, tmp_path: Path, mon
     assert len(fetched.saved) == 2
     notes = [(str(p), p.read_text()) for p in fetched.saved]
     with amber.rt.uow() as session:
-        report = audit.verify(session, keys=[old.verifier], witnessed=notes, origin=f"amber/{amber.rt.installation_id}")
+        report = audit.verify(session, keys=[old.verifier], witnessed=notes, origin=origin)
     assert report.ok, report.problems

@@ -46,7 +46,7 @@ def test_checkpoint_is_a_signed_note_over_origin_size_and_root(amber: Amber) -> 
         size, _ = ledger.head(session)
         root = tree.root(session, size)
     assert lines[:4] == [f"amber/{amber.rt.installation_id}", str(size), base64.b64encode(root).decode(), ""]
-    assert lines[4].startswith("\u2014 amber-dev-ledger ")
+    assert lines[4].startswith(f"\u2014 amber/{amber.rt.installation_id} ")  # the key is named after the origin
     text, signers = tlog.open_note(cp.note, [_checkpointer(amber).verifier])
     assert signers == [_checkpointer(amber).verifier]
     assert tlog.Checkpoint.parse(text) == tlog.Checkpoint(f"amber/{amber.rt.installation_id}", size, root)
@@ -135,7 +135,7 @@ def test_key_rotation_is_an_entry_signed_by_the_old_key(amber: Amber) -> None:
     base = _checkpointer(amber)
     amber.request("alice", "engineering", "oncall")
     first = base.sign_now()
-    new = tlog.Signer.generate("amber-ledger-2027")
+    new = tlog.Signer.generate(base.origin)
     with amber.rt.uow() as session:
         after = rotate_key(
             session, old=base.signer, new=new, origin=base.origin, at=amber.clock.now(), actor=ledger.SYSTEM
@@ -193,7 +193,7 @@ def test_a_signing_problem_is_logged_once_not_every_round(amber: Amber, caplog: 
     stranger = Checkpointer(
         uow=amber.rt.uow,
         clock=amber.clock,
-        signer=tlog.Signer.generate("someone-else"),
+        signer=tlog.Signer.generate(base.origin),  # named right, but not the key in force
         origin=base.origin,
         every_entries=1,
         every=timedelta(seconds=30),

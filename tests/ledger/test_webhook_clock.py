@@ -68,7 +68,7 @@ def _expected(at: datetime, body: bytes) -> str:
 
 
 def _checkpoint(size: int) -> CheckpointView:
-    signer = tlog.Signer.generate("clock-test")
+    signer = tlog.Signer.generate("amber/clock-test")
     root = hashlib.sha256(str(size).encode()).digest()
     note = tlog.sign_checkpoint(tlog.Checkpoint("amber/clock-test", size, root), signer)
     return CheckpointView(size, size, root.hex(), AT, signer.verifier.vkey, note)

@@ -59,7 +59,7 @@ def build_checkpointer(
             f"AMBER_LEDGER_SIGNING_KEY is required when AMBER_ENV=production (file:/path or env:NAME) {PRODUCTION_HINT}"
         )
     else:
-        signer = dev_signer(settings.state_dir)
+        signer = dev_signer(settings.state_dir, settings.ledger_origin or f"amber/{install_id}")
         warnings.append(LEDGER_DEV_KEY_WARNING)
     return Checkpointer(
         uow=uow,

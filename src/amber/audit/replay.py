@@ -105,6 +105,7 @@ def verify(
     since: tuple[str, str] | None = None,
     origin: str | None = None,
     allow_unsigned_tail: bool = True,
+    legacy_key_names: bool = False,
 ) -> AuditReport:
     """Chain, then Merkle tree and checkpoints, then replay against the state tables.
 
@@ -117,7 +118,15 @@ def verify(
     if chain.problem is not None:
         report.problems.append(str(chain.problem))
         return report
-    report.problems += verify_tree(session, keys, witnessed, since, origin, allow_unsigned_tail=allow_unsigned_tail)
+    report.problems += verify_tree(
+        session,
+        keys,
+        witnessed,
+        since,
+        origin,
+        allow_unsigned_tail=allow_unsigned_tail,
+        legacy_key_names=legacy_key_names,
+    )
     if report.problems:
         return report
     replayed = _replay(ledger.iter_raw(session))

@@ -68,13 +68,25 @@ def keygen(
     out: Annotated[
         Path, typer.Option("--out", help="Where to write the private key (created 0600, never overwritten).")
     ],
-    name: Annotated[str, typer.Option("--name", help="The key's name in signatures.")] = "amber-ledger",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The key's name in signatures (default: the configured checkpoint origin, which a log key must "
+            "be named after; give another name only for a witness key).",
+        ),
+    ] = None,
 ) -> None:
-    """Create an Ed25519 checkpoint signing key; print its public verifier key."""
+    """Create an Ed25519 checkpoint signing key named after the ledger's origin; print its public verifier key."""
     from amber.ledger import tlog
     from amber.ledger.checkpoints import write_key
 
-    signer = tlog.Signer.generate(name)
+    if name is None:
+        name = local().origin
+    try:
+        signer = tlog.Signer.generate(name)
+    except ValueError as exc:
+        raise typer.BadParameter(f"key name {name!r}: {exc}") from None
     try:
         write_key(out, signer)
     except FileExistsError:
@@ -332,6 +344,7 @@ def verify_offline(
     as_json: bool,
     *,
     allow_unsigned_tail: bool,
+    legacy_key_names: bool = False,
 ) -> None:
     """`amber audit verify --bundle DIR`: the offline verifier (ledger/tlog.py, = tools/amber_verify.py)."""
     from amber.ledger import tlog
@@ -340,7 +353,12 @@ def verify_offline(
     if trusted is None:
         echo("warning: no --key given; trusting the keys in the bundle itself")
     report = tlog.verify_bundle(
-        bundle, trusted, extra_checkpoints=witnessed, since=since, allow_unsigned_tail=allow_unsigned_tail
+        bundle,
+        trusted,
+        extra_checkpoints=witnessed,
+        since=since,
+        allow_unsigned_tail=allow_unsigned_tail,
+        legacy_key_names=legacy_key_names,
     )
     problems = [str(p) for p in report.problems]
     data = {

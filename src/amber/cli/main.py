@@ -430,6 +430,13 @@ def audit_verify(
         bool,
         typer.Option("--allow-unsigned-tail", help="Pass even if no trusted checkpoint covers the last entries."),
     ] = False,
+    legacy_key_names: Annotated[
+        bool,
+        typer.Option(
+            "--legacy-key-names",
+            help="Accept checkpoints by keys not named after the origin if the log later rotated away from them.",
+        ),
+    ] = False,
 ) -> None:
     """Verify the ledger (chain, Merkle tree, checkpoints) and replay it against the state tables."""
     from amber import audit
@@ -438,7 +445,15 @@ def audit_verify(
 
     witnessed = checkpoint_files(checkpoint or [])
     if bundle is not None:
-        verify_offline(bundle, key or [], witnessed, since, as_json, allow_unsigned_tail=allow_unsigned_tail)
+        verify_offline(
+            bundle,
+            key or [],
+            witnessed,
+            since,
+            as_json,
+            allow_unsigned_tail=allow_unsigned_tail,
+            legacy_key_names=legacy_key_names,
+        )
         return
     ctx = local()
     if not key:
@@ -451,6 +466,7 @@ def audit_verify(
             since=(str(since), since.read_text()) if since else None,
             origin=ctx.origin,
             allow_unsigned_tail=allow_unsigned_tail,
+            legacy_key_names=legacy_key_names,
         )
     data = {
         "ok": report.ok,

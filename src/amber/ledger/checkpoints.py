@@ -79,11 +79,16 @@ def write_key(path: Path, signer: tlog.Signer) -> None:
         handle.write(signer.skey() + "\n")
 
 
-def dev_signer(state_dir: Path, name: str = "amber-dev-ledger") -> tlog.Signer:
-    """A signing key kept in the state directory, created on first use. For development and tests only."""
+def dev_signer(state_dir: Path, origin: str) -> tlog.Signer:
+    """A signing key named after the origin, kept in the state directory, created on first use. For development
+    and tests only. A key made before keys were named after the origin is returned as is: signing then refuses
+    with the fix (rotate to a key named after the origin)."""
     path = state_dir / DEV_KEY_FILE
     if not path.exists():
-        write_key(path, tlog.Signer.generate(name))
+        try:
+            write_key(path, tlog.Signer.generate(origin))
+        except ValueError as exc:
+            raise ConfigError(f"AMBER_LEDGER_ORIGIN {origin!r} cannot name the ledger's key: {exc}") from None
     return load_signer(f"file:{path}")
 
 
@@ -132,6 +137,7 @@ def sign(session: Session, signer: tlog.Signer, origin: str, at: datetime) -> Ch
     Does NOT publish to witnesses; that happens after commit.
     """
     _lock(session)
+    _check_key_name(origin, signer, "ledger signing key")
     expected = key_in_force(session)
     if expected is not None and expected != signer.verifier.vkey:
         raise CheckpointError(
@@ -150,6 +156,17 @@ def sign(session: Session, signer: tlog.Signer, origin: str, at: datetime) -> Ch
     return _view(row)
 
 
+def _check_key_name(origin: str, signer: tlog.Signer, what: str) -> None:
+    """Fail closed before signing: C2SP tlog-checkpoint wants the log's key named after the origin."""
+    if signer.name != origin:
+        raise CheckpointError(
+            f"the {what} is named {signer.name!r} but the checkpoint origin is {origin!r}; a log's key must be "
+            "named after its origin. Fix: `amber audit keygen --out NEW.key` (named after the origin by default), "
+            "then `amber audit rotate-key --new-key file:NEW.key` and set AMBER_LEDGER_SIGNING_KEY=file:NEW.key "
+            "(docs/ledger.md, 'Key names')"
+        )
+
+
 def rotate_key(
     session: Session, *, old: tlog.Signer, new: tlog.Signer, origin: str, at: datetime, actor: Actor
 ) -> CheckpointView:
@@ -160,7 +177,13 @@ def rotate_key(
         raise CheckpointError("the old key given is not the ledger's key in force; nothing was rotated")
     if old.verifier == new.verifier:
         raise CheckpointError("the new key is the key in force already")
+    _check_key_name(origin, new, "new ledger signing key")
     if expected is None:
+        if old.name != origin:
+            raise CheckpointError(
+                "no checkpoint was ever signed, so there is nothing to hand over: set AMBER_LEDGER_SIGNING_KEY to "
+                "the new key instead of rotating"
+            )
         # No checkpoint yet: the first checkpoint fixes the old key as the start of the key history.
         sign(session, old, origin, at)
     statement = tlog.rotation_statement(origin, old.verifier.vkey, new.verifier.vkey)

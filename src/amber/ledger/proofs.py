@@ -167,6 +167,7 @@ def verify_tree(
     origin: str | None,
     *,
     allow_unsigned_tail: bool = True,
+    legacy_key_names: bool = False,
 ) -> list[str]:
     """The stored Merkle tree against the entries, and every checkpoint (stored or given) against both.
 
@@ -184,6 +185,7 @@ def verify_tree(
         origin=origin,
         since=since,
         allow_unsigned_tail=allow_unsigned_tail,
+        legacy_key_names=legacy_key_names,
     )
     problems = [str(p) for p in result.problems]
     size, _ = head(session)

@@ -8,7 +8,7 @@ NOTE: this module imports ONLY the Python standard library and `cryptography`, a
 copied verbatim to tools/amber_verify.py (a test keeps the two identical) so auditors can run it alone:
 
     python3 amber_verify.py bundle DIR --key VKEY [--checkpoint FILE ...] [--since FILE] [--jobs N]
-                               [--allow-unsigned-tail]
+                               [--allow-unsigned-tail] [--legacy-key-names]
     python3 amber_verify.py receipt FILE --key VKEY
 
 Formats (docs/ledger.md):
@@ -427,8 +427,24 @@ def _is_index(text: str) -> bool:
     return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))
 
 
+class KeyNameError(ValueError):
+    """The log's key is not named after the checkpoint origin (C2SP tlog-checkpoint)."""
+
+
+def check_key_name(origin: str, name: str) -> None:
+    """C2SP tlog-checkpoint: the log's signature is by a key whose name is the origin line. Raises KeyNameError."""
+    if name != origin:
+        raise KeyNameError(
+            f"the signing key is named {name!r} but the checkpoint origin is {origin!r}: a log's key must be named "
+            "after its origin; create one with `amber audit keygen --out FILE` (named after the origin) and hand "
+            "over to it with `amber audit rotate-key --new-key file:FILE`"
+        )
+
+
 def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> str:
+    """Sign a checkpoint with the log's key. Refuses (KeyNameError) a key not named after the origin."""
     _check_origin(checkpoint.origin)
+    check_key_name(checkpoint.origin, signer.name)
     return sign_note(checkpoint.text(), signer)
 
 
@@ -548,6 +564,14 @@ def verify_receipt(text: str, keys: Sequence[Verifier], origin: str | None = Non
         report.problems.append(Problem("sequence", f"entry seq {seq} is not leaf index {receipt.index} + 1", seq))
     if not signers:
         report.problems.append(Problem("signature", "the checkpoint has no valid signature by a trusted key"))
+    elif all(key.name != checkpoint.origin for key in signers):
+        report.problems.append(
+            Problem(
+                "key-name",
+                f"the checkpoint is signed by {signers[0].name!r}, not by a key named after its "
+                f"origin {checkpoint.origin!r}",
+            )
+        )
     if origin is not None and checkpoint.origin != origin:
         report.problems.append(Problem("origin", f"the checkpoint is for {checkpoint.origin!r}, not {origin!r}"))
     if not verify_inclusion(receipt.index, checkpoint.size, leaf_hash(data), receipt.proof, checkpoint.root):
@@ -650,6 +674,7 @@ def verify_log(
     origin: str | None = None,
     since: tuple[str, str] | None = None,
     allow_unsigned_tail: bool = True,
+    legacy_key_names: bool = False,
 ) -> Report:
     """Verify entries (in file order) against signed checkpoints (source name, note text).
 
@@ -662,6 +687,9 @@ def verify_log(
     `unsigned-tail` (with `allow_unsigned_tail=False`, what the command lines pass unless told otherwise):
     entries after the newest trusted checkpoint that matches the log, or no such checkpoint at all;
     `report.unsigned` and `report.signed_size` say how many either way.
+    `key-name`: a checkpoint is signed by a key not named after its origin (C2SP tlog-checkpoint);
+    `legacy_key_names` accepts that only for keys the log later rotated away from (installations older than
+    the rule), never for the key in force.
     """
     return verify_leaves(
         ((*entry_leaf(entry), entry) for entry in entries),
@@ -670,6 +698,7 @@ def verify_log(
         origin=origin,
         since=since,
         allow_unsigned_tail=allow_unsigned_tail,
+        legacy_key_names=legacy_key_names,
     )
 
 
@@ -681,6 +710,7 @@ def verify_leaves(
     origin: str | None = None,
     since: tuple[str, str] | None = None,
     allow_unsigned_tail: bool = True,
+    legacy_key_names: bool = False,
 ) -> Report:
     """`verify_log` over (leaf data, hash, entry) triples, streamed: memory stays flat for any log size."""
     return _verify(
@@ -690,6 +720,7 @@ def verify_leaves(
         origin,
         since,
         allow_unsigned_tail=allow_unsigned_tail,
+        legacy_key_names=legacy_key_names,
     )
 
 
@@ -730,6 +761,7 @@ def _verify(
     since: tuple[str, str] | None,
     *,
     allow_unsigned_tail: bool,
+    legacy_key_names: bool = False,
 ) -> Report:
     report = Report()
     notes = [*checkpoints, *([since] if since else [])]
@@ -740,7 +772,7 @@ def _verify(
     roots = walk(sizes, nodes, report, rotations)
     schedule, rotation_problems = _key_schedule(rotations, keys)
     report.problems.extend(rotation_problems)
-    signed = _signed_checkpoints(parsed, schedule, report)
+    signed = _signed_checkpoints(parsed, schedule, report, legacy_key_names=legacy_key_names)
     report.checkpoints = len(signed)
     forks = _judge(signed, roots, report.entries, since, report)
     _check_consistency([s for s in signed if s not in forks], nodes.found, report)
@@ -810,7 +842,11 @@ def _parsed_checkpoints(
 
 
 def _signed_checkpoints(
-    parsed: Sequence[tuple[str, Checkpoint, str]], schedule: Sequence[tuple[int, Verifier]], report: Report
+    parsed: Sequence[tuple[str, Checkpoint, str]],
+    schedule: Sequence[tuple[int, Verifier]],
+    report: Report,
+    *,
+    legacy_key_names: bool = False,
 ) -> list[_Signed]:
     signed: list[_Signed] = []
     for source, checkpoint, note in parsed:
@@ -819,13 +855,33 @@ def _signed_checkpoints(
         except BadSignature as exc:
             report.problems.append(Problem("signature", f"checkpoint {source} (size {checkpoint.size}): {exc}"))
             continue
-        if not set(signers) & set(_keys_for(checkpoint.size, schedule)):
+        in_force = set(signers) & set(_keys_for(checkpoint.size, schedule))
+        if not in_force:
             report.problems.append(
                 Problem("signature", f"checkpoint {source} (size {checkpoint.size}) is not signed by the key in force")
             )
             continue
+        if all(key.name != checkpoint.origin for key in in_force) and not (
+            legacy_key_names and _rotated_away(in_force, schedule)
+        ):
+            names = ", ".join(sorted(repr(key.name) for key in in_force))
+            report.problems.append(
+                Problem(
+                    "key-name",
+                    f"checkpoint {source} (size {checkpoint.size}) is signed by the key {names}, not by a key named "
+                    f"after its origin {checkpoint.origin!r} (C2SP tlog-checkpoint)",
+                )
+            )
+            continue
         signed.append(_Signed(source, checkpoint, note))
     return signed
+
+
+def _rotated_away(keys: set[Verifier], schedule: Sequence[tuple[int, Verifier]]) -> bool:
+    """Whether the log later handed over from these keys (a signed rotation): `legacy_key_names` accepts only
+    such old keys with another name than the origin, never the key in force at the end of the log."""
+    latest_start = max((s for s, _ in schedule), default=0)
+    return not keys & {key for start, key in schedule if start == latest_start}
 
 
 def _walk(
@@ -1184,6 +1240,7 @@ def verify_bundle(
     since: Path | None = None,
     processes: int | None = None,
     allow_unsigned_tail: bool = False,
+    legacy_key_names: bool = False,
 ) -> Report:
     """Verify an `amber audit export` bundle. Without `keys`, trusts the bundle's keys.txt (say so to the user).
     Entries no trusted checkpoint covers (or a bundle without one) fail unless `allow_unsigned_tail`.
@@ -1208,7 +1265,15 @@ def verify_bundle(
         roots = _walk_in_parallel(path, wanted, report, rotations, processes=processes, nodes=nodes)
         return _walk(read_leaves(path), wanted, report, rotations, nodes) if roots is None else roots
 
-    return _verify(walk, notes, keys, str(manifest["origin"]), since_note, allow_unsigned_tail=allow_unsigned_tail)
+    return _verify(
+        walk,
+        notes,
+        keys,
+        str(manifest["origin"]),
+        since_note,
+        allow_unsigned_tail=allow_unsigned_tail,
+        legacy_key_names=legacy_key_names,
+    )
 
 
 def _say(line: str, *, err: bool = False) -> None:
@@ -1252,6 +1317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle.add_argument(
         "--allow-unsigned-tail", action="store_true", help="pass even if no trusted checkpoint covers the last entries"
     )
+    bundle.add_argument(
+        "--legacy-key-names",
+        action="store_true",
+        help="accept checkpoints by keys not named after the origin if the log later rotated away from them",
+    )
     receipt = sub.add_parser("receipt", help="verify a receipt (c2sp.org/tlog-proof@v1)")
     receipt.add_argument("file", type=Path)
     receipt.add_argument("--key", action="append", default=[], required=True)
@@ -1269,6 +1339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             since=args.since,
             processes=args.jobs,
             allow_unsigned_tail=args.allow_unsigned_tail,
+            legacy_key_names=args.legacy_key_names,
         )
     except (OSError, ValueError, KeyError) as exc:
         _say(f"error: {exc}", err=True)
