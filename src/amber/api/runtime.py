@@ -32,6 +32,7 @@ from amber.grants import GrantService
 from amber.identity import DevIssuer, Discovery, Provider, RemoteKeys, TokenVerifier, TrustedIssuer
 from amber.identity.dev_issuer import WARNING as DEV_WARNING
 from amber.identity.directory import NO_DIRECTORY, DirectoryScope
+from amber.identity.tokens import ACCESS_TOKEN_TYPE
 from amber.ledger.checkpointer import Checkpointer
 from amber.ledger.checkpoints import LEDGER_DEV_KEY_WARNING, dev_signer, load_signer
 from amber.ledger.witnesses import build as build_witnesses
@@ -73,14 +74,53 @@ def build_checkpointer(
     )
 
 
+def check_identity(catalog: Catalog, env: str) -> None:
+    """What `identity:` must satisfy to run, naming file:line; production's refusals (dev issuer, plain http,
+    an implicit audience) apply when env is production. Raises ConfigError."""
+    identity = catalog.identity
+    if env == "production":
+        if identity.dev_issuer:
+            raise ConfigError(
+                f"{catalog.where(('identity', 'dev_issuer'))}: identity.dev_issuer is refused when "
+                f"AMBER_ENV=production {PRODUCTION_HINT}"
+            )
+        for index, issuer in enumerate(identity.issuers):
+            for what, url in (("issuer", issuer.issuer), ("jwks_uri", issuer.jwks_uri or "")):
+                if url.lower().startswith("http://"):
+                    raise ConfigError(
+                        f"{catalog.where(('identity', 'issuers', index, what))}: identity.issuers[{issuer.name}]."
+                        f"{what} is {url!r}: plain http is refused when AMBER_ENV=production (keys fetched without "
+                        f"TLS can be replaced in transit) {PRODUCTION_HINT}"
+                    )
+            if "audience" not in issuer.model_fields_set:
+                raise ConfigError(
+                    f"{catalog.where(('identity', 'issuers', index))}: identity.issuers[{issuer.name}]: set "
+                    "`audience` (the `aud` your provider puts in access tokens for amber); with AMBER_ENV=production "
+                    f"it does not default to client_id, the audience of ID tokens {PRODUCTION_HINT}"
+                )
+    if not identity.dev_issuer and not identity.issuers:
+        raise ConfigError(
+            f"{catalog.where(('identity',))}: identity: configure at least one issuer (or dev_issuer "
+            "for local development); amber accepts no unauthenticated calls"
+        )
+
+
 def build_identity(
-    identity: IdentityConfig, catalog_path: Path, clock: Clock
+    identity: IdentityConfig, catalog_path: Path, clock: Clock, *, production: bool
 ) -> tuple[list[TrustedIssuer], dict[str, Provider]]:
-    """Every configured OpenID provider: how its tokens are verified, and how people sign in with it."""
+    """Every configured OpenID provider: how its tokens are verified, and how people sign in with it.
+
+    API tokens must carry typ at+jwt (RFC 9068) or one of the issuer's `token_types`; outside production an
+    issuer without `token_types` accepts any typ (the verifier warns once)."""
     issuers: list[TrustedIssuer] = []
     providers: dict[str, Provider] = {}
     for index, config in enumerate(identity.issuers):
         discovery = Discovery(config.issuer)
+        token_types: tuple[str, ...] | None = None
+        if config.token_types is not None:
+            token_types = tuple(config.token_types)
+        elif production:
+            token_types = (ACCESS_TOKEN_TYPE,)
         issuers.append(
             TrustedIssuer(
                 issuer=config.issuer,
@@ -100,6 +140,7 @@ def build_identity(
                 subject_claim=config.subject_claim,
                 group_map=dict(config.group_map),
                 name=config.name,
+                token_types=token_types,
             )
         )
 
@@ -171,24 +212,7 @@ class Runtime:
         catalog = CatalogHolder(first, load_policies(first))
         identity = catalog().identity
         warnings: list[str] = []
-        if identity.dev_issuer and settings.env == "production":
-            raise ConfigError(
-                f"{settings.catalog}: identity.dev_issuer is refused when AMBER_ENV=production {PRODUCTION_HINT}"
-            )
-        if settings.env == "production":
-            for issuer in identity.issuers:
-                for what, url in (("issuer", issuer.issuer), ("jwks_uri", issuer.jwks_uri or "")):
-                    if url.lower().startswith("http://"):
-                        raise ConfigError(
-                            f"{settings.catalog}: identity.issuers[{issuer.name}].{what} is {url!r}: plain http is "
-                            "refused when AMBER_ENV=production (keys fetched without TLS can be replaced in transit) "
-                            + PRODUCTION_HINT
-                        )
-        if not identity.dev_issuer and not identity.issuers:
-            raise ConfigError(
-                f"{settings.catalog}: identity: configure at least one issuer (or dev_issuer "
-                "for local development); amber accepts no unauthenticated calls"
-            )
+        check_identity(first, settings.env)
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url)
         if migrate:
@@ -197,7 +221,7 @@ class Runtime:
         with uow() as session:
             install_id = installation_id(session)
         metrics = Metrics()
-        issuers, providers = build_identity(identity, settings.catalog, clock)
+        issuers, providers = build_identity(identity, settings.catalog, clock, production=settings.env == "production")
         dev_issuer = None
         if identity.dev_issuer:
             dev_issuer = DevIssuer(settings.state_dir, f"{settings.resolved_public_url}/dev-issuer", clock)

@@ -207,7 +207,16 @@ class IssuerConfig(_Strict):
     name: str = Field(default="", pattern=r"^$|^[a-z][a-z0-9_-]{0,62}$", description="Short name (login, URLs).")
     display_name: str = ""
     issuer: str = Field(pattern=r"^https?://")
-    audience: str = Field(default="", description="The `aud` amber accepts on API tokens (default: client_id).")
+    audience: str = Field(
+        default="",
+        description="The `aud` amber accepts on API tokens (default: client_id; required in production).",
+    )
+    token_types: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Header `typ` values accepted on API tokens, for providers that do not send at+jwt (RFC 9068), "
+        'e.g. ["JWT"]. Default: at+jwt only in production, any (warned once) elsewhere.',
+    )
     client_id: str = ""
     client_secret: str | None = Field(default=None, description="env:NAME or file:PATH (the web sign-in client).")
     cli_client_id: str = Field(default="", description="A public client for `amber login` (default: client_id).")
@@ -230,6 +239,17 @@ class IssuerConfig(_Strict):
         default_factory=dict, description="Provider group (name or id) -> amber group; others pass unchanged."
     )
 
+    @field_validator("token_types")
+    @classmethod
+    def _token_types(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for typ in value:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+/_-]{0,62}$", typ):
+                raise ValueError(f"token_types: {typ!r} is not a media type such as at+jwt or JWT")
+        # As compared (amber.identity.tokens.token_type): case-insensitive, `application/` optional.
+        return sorted({typ.lower().removeprefix("application/") for typ in value})
+
     @field_validator("jwks_max_age")
     @classmethod
     def _max_age_bounds(cls, value: timedelta) -> timedelta:
@@ -251,6 +271,8 @@ class IssuerConfig(_Strict):
     def _defaults(self) -> IssuerConfig:
         if not self.audience and not self.client_id:
             raise ValueError(f"issuer {self.issuer}: set `audience` (or `client_id`, which it defaults to)")
+        if not self.audience and "audience" in self.model_fields_set:
+            raise ValueError(f"issuer {self.issuer}: `audience` is empty; set it, or leave it out (then: client_id)")
         if not self.name:
             host = re.sub(r"[^a-z0-9]+", "-", self.issuer.split("://", 1)[1].lower()).strip("-")[:60]
             object.__setattr__(self, "name", host if re.match(r"^[a-z]", host) else f"idp-{host}"[:63])

@@ -63,7 +63,7 @@ class DevIssuer:
             "nbf": now,
             "exp": now + int(ttl.total_seconds()),
         }
-        return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.kid})
+        return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.kid, "typ": "at+jwt"})
 
 
 def _load_or_create_key(path: Path) -> Ed25519PrivateKey:

@@ -18,16 +18,22 @@ Claims table (deny by default; every claim amber relies on is checked or deliber
 | `nbf` | optional; now >= nbf - skew |
 | `iat` | required; iat <= now + skew |
 | subject claim | `sub` by default (`subject_claim`); required, non-empty string; with `iss` it is the identity |
-| `nonce` | ID tokens at web sign-in: must equal the nonce amber sent (constant time); otherwise unchecked |
+| `nonce` | ID tokens at web sign-in: must equal the nonce amber sent (constant time) |
 | name claim | optional display name (defaults to the subject); informational only, never used for authorization |
 | groups claim | optional list of strings, mapped by `group_map`; fed to policy and roles at each action |
 | email claim | optional string; informational (and for matching SCIM users), never used for authorization |
-| header `typ`, `jti`, `scope`, `client_id`, `auth_time`, `acr`, `amr` | unchecked: amber does not rely on them |
+| header `typ` | API tokens: must be `at+jwt` (RFC 9068; `application/` prefix and case ignored) or in the issuer's |
+|  | `token_types` allow-list; without either (outside production only) any typ, warned once per issuer |
+|  | ID tokens at web sign-in: unchecked (providers send `JWT`) |
+| `nonce`, `at_hash`, `c_hash` | API tokens: refused when present (only ID tokens carry them: an ID token is never |
+|  | taken for an access token, whatever its typ) |
+| `jti`, `scope`, `client_id`, `auth_time`, `acr`, `amr` | unchecked: amber does not rely on them |
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +48,19 @@ from amber.core.clock import Clock, SystemClock
 from amber.core.errors import NotAuthenticated
 from amber.identity.principals import Principal
 
+log = logging.getLogger("amber.identity")
+
 _HMAC = {"HS256", "HS384", "HS512"}
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a JOSE media type, not a secret
+# Claims only ID tokens carry (OpenID Connect Core 1.0, 2 and 3.3.2.11): an API token with one is refused.
+ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+
+
+def token_type(typ: str) -> str:
+    """A JOSE `typ` as compared: case-insensitive, `application/` optional (RFC 7515, 4.1.9)."""
+    return typ.lower().removeprefix("application/")
+
+
 _KTY = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 
 
@@ -221,11 +239,15 @@ class TrustedIssuer:
     subject_claim: str = "sub"
     group_map: Mapping[str, str] = field(default_factory=dict)
     name: str = ""
+    # The header `typ` values API tokens must carry (compared with `token_type`); None accepts any, with a
+    # warning once (outside production only: amber.api.runtime sets ("at+jwt",) there unless configured).
+    token_types: tuple[str, ...] | None = None
 
 
 class TokenVerifier:
     def __init__(self, issuers: list[TrustedIssuer], clock: Clock, *, skew: timedelta = timedelta(seconds=30)):
         self._issuers = {issuer.issuer: issuer for issuer in issuers}
+        self._warned: set[str] = set()
         self._clock = clock
         self._skew = skew.total_seconds()
         for issuer in issuers:
@@ -256,6 +278,8 @@ class TokenVerifier:
         issuer = self._issuers.get(str(unverified.get("iss", "")))
         if issuer is None:
             raise NotAuthenticated("the token's issuer is not trusted by this amber")
+        if audience is None:
+            self._check_token_type(issuer, header.get("typ"))
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise NotAuthenticated(f"token algorithm {alg!r} is not allowed for this issuer")
@@ -295,7 +319,33 @@ class TokenVerifier:
         self._check_times(claims)
         if audience is not None:
             self._check_id_token(claims, audience, nonce)
+        else:
+            found = [claim for claim in ID_TOKEN_CLAIMS if claim in claims]
+            if found:
+                raise NotAuthenticated(
+                    f"an ID token is not an access token (it carries {', '.join(found)}); send the access token"
+                )
         return self._principal(issuer, claims)
+
+    def _check_token_type(self, issuer: TrustedIssuer, typ: object) -> None:
+        """API tokens only: the header `typ` must be one the issuer's access tokens carry."""
+        got = token_type(typ) if isinstance(typ, str) else None
+        if issuer.token_types is None:
+            if got != ACCESS_TOKEN_TYPE and issuer.issuer not in self._warned:
+                self._warned.add(issuer.issuer)
+                log.warning(
+                    "identity: issuer %s sent an access token with typ %.40r, not at+jwt (RFC 9068); accepted outside "
+                    "production only: list it in identity.issuers[].token_types to accept it there",
+                    issuer.name or issuer.issuer,
+                    typ,
+                )
+            return
+        if got is None or got not in issuer.token_types:
+            shown = repr(typ)[:40] if typ is not None else "none"
+            raise NotAuthenticated(
+                f"the token's type (header typ {shown}) is not one this issuer's access tokens are accepted with "
+                f"({', '.join(issuer.token_types)}); an ID token is not an access token"
+            )
 
     def _check_id_token(self, claims: dict[str, Any], client_id: str, nonce: str | None) -> None:
         aud = claims.get("aud")
