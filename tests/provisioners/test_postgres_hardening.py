@@ -211,3 +211,28 @@ def test_objects_a_grant_role_made_before_harden_are_reported_without_a_fix(
     with target_db.connect_as(role, PASSWORD) as conn:
         conn.execute("SET default_transaction_read_only = off")
         conn.execute("INSERT INTO public.mine VALUES (1)")
+
+
+def test_pgaudits_event_trigger_functions_are_reported_and_revoking_them_keeps_ddl_working(
+    provisioner: PostgresProvisioner, target_db: TargetDb
+) -> None:
+    owner = f"amber_ho_{secrets.token_hex(5)}"
+    target_db.roles.append(owner)
+    with target_db.admin() as conn:
+        conn.execute("CREATE EXTENSION pgaudit")  # loaded by scripts/services.sh
+        conn.execute(
+            sql.SQL("CREATE ROLE {0} NOLOGIN; GRANT USAGE, CREATE ON SCHEMA app TO {0}").format(sql.Identifier(owner))
+        )
+    findings = _by_code(provisioner.check())["security-definer-executable"]
+    assert {f.fix for f in findings} == {
+        'REVOKE EXECUTE ON FUNCTION "public"."pgaudit_ddl_command_end"() FROM PUBLIC',
+        'REVOKE EXECUTE ON FUNCTION "public"."pgaudit_sql_drop"() FROM PUBLIC',
+    }
+    assert all("the fix stops only direct calls" in f.message for f in findings)
+    provisioner.harden()
+    with target_db.admin() as conn:
+        # Event triggers call their functions without checking EXECUTE: DDL by a role without it still works.
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+        conn.execute("CREATE TABLE app.after_harden (a int); DROP TABLE app.after_harden")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("SELECT public.pgaudit_ddl_command_end()")

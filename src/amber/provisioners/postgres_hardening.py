@@ -77,6 +77,7 @@ class _Routine:
     owner: str
     owner_is_superuser: bool
     grantees: tuple[str, ...]  # "" for PUBLIC
+    is_trigger: bool = False  # returns trigger or event_trigger
 
     def signature(self) -> sql.Composed:
         # NOTE: `arguments` comes from the server's catalog rendering, which quotes names and types itself;
@@ -159,12 +160,13 @@ def _routines(conn: _Conn, reach: dict[int, str], condition: str, params: dict[s
     role in `reach` may execute."""
     rows = conn.execute(
         "SELECT p.oid, n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), p.prokind = 'p',"
-        " o.rolname, o.rolsuper, array_agg(DISTINCT a.grantee ORDER BY a.grantee)"
+        " o.rolname, o.rolsuper, array_agg(DISTINCT a.grantee ORDER BY a.grantee),"
+        " p.prorettype IN ('trigger'::regtype, 'event_trigger'::regtype)"
         " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_roles o ON o.oid = p.proowner,"
         " aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a"
         f" WHERE ({condition}) AND a.privilege_type = 'EXECUTE' AND a.grantee = ANY(%(reach)s::oid[])"
         " AND a.grantee <> p.proowner"
-        " GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 2, 3, 4",
+        " GROUP BY 1, 2, 3, 4, 5, 6, 7, 9 ORDER BY 2, 3, 4",
         {**params, "reach": list(reach)},
     ).fetchall()
     return [
@@ -177,8 +179,9 @@ def _routines(conn: _Conn, reach: dict[int, str], condition: str, params: dict[s
             owner=str(owner),
             owner_is_superuser=bool(superuser),
             grantees=tuple(reach[int(g)] for g in grantees),
+            is_trigger=bool(is_trigger),
         )
-        for oid, schema, name, arguments, is_procedure, owner, superuser, grantees in rows
+        for oid, schema, name, arguments, is_procedure, owner, superuser, grantees, is_trigger in rows
     ]
 
 
@@ -242,6 +245,12 @@ def _security_definer(conn: _Conn, reach: dict[int, str]) -> Plan:
             f"{_who(routine.grantees)} may execute SECURITY DEFINER {keyword.lower()} {routine.label}, which runs "
             f"as its owner {owner} with everything that role may do (write, connect elsewhere with dblink), "
             "whatever the caller's own privileges or read-only session"
+            + (
+                "; it returns a trigger type but can still be called directly (C functions such as pgaudit's "
+                "do not refuse); firing its trigger does not check EXECUTE, so the fix stops only direct calls"
+                if routine.is_trigger
+                else ""
+            )
             + _in_use_note(routine.signature().as_string(conn), keyword, evidence[routine.oid])
         )
         out.append((Finding("security-definer-executable", "danger", message, fix.as_string(conn)), fix))
