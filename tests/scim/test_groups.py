@@ -13,7 +13,7 @@ from typing import Any
 
 from amber import audit
 from tests.conftest import Amber
-from tests.scim.test_scim import PATCH_SCHEMA, ledger_events, okta_user, scim
+from tests.scim.test_scim import PATCH_SCHEMA, SCIM, ledger_events, okta_user, scim
 
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
@@ -144,3 +144,190 @@ def test_with_scim_turned_off_tokens_decide_again(amber: Amber, catalog_path: Pa
     reloaded = amber.api.post("/v1/policy/reload", headers=amber.headers("pat", "platform"))
     assert reloaded.status_code == 200, reloaded.text
     assert "leads" in me(amber, amber.headers("carol", "leads"))["groups"]
+
+
+# -- 2. pending requests and approvals re-evaluated ------------------------------------------------------------
+
+
+def request_view(amber: Amber, request_id: str) -> dict[str, Any]:
+    response = amber.api.get(f"/v1/requests/{request_id}", headers=amber.headers("sue", "security"))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def events(amber: Amber, subject_id: str, event_type: str) -> list[Any]:
+    return [e for e in ledger_events(amber, subject_id) if e.event_type == event_type]
+
+
+def test_okta_removal_denies_the_pending_requests_policy_no_longer_allows(amber: Amber) -> None:
+    alice = scim(amber, "POST", "/Users", okta_user("alice", "dev:alice"))
+    engineering = group(amber, "engineering", alice)
+    needs_engineering = amber.request("alice", "engineering")  # engineers: one approval
+    anyone = amber.request("alice", "engineering", level="two-approvals", duration="20m")  # any principal
+    assert (needs_engineering["status"], anyone["status"]) == ("pending", "pending")
+
+    okta_remove(amber, engineering["id"], alice["id"])
+
+    call = f"PATCH /scim/v2/Groups/{engineering['id']}"
+    assert request_view(amber, needs_engineering["id"])["status"] == "denied"
+    (denied,) = events(amber, needs_engineering["id"], "request.denied")
+    assert denied.actor.subject == "scim"
+    assert denied.payload["by"] == "scim"
+    assert denied.payload["reason"].startswith(f"scim {call}: left group 'engineering'; policy now denies: ")
+    assert request_view(amber, anyone["id"])["status"] == "pending"  # policy still allows it
+    late = approve(amber, needs_engineering["id"], amber.headers("carol", "leads"))
+    assert late.status_code == 409
+    verified(amber)
+
+
+def test_entra_put_with_new_members_rechecks_only_those_who_left(amber: Amber) -> None:
+    alice = scim(amber, "POST", "/Users", okta_user("alice", "dev:alice"))
+    bob = scim(amber, "POST", "/Users", okta_user("bob", "dev:bob"))
+    engineering = group(amber, "engineering", alice, bob)
+    alices = amber.request("alice", "engineering")
+    bobs = amber.request("bob", "engineering")
+
+    scim(
+        amber,
+        "PUT",
+        f"/Groups/{engineering['id']}",
+        {"schemas": [GROUP_SCHEMA], "displayName": "engineering", "members": [{"value": bob["id"]}]},
+    )
+
+    assert request_view(amber, alices["id"])["status"] == "denied"
+    (denied,) = events(amber, alices["id"], "request.denied")
+    assert denied.payload["reason"].startswith(f"scim PUT /scim/v2/Groups/{engineering['id']}: left group")
+    assert request_view(amber, bobs["id"])["status"] == "pending"
+    verified(amber)
+
+
+def test_patching_a_users_groups_is_a_membership_change_like_any_other(amber: Amber) -> None:
+    alice = scim(amber, "POST", "/Users", okta_user("alice", "dev:alice"))
+    engineering = group(amber, "engineering")
+    patched = scim(
+        amber,
+        "PATCH",
+        f"/Users/{alice['id']}",
+        {
+            "schemas": [PATCH_SCHEMA],
+            "Operations": [{"op": "add", "path": "groups", "value": [{"value": engineering["id"]}]}],
+        },
+    )
+    assert [g["value"] for g in patched["groups"]] == [engineering["id"]]
+    pending = amber.request("alice", "engineering")
+    assert pending["status"] == "pending"
+
+    removed = scim(
+        amber,
+        "PATCH",
+        f"/Users/{alice['id']}",
+        {
+            "schemas": [PATCH_SCHEMA],
+            "Operations": [{"op": "remove", "path": f'groups[value eq "{engineering["id"]}"]'}],
+        },
+    )
+
+    assert removed["groups"] == []
+    assert scim(amber, "GET", f"/Groups/{engineering['id']}")["members"] == []
+    assert "engineering" not in me(amber, amber.headers("alice", "engineering"))["groups"]
+    assert request_view(amber, pending["id"])["status"] == "denied"
+    (denied,) = events(amber, pending["id"], "request.denied")
+    assert denied.payload["reason"].startswith(f"scim PATCH /scim/v2/Users/{alice['id']}: left group 'engineering'")
+    (updated,) = events(amber, alice["id"], "scim.user_updated")[-1:]
+    assert updated.payload["groupsRemoved"] == [engineering["id"]]
+    unknown = amber.api.patch(
+        f"/scim/v2/Users/{alice['id']}",
+        json={
+            "schemas": [PATCH_SCHEMA],
+            "Operations": [{"op": "add", "path": "groups", "value": [{"value": "scg_x"}]}],
+        },
+        headers=SCIM,
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["scimType"] == "invalidValue"
+    verified(amber)
+
+
+def test_an_approval_from_someone_scim_removed_no_longer_counts(amber: Amber) -> None:
+    carol = scim(amber, "POST", "/Users", okta_user("carol", "dev:carol"))
+    dave = scim(amber, "POST", "/Users", okta_user("dave", "dev:dave"))
+    erin = scim(amber, "POST", "/Users", okta_user("erin", "dev:erin"))
+    leads = group(amber, "leads", carol, dave)
+    pending = amber.request("bob", "engineering", level="two-approvals", duration="20m")  # two leads
+    assert approve(amber, pending["id"], amber.headers("carol", "leads")).json()["status"] == "pending"
+
+    okta_remove(amber, leads["id"], carol["id"])
+
+    call = f"PATCH /scim/v2/Groups/{leads['id']}"
+    (lapsed,) = events(amber, pending["id"], "request.approval_lapsed")
+    assert lapsed.payload["approver"]["sub"] == "dev:carol"
+    assert lapsed.payload["reason"].startswith(f"scim {call}: left group 'leads'; ")
+    # dave's approval would be the second; carol's no longer counts, so the request stays pending.
+    assert approve(amber, pending["id"], amber.headers("dave", "leads")).json()["status"] == "pending"
+    scim(
+        amber,
+        "PATCH",
+        f"/Groups/{leads['id']}",
+        {"schemas": [PATCH_SCHEMA], "Operations": [{"op": "add", "path": "members", "value": [{"value": erin["id"]}]}]},
+    )
+    done = approve(amber, pending["id"], amber.headers("erin", "leads"))
+    assert done.json()["status"] == "approved", done.text
+    (approved,) = events(amber, pending["id"], "request.approved")
+    assert approved.payload["approvals"] == 2
+    (not_counted,) = approved.payload["not_counted"]
+    assert not_counted["approver"].endswith("#dev:carol")
+    assert "approver role" in not_counted["reason"]
+    verified(amber)
+
+
+def test_deactivating_an_approver_withdraws_their_approval_and_deleting_a_requester_cancels(amber: Amber) -> None:
+    carol = scim(amber, "POST", "/Users", okta_user("carol", "dev:carol"))
+    bob = scim(amber, "POST", "/Users", okta_user("bob", "dev:bob"))
+    two = amber.request("bob", "engineering", level="two-approvals", duration="20m")
+    one = amber.request("bob", "engineering", reason="another look INC-44")
+    assert approve(amber, two["id"], amber.headers("carol", "leads")).json()["status"] == "pending"
+
+    scim(
+        amber,
+        "PATCH",
+        f"/Users/{carol['id']}",
+        {"schemas": [PATCH_SCHEMA], "Operations": [{"op": "Replace", "path": "active", "value": "False"}]},
+    )
+    (lapsed,) = events(amber, two["id"], "request.approval_lapsed")
+    reason = lapsed.payload["reason"]
+    assert reason.startswith(f"scim PATCH /scim/v2/Users/{carol['id']}: user deactivated; ")
+    assert reason.endswith("was deprovisioned")
+    assert approve(amber, two["id"], amber.headers("dave", "leads")).json()["status"] == "pending"
+
+    scim(amber, "DELETE", f"/Users/{bob['id']}")
+    for request in (one, two):
+        assert request_view(amber, request["id"])["status"] == "cancelled"
+        (cancelled,) = events(amber, request["id"], "request.cancelled")
+        assert cancelled.payload == {
+            "by": "deprovisioning",
+            "reason": f"scim DELETE /scim/v2/Users/{bob['id']}: user deleted",
+        }
+    verified(amber)
+
+
+def test_a_pending_request_policy_can_no_longer_judge_is_denied_and_the_removal_goes_through(
+    amber: Amber, catalog_path: Path
+) -> None:
+    bob = scim(amber, "POST", "/Users", okta_user("bob", "dev:bob"))
+    engineering = group(amber, "engineering", bob)
+    pending = amber.request("bob", "engineering", level="two-approvals", duration="20m")
+    # The level goes from the catalog (and its policy with it) while the request waits.
+    catalog_path.write_text(catalog_path.read_text().replace("      two-approvals:\n", "      two-approvals-v2:\n"))
+    policies = catalog_path.parent / "policies" / "main.cedar"
+    policies.write_text(policies.read_text().replace("orders-db/two-approvals", "orders-db/two-approvals-v2"))
+    reloaded = amber.api.post("/v1/policy/reload", headers=amber.headers("pat", "platform"))
+    assert reloaded.status_code == 200, reloaded.text
+
+    okta_remove(amber, engineering["id"], bob["id"])
+
+    assert scim(amber, "GET", f"/Groups/{engineering['id']}")["members"] == []
+    (denied,) = events(amber, pending["id"], "request.denied")
+    assert "policy now denies: policy cannot be asked: " in denied.payload["reason"]
+    assert "two-approvals" in denied.payload["reason"]
+    verified(amber)

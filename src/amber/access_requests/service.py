@@ -5,7 +5,16 @@ Invariants:
 - Every transition is appended to the ledger in the same transaction as the state it changes.
 - A request keeps the decision of the policy version that made it (hash and policy ids on record); each
   approval is checked against the policy version running *now*, with the approver's groups as their token
-  says now. Nobody approves their own request, and each approver counts once.
+  says now (less the groups the SCIM directory took away). Nobody approves their own request, and each
+  approver counts once.
+- An approval counts toward k-of-n only while its approver could still give it: when the request would
+  complete, each earlier approval is re-checked with the approver's groups now (the groups recorded with
+  it, less what the directory took away since, at the time it was given); one that fails (approver role
+  lost, no longer in an approver group, deprovisioned) does not count, and the approval says which did not.
+- After a SCIM change (amber.scim), in the same transaction: a person's pending requests that policy would
+  now deny with their groups now are denied (`recheck_pending`), a deprovisioned person's are cancelled
+  (`withdraw_pending`), and approvals they gave that no longer stand are recorded as lapsed
+  (`recheck_approvals_by`). Each names the SCIM call.
 - Provisioning runs after the decision has committed (grants.GrantService.activate).
 - Break-glass access is granted at once, its notice is queued in the same transaction (delivered at least
   once), and it stays `review: required` until an owner, a security reviewer or an admin completes it.
@@ -31,14 +40,14 @@ from amber.catalog import Catalog
 from amber.core.clock import Clock, as_utc
 from amber.core.db import UnitOfWork, is_postgres
 from amber.core.durations import MAX_LEVEL_TTL, format_duration
-from amber.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from amber.core.errors import AmberError, Conflict, Forbidden, InvalidInput, NotFound
 from amber.core.ids import new_id
 from amber.core.observability import Metrics
 from amber.grants.lifecycle import LIVE
 from amber.grants.models import Grant
 from amber.grants.service import Activation, GrantService
-from amber.identity import Principal
-from amber.identity.directory import NO_DIRECTORY, DirectoryScope
+from amber.identity import APPROVER, REQUESTER, Principal, roles_for
+from amber.identity.directory import NO_DIRECTORY, DirectoryScope, groups_now, is_deprovisioned
 from amber.ledger import SYSTEM, Actor
 
 log = logging.getLogger(__name__)
@@ -445,26 +454,42 @@ class AccessRequestService:
                 self._move(session, request, "denied", actor, {"by": "approver"}, now=now)
             else:
                 session.flush()
-                approvals = [
-                    frozenset(_json_list(groups))
-                    for groups in session.scalars(
-                        select(Approval.approver_groups).where(
-                            Approval.request_id == request_id, Approval.verdict == "approve"
-                        )
-                    )
-                ]
+                approvals, lapsed = self._counted(session, request)
                 if policy.approvals_satisfied(
                     request.approvals_required, frozenset(_json_list(request.approver_all_groups)), approvals
                 ):
-                    grant = self._move(
-                        session, request, "approved", actor, {"by": "approvals", "approvals": len(approvals)}, now=now
-                    )
+                    payload: dict[str, object] = {"by": "approvals", "approvals": len(approvals)}
+                    if lapsed:
+                        payload["not_counted"] = lapsed
+                    grant = self._move(session, request, "approved", actor, payload, now=now)
         if grant is None:
             return Outcome(request)
         if grant.starts_at is not None and as_utc(grant.starts_at) > self._clock.now():
             return Outcome(request, grant)
         activation = self._grants.activate(grant.id, with_credential=False)
         return Outcome(request, activation.grant, activation)
+
+    def _counted(self, session: Session, request: AccessRequest) -> tuple[list[frozenset[str]], list[dict[str, str]]]:
+        """The approvals that count toward k-of-n (each approver's groups now) and those that no longer do."""
+        counted: list[frozenset[str]] = []
+        lapsed: list[dict[str, str]] = []
+        rows = session.scalars(
+            select(Approval)
+            .where(Approval.request_id == request.id, Approval.verdict == "approve")
+            .order_by(Approval.id)
+        )
+        for approval in rows:
+            problem = self._lapsed(session, request, approval)
+            if problem is not None:
+                lapsed.append(
+                    {"approver": f"{approval.approver_issuer}#{approval.approver_subject}", "reason": problem}
+                )
+                continue
+            recorded = frozenset(_json_list(approval.approver_groups))
+            counted.append(
+                groups_now(session, self._directory(), approval.approver_issuer, approval.approver_subject, recorded)
+            )
+        return counted, lapsed
 
     def cancel(self, request_id: str, principal: Principal) -> Outcome:
         with self._uow() as session:
@@ -476,21 +501,128 @@ class AccessRequestService:
             self._move(session, request, "cancelled", actor_of(principal), {}, now=self._clock.now())
         return Outcome(request)
 
-    def withdraw_pending(self, issuer: str, subject: str, *, actor: Actor, reason: str) -> list[str]:
-        """Cancel every pending request of one person (they were deprovisioned): nobody may approve them later."""
-        with self._uow() as session:
-            query = select(AccessRequest).where(
+    def withdraw_pending(self, session: Session, issuer: str, subject: str, *, actor: Actor, reason: str) -> list[str]:
+        """Cancel every pending request of one person (they were deprovisioned): nobody may approve them later.
+        Runs in the caller's transaction, the one that deprovisions them."""
+        now = self._clock.now()
+        pending = self._pending_of(session, issuer, subject)
+        for request in pending:
+            self._move(session, request, "cancelled", actor, {"by": "deprovisioning", "reason": reason}, now=now)
+        return [request.id for request in pending]
+
+    def recheck_pending(self, session: Session, issuer: str, subject: str, *, actor: Actor, why: str) -> list[str]:
+        """Ask the running policy again about each pending request of one person whose groups changed, with the
+        groups they hold now (those recorded at submission, less what the directory took away) and everything
+        else as at submission (reason, duration, the time it was submitted, so business hours do not deny at
+        night); deny what it would now deny, the reason naming `why`. Runs in the caller's transaction.
+
+        What this does NOT do: ask again about a request policy would still allow, even if it would now need
+        other approvers or none (approvals already given are re-checked on their own, see `_counted`)."""
+        now = self._clock.now()
+        denied = []
+        for request in self._pending_of(session, issuer, subject):
+            groups = groups_now(session, self._directory(), issuer, subject, _json_list(request.requester_groups))
+            problem = self.denies_now(request, groups)
+            if problem is not None:
+                reason = f"{why}; policy now denies: {problem}"
+                self._move(session, request, "denied", actor, {"by": "scim", "reason": reason}, now=now)
+                denied.append(request.id)
+        return denied
+
+    def recheck_approvals_by(self, session: Session, issuer: str, subject: str, *, actor: Actor, why: str) -> list[str]:
+        """Record, on each pending request this person approved, whether their approval still stands now that
+        their groups changed; one that no longer does gets a `request.approval_lapsed` entry naming `why`
+        (it stops counting whether or not this runs: `_counted` re-checks at completion). Caller's
+        transaction. Returns the requests whose approval lapsed."""
+        now = self._clock.now()
+        rows = session.execute(
+            select(AccessRequest, Approval)
+            .join(Approval, Approval.request_id == AccessRequest.id)
+            .where(
+                Approval.approver_issuer == issuer,
+                Approval.approver_subject == subject,
+                Approval.verdict == "approve",
+                AccessRequest.status == "pending",
+            )
+            .order_by(AccessRequest.id)
+        ).all()
+        lapsed = []
+        for request, approval in rows:
+            problem = self._lapsed(session, request, approval)
+            if problem is None:
+                continue
+            self._record(
+                session,
+                request,
+                "request.approval_lapsed",
+                actor,
+                {
+                    "approver": {"iss": issuer, "sub": subject, "name": approval.approver_name},
+                    "reason": f"{why}; {problem}",
+                },
+                now=now,
+            )
+            lapsed.append(request.id)
+        return lapsed
+
+    def denies_now(self, request: AccessRequest, groups: frozenset[str]) -> str | None:
+        """Why the running policy would deny this request if its requester held `groups`, or None if it would
+        not; everything else as at submission."""
+        if REQUESTER not in roles_for(groups, self._catalog().identity.roles.model_dump()):
+            return "no longer in a group with the requester role"
+        principal = Principal(request.requester_issuer, request.requester_subject, request.requester_name, groups)
+        try:
+            decision = self.decide(
+                principal,
+                resource=request.resource,
+                level=request.level,
+                reason=request.reason,
+                ttl=timedelta(seconds=request.requested_ttl_s),
+                break_glass=request.break_glass,
+                at=as_utc(request.submitted_at),
+            )
+        except AmberError as exc:  # fail closed: a request policy cannot judge any more is not allowed
+            return f"policy cannot be asked: {exc.message}"
+        if decision.outcome == "deny":
+            return "; ".join(decision.reasons) or "denied"
+        return None
+
+    def _pending_of(self, session: Session, issuer: str, subject: str) -> list[AccessRequest]:
+        query = (
+            select(AccessRequest)
+            .where(
                 AccessRequest.requester_issuer == issuer,
                 AccessRequest.requester_subject == subject,
                 AccessRequest.status == "pending",
             )
-            if is_postgres(session):
-                query = query.with_for_update()
-            pending = list(session.scalars(query))
-            now = self._clock.now()
-            for request in pending:
-                self._move(session, request, "cancelled", actor, {"by": "deprovisioning", "reason": reason}, now=now)
-        return [request.id for request in pending]
+            .order_by(AccessRequest.id)
+        )
+        if is_postgres(session):
+            query = query.with_for_update()
+        return list(session.scalars(query))
+
+    def _lapsed(self, session: Session, request: AccessRequest, approval: Approval) -> str | None:
+        """Why an approval given earlier no longer counts, or None if it still stands.
+
+        It stands while the approver's groups are those recorded with it (less nothing: the directory took
+        none away). Otherwise the approver must still be active, hold the approver role, and be allowed by
+        the running policy to approve this request with the groups they hold now, judged at the time the
+        approval was given (a night-time group change does not fail a business-hours rule).
+        What this does NOT check: groups a token-only approver lost at their provider (amber learns of those
+        only through SCIM or their next call)."""
+        issuer, subject = approval.approver_issuer, approval.approver_subject
+        if is_deprovisioned(session, issuer, subject):
+            return f"{approval.approver_name} was deprovisioned"
+        recorded = frozenset(_json_list(approval.approver_groups))
+        groups = groups_now(session, self._directory(), issuer, subject, recorded)
+        if groups == recorded:
+            return None
+        if APPROVER not in roles_for(groups, self._catalog().identity.roles.model_dump()):
+            return f"{approval.approver_name} no longer has the approver role"
+        check = self.check_approver(
+            request, Principal(issuer, subject, approval.approver_name, groups), as_utc(approval.decided_at)
+        )
+        return None if check.allowed else f"{approval.approver_name} could no longer approve: {check.reason}"
 
     def complete_review(self, request_id: str, principal: Principal, *, comment: str) -> AccessRequest:
         """Close the post-hoc review of a break-glass access. Owners, reviewers and admins; never the requester."""

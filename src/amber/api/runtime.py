@@ -461,7 +461,6 @@ def build_scim(
             issuer=issuer,
             subject_attribute=current.scim.subject_attribute,
             group_map=group_map,
-            roles=current.roles.model_dump(),
             scope=DirectoryScope(issuer=issuer, group_map=group_map),
         )
 

@@ -1,27 +1,38 @@
-"""SCIM 2.0 provisioning and what it sets off: deprovisioning people and re-checking grants after group changes.
+"""SCIM 2.0 provisioning and what it sets off: deprovisioning people and re-checking grants, pending requests
+and approvals after group changes.
 
-Owns the orchestration between the directory (amber.identity.directory), the grants and the running policy.
-Invariants:
-- Every SCIM change is written with a `scim.*` ledger entry naming the SCIM call, in one transaction.
-- Deactivating or deleting a person ends their browser sessions in that same transaction, then revokes
-  every live grant of theirs (each revocation ends the target's sessions before the call returns); each
-  `grant.revoked` reason names the SCIM call. From that commit on, amber refuses their tokens.
-- Leaving a group re-asks the running policy about each of that person's live grants, with the groups
-  they have now and everything else as at the original decision (reason, requested duration, the time of
-  submission, so business hours do not revoke at night); a grant policy would now deny is revoked.
+Owns the orchestration between the directory (amber.identity.directory), the requests, the grants and the
+running policy. Invariants:
+- Every SCIM change is written with a `scim.*` ledger entry naming the SCIM call, in one transaction with
+  what it sets off in amber's own state: sessions ended, pending requests denied or cancelled, approvals
+  recorded as lapsed (each entry's reason names the call). Only revocations, which reach target systems,
+  follow after the commit.
+- Deactivating or deleting a person, in that transaction: ends their browser sessions, cancels their pending
+  requests (nobody approves them later) and records that the approvals they gave on pending requests no
+  longer count. Then it revokes every live grant of theirs (each revocation ends the target's sessions
+  before the call returns); each `grant.revoked` reason names the SCIM call. From that commit on, amber
+  refuses their tokens.
+- Leaving a group (a group PATCH or PUT, a group DELETE, a PATCH of the user's `groups`, a rename that takes
+  a group name away) re-asks the running policy with the groups the person holds now (decision 0014) and
+  everything else as at the original decision (reason, requested duration, the time of submission, so
+  business hours do not deny or revoke at night): in the same transaction about each pending request of
+  theirs (one policy would now deny is denied) and each approval they gave on a pending request (one they
+  could no longer give is recorded as lapsed; access_requests stops counting it), then about each live
+  grant (one policy would now deny is revoked).
 
-What this does NOT do: authenticate the caller (amber.api.scim_routes checks the bearer token), or cancel a
-deprovisioned person's pending requests (their tokens are refused, so they cannot use anything approved
-later; the approval path itself is amber.access_requests').
+What this does NOT do: authenticate the caller (amber.api.scim_routes checks the bearer token); re-check
+anyone when someone joins a group (the directory only takes groups away, so joining cannot deny); re-check
+people outside a change whose token names a group SCIM starts to manage (their next call and decision
+already go without it, but their live grants are not re-asked).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -34,7 +45,6 @@ from amber.core.db import UnitOfWork
 from amber.core.errors import AmberError, Conflict, InvalidInput, NotFound
 from amber.core.ids import new_id
 from amber.grants import LIVE, Grant, GrantService
-from amber.identity import REQUESTER, Principal, roles_for
 from amber.identity.directory import (
     NO_DIRECTORY,
     DirectoryScope,
@@ -68,7 +78,6 @@ class ScimSettings:
     issuer: str
     subject_attribute: str
     group_map: Mapping[str, str]
-    roles: Mapping[str, Collection[str]]
     scope: DirectoryScope = NO_DIRECTORY
 
 
@@ -115,6 +124,8 @@ class ScimService:
             session.add(user)
             session.flush()
             self._record(session, "scim.user_created", user.id, call, _user_summary(user), now=now)
+            if not user.active:
+                self._deprovision_requests(session, user, call=call, why="created inactive")
             result = self._user_out(session, user)
             deprovision = not user.active
         if deprovision:
@@ -136,6 +147,7 @@ class ScimService:
             self._record(session, event, user.id, call, _user_summary(user), now=now)
             if was_active and not user.active:
                 self._end_sessions(session, user, call, now)
+                self._deprovision_requests(session, user, call=call, why="deactivated")
             result = self._user_out(session, user)
         if was_active and not result["active"]:
             self._revoke_all(user_id, call=call, why="deactivated")
@@ -147,24 +159,44 @@ class ScimService:
         with self._uow() as session:
             user = self._user(session, user_id)
             was_active = user.active
+            current = set(self._group_ids_of(session, user.id))
+            groups = set(current)
             for op, path, value in operations:
                 if op not in ("add", "replace", "remove"):
                     raise scim_error(InvalidInput, f"unsupported PATCH op {op!r}", "invalidSyntax")
                 if path is None:
                     if not isinstance(value, Mapping):
                         raise scim_error(InvalidInput, "a PATCH without a path needs an object value", "invalidValue")
-                    _apply_user(user, value, settings)
+                    lowered = _lower_keys(value)
+                    if "groups" in lowered:
+                        groups = _patch_ids(groups, op, "groups", lowered.pop("groups"))
+                    _apply_user(user, lowered, settings)
+                elif path.lower() == "groups" or path.lower().startswith("groups["):
+                    # Group memberships set on the user (RFC 7643 calls them read-only; some providers send them):
+                    # applied as the same change made on each group, never silently ignored.
+                    groups = _patch_ids(groups, op, path, value)
                 else:
                     _apply_user(user, {path: None if op == "remove" else value}, settings)
             now = self._clock.now()
             user.updated_at = now
             event = _activity_event(was_active, user.active) or "scim.user_updated"
-            self._record(session, event, user.id, call, _user_summary(user), now=now)
+            summary = _user_summary(user)
+            changes: dict[str, str] = {}
+            if groups != current:
+                added, removed = self._set_groups(session, user, groups, current, call=call)
+                summary |= {"groupsAdded": added, "groupsRemoved": removed}
+                changes = self._changes_of(session, user.id, added, removed)
+            self._record(session, event, user.id, call, summary, now=now)
             if was_active and not user.active:
                 self._end_sessions(session, user, call, now)
+                self._deprovision_requests(session, user, call=call, why="deactivated")
+            elif changes:
+                self._after_change(session, changes, call=call)
             result = self._user_out(session, user)
         if was_active and not result["active"]:
             self._revoke_all(user_id, call=call, why="deactivated")
+        elif changes:
+            self._recheck(changes, call=call)
         return result
 
     def delete_user(self, user_id: str, *, call: str) -> None:
@@ -179,6 +211,7 @@ class ScimService:
                 session.delete(member)
             self._record(session, "scim.user_deleted", user.id, call, _user_summary(user), now=now)
             self._end_sessions(session, user, call, now)
+            self._deprovision_requests(session, user, call=call, why="deleted")
         self._revoke_all(user_id, call=call, why="deleted")
 
     def get_user(self, user_id: str) -> dict[str, Any]:
@@ -261,19 +294,8 @@ class ScimService:
                     group.display_name = str(value)
                 elif target == "externalid":
                     group.external_id = None if op == "remove" else _opt_str(value)
-                elif target == "members" and op == "add":
-                    wanted |= set(_member_ids(value))
-                elif target == "members" and op == "replace":
-                    wanted = set(_member_ids(value))
-                elif target == "members" and op == "remove":
-                    # Entra ID names the members in `value`; without a value, all members go (RFC 7644 3.5.2.2).
-                    wanted = wanted - set(_member_ids(value)) if value is not None else set()
-                elif target.startswith("members[") and op == "remove":
-                    # Okta: {"op": "remove", "path": "members[value eq \"<id>\"]"}
-                    attribute, member = _parse_filter(path[len("members[") : -1] if path else "")
-                    if attribute.lower() != "value":
-                        raise scim_error(InvalidInput, f"unsupported member filter {path!r}", "invalidFilter")
-                    wanted.discard(member)
+                elif target == "members" or (target.startswith("members[") and op == "remove"):
+                    wanted = _patch_ids(wanted, op, path or "members", value)
                 else:
                     raise scim_error(InvalidInput, f"unsupported Group PATCH {op} {path!r}", "invalidPath")
             result, changes = self._save_members(
@@ -304,6 +326,7 @@ class ScimService:
             for user_id in self._member_ids_of(session, group.id):
                 changes.setdefault(user_id, f"group {before[0]!r} renamed to {group.display_name!r}")
         self._record(session, event, group.id, call, payload, now=now)
+        self._after_change(session, changes, call=call)
         return self._group_out(session, group, members=True), changes
 
     def _keep_old_names(
@@ -345,6 +368,7 @@ class ScimService:
                 now=now,
             )
             changes = dict.fromkeys(removed, f"left group {group.display_name!r}")
+            self._after_change(session, changes, call=call)
         self._recheck(changes, call=call)
 
     def get_group(self, group_id: str, *, members: bool = True) -> dict[str, Any]:
@@ -394,21 +418,62 @@ class ScimService:
             revocation = self._revoke(grant_id, reason)
             if revocation is not None:
                 done.append(revocation)
-        self._withdraw_pending(user_id, call=call, why=why)
         return done
 
-    def _withdraw_pending(self, user_id: str, *, call: str, why: str) -> None:
-        """A deprovisioned person's pending requests are cancelled, so that nobody approves them afterwards."""
-        with self._uow() as session:
-            user = self._user(session, user_id, include_deleted=True)
-            issuer, subject = user.issuer, user.subject
-        if subject is None:
-            return  # never matched to a token subject: this person never signed in, so never asked
-        withdrawn = self._requests.withdraw_pending(
-            issuer, subject, actor=SCIM_ACTOR, reason=f"scim {call}: user {why}"
-        )
+    def _after_change(self, session: Session, changes: Mapping[str, str], *, call: str) -> None:
+        """In the transaction of a membership change: re-ask policy about the pending requests of each person
+        whose groups changed (denying what it now denies) and record the approvals they gave that lapsed."""
+        for user_id, change in changes.items():
+            user = session.get(ScimUser, user_id)
+            if user is None or user.subject is None or not user.active or user.deleted_at is not None:
+                continue
+            why = f"scim {call}: {change}"
+            denied = self._requests.recheck_pending(session, user.issuer, user.subject, actor=SCIM_ACTOR, why=why)
+            if denied:
+                log.info("scim: denied %d pending request(s) policy no longer allows", len(denied))
+            self._requests.recheck_approvals_by(session, user.issuer, user.subject, actor=SCIM_ACTOR, why=why)
+
+    def _deprovision_requests(self, session: Session, user: ScimUser, *, call: str, why: str) -> None:
+        """In the deprovisioning transaction: cancel the person's pending requests, so nobody approves them
+        later, and record that the approvals they gave on others' pending requests no longer count."""
+        if user.subject is None:
+            return  # never matched to a token subject: this person never signed in, so never asked or approved
+        reason = f"scim {call}: user {why}"
+        withdrawn = self._requests.withdraw_pending(session, user.issuer, user.subject, actor=SCIM_ACTOR, reason=reason)
         if withdrawn:
             log.info("scim: cancelled %d pending request(s) of a deprovisioned user", len(withdrawn))
+        self._requests.recheck_approvals_by(session, user.issuer, user.subject, actor=SCIM_ACTOR, why=reason)
+
+    def _set_groups(
+        self, session: Session, user: ScimUser, wanted: set[str], current: set[str], *, call: str
+    ) -> tuple[list[str], list[str]]:
+        """Set one user's group memberships (a PATCH on the user); returns the group ids added and removed."""
+        now = self._clock.now()
+        for group_id in sorted(wanted - current):
+            group = session.get(ScimGroup, group_id)
+            if group is None or group.deleted_at is not None:
+                raise scim_error(InvalidInput, f"no SCIM group {group_id}", "invalidValue")
+            session.add(ScimMember(group_id=group_id, user_id=user.id))
+            group.updated_at = now
+        for group_id in sorted(current - wanted):
+            member = session.get(ScimMember, (group_id, user.id))
+            if member is not None:
+                session.delete(member)
+            group = session.get(ScimGroup, group_id)
+            if group is not None:
+                group.updated_at = now
+        if current - wanted and user.subject is not None:
+            end_sessions_of(session, user.issuer, user.subject, now=now, reason=f"scim {call}: left groups")
+        session.flush()
+        return sorted(wanted - current), sorted(current - wanted)
+
+    def _changes_of(self, session: Session, user_id: str, added: list[str], removed: list[str]) -> dict[str, str]:
+        """What a user PATCH did to their groups, as the re-checks name it; only leaving a group can deny."""
+        del added  # joining a group never takes access away: the directory only removes groups (decision 0014)
+        if not removed:
+            return {}
+        names = list(session.scalars(select(ScimGroup.display_name).where(ScimGroup.id.in_(removed))))
+        return {user_id: "left group " + ", ".join(repr(name) for name in sorted(names))}
 
     def _recheck(self, changes: Mapping[str, str], *, call: str) -> list[Revocation]:
         """Ask policy again about each live grant of people whose groups changed; revoke what it now denies."""
@@ -443,30 +508,13 @@ class ScimService:
                 ]
                 session.expunge_all()
             for grant_id, request, groups in checks:
-                denied = self._still_denied(request, groups, settings)
+                denied = self._requests.denies_now(request, groups)
                 if denied is not None:
                     reason = f"scim {call}: {change}; policy now denies: {denied}"
                     revocation = self._revoke(grant_id, reason)
                     if revocation is not None:
                         done.append(revocation)
         return done
-
-    def _still_denied(self, request: AccessRequest, groups: frozenset[str], settings: ScimSettings) -> str | None:
-        if REQUESTER not in roles_for(groups, settings.roles):
-            return "no longer in a group with the requester role"
-        principal = Principal(request.requester_issuer, request.requester_subject, request.requester_name, groups)
-        decision = self._requests.decide(
-            principal,
-            resource=request.resource,
-            level=request.level,
-            reason=request.reason,
-            ttl=timedelta(seconds=request.requested_ttl_s),
-            break_glass=request.break_glass,
-            at=as_utc(request.submitted_at),
-        )
-        if decision.outcome == "deny":
-            return "; ".join(decision.reasons) or "denied"
-        return None
 
     def _revoke(self, grant_id: str, reason: str) -> Revocation | None:
         try:
@@ -654,6 +702,27 @@ def _operations(body: Mapping[str, Any]) -> list[tuple[str, str | None, Any]]:
         path = lowered.get("path")
         out.append((op, str(path) if path else None, lowered.get("value")))
     return out
+
+
+def _patch_ids(current: set[str], op: str, path: str, value: object) -> set[str]:
+    """A group's members (or a user's groups) after one PATCH operation, in the shapes Okta and Entra ID send."""
+    target = path.lower()
+    name = target.split("[", 1)[0]
+    if target == name:
+        if op == "add":
+            return current | set(_member_ids(value))
+        if op == "replace":
+            return set(_member_ids(value))
+        if op == "remove":
+            # Entra ID names the members in `value`; without a value, all of them go (RFC 7644 3.5.2.2).
+            return current - set(_member_ids(value)) if value is not None else set()
+    elif op == "remove" and target.endswith("]"):
+        # Okta: {"op": "remove", "path": "members[value eq \"<id>\"]"}
+        attribute, member = _parse_filter(path[len(name) + 1 : -1])
+        if attribute.lower() != "value":
+            raise scim_error(InvalidInput, f"unsupported {name} filter {path!r}", "invalidFilter")
+        return current - {member}
+    raise scim_error(InvalidInput, f"unsupported PATCH {op} {path!r}", "invalidPath")
 
 
 def _member_ids(value: object) -> list[str]:
