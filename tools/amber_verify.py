@@ -9,6 +9,7 @@ copied verbatim to tools/amber_verify.py (a test keeps the two identical) so aud
 
     python3 amber_verify.py bundle DIR --key VKEY [--checkpoint FILE ...] [--since FILE] [--jobs N]
                                [--allow-unsigned-tail] [--legacy-key-names]
+                               [--witness-key VKEY ... --min-witnesses N]
     python3 amber_verify.py receipt FILE --key VKEY
 
 Formats (docs/ledger.md):
@@ -675,6 +676,8 @@ def verify_log(
     since: tuple[str, str] | None = None,
     allow_unsigned_tail: bool = True,
     legacy_key_names: bool = False,
+    witness_keys: Sequence[Verifier] = (),
+    min_witnesses: int = 0,
 ) -> Report:
     """Verify entries (in file order) against signed checkpoints (source name, note text).
 
@@ -699,6 +702,8 @@ def verify_log(
         since=since,
         allow_unsigned_tail=allow_unsigned_tail,
         legacy_key_names=legacy_key_names,
+        witness_keys=witness_keys,
+        min_witnesses=min_witnesses,
     )
 
 
@@ -711,6 +716,8 @@ def verify_leaves(
     since: tuple[str, str] | None = None,
     allow_unsigned_tail: bool = True,
     legacy_key_names: bool = False,
+    witness_keys: Sequence[Verifier] = (),
+    min_witnesses: int = 0,
 ) -> Report:
     """`verify_log` over (leaf data, hash, entry) triples, streamed: memory stays flat for any log size."""
     return _verify(
@@ -721,6 +728,8 @@ def verify_leaves(
         since,
         allow_unsigned_tail=allow_unsigned_tail,
         legacy_key_names=legacy_key_names,
+        witness_keys=witness_keys,
+        min_witnesses=min_witnesses,
     )
 
 
@@ -762,6 +771,8 @@ def _verify(
     *,
     allow_unsigned_tail: bool,
     legacy_key_names: bool = False,
+    witness_keys: Sequence[Verifier] = (),
+    min_witnesses: int = 0,
 ) -> Report:
     report = Report()
     notes = [*checkpoints, *([since] if since else [])]
@@ -779,7 +790,33 @@ def _verify(
     tail = report.unsigned > 0 or report.signed_size is None
     if tail and not allow_unsigned_tail and not report.problems:
         report.problems.append(_unsigned_tail(report))
+    if min_witnesses > 0 or witness_keys:
+        _check_witnesses([s for s in signed if s not in forks], witness_keys, min_witnesses, report)
     return report
+
+
+def _check_witnesses(signed: Sequence[_Signed], keys: Sequence[Verifier], needed: int, report: Report) -> None:
+    """The checkpoint covering the head (size = entries) carries valid cosignatures by at least `needed` of the
+    witness `keys`, counted over every copy of it given (the bundle's, each witness's). A witness key's signature
+    that does not verify is an error. Does NOT check when the witnesses saw it (notes carry no time)."""
+    head = [s for s in signed if s.checkpoint.size == report.entries]
+    cosigners: set[Verifier] = set()
+    for item in head:
+        try:
+            _, found = open_note(item.note, keys)
+        except BadSignature as exc:
+            report.problems.append(Problem("witness", f"checkpoint {item.source}: {exc}"))
+            continue
+        cosigners.update(found)
+    if len(cosigners) < needed:
+        named = ", ".join(sorted(f"{k.name}+{k.key_id.hex()}" for k in cosigners)) or "none"
+        report.problems.append(
+            Problem(
+                "witness",
+                f"the checkpoint covering the head (size {report.entries}) carries {len(cosigners)} valid "
+                f"cosignature(s) by the given witness keys ({named}); {needed} required",
+            )
+        )
 
 
 def _check_consistency(signed: Sequence[_Signed], found: dict[tuple[int, int], bytes], report: Report) -> None:
@@ -1241,6 +1278,8 @@ def verify_bundle(
     processes: int | None = None,
     allow_unsigned_tail: bool = False,
     legacy_key_names: bool = False,
+    witness_keys: Sequence[Verifier] = (),
+    min_witnesses: int = 0,
 ) -> Report:
     """Verify an `amber audit export` bundle. Without `keys`, trusts the bundle's keys.txt (say so to the user).
     Entries no trusted checkpoint covers (or a bundle without one) fail unless `allow_unsigned_tail`.
@@ -1273,6 +1312,8 @@ def verify_bundle(
         since_note,
         allow_unsigned_tail=allow_unsigned_tail,
         legacy_key_names=legacy_key_names,
+        witness_keys=witness_keys,
+        min_witnesses=min_witnesses,
     )
 
 
@@ -1317,6 +1358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle.add_argument(
         "--allow-unsigned-tail", action="store_true", help="pass even if no trusted checkpoint covers the last entries"
     )
+    bundle.add_argument("--witness-key", action="append", default=[], help="a witness's verifier key (repeatable)")
+    bundle.add_argument(
+        "--min-witnesses", type=int, default=0, help="cosignatures by --witness-key the head's checkpoint needs"
+    )
     bundle.add_argument(
         "--legacy-key-names",
         action="store_true",
@@ -1340,6 +1385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             processes=args.jobs,
             allow_unsigned_tail=args.allow_unsigned_tail,
             legacy_key_names=args.legacy_key_names,
+            witness_keys=[Verifier.parse(k) for k in args.witness_key],
+            min_witnesses=args.min_witnesses,
         )
     except (OSError, ValueError, KeyError) as exc:
         _say(f"error: {exc}", err=True)

@@ -1,9 +1,11 @@
 """HTTP routes of the tamper-evident ledger: the well-known checkpoint and keys, proofs, receipts.
 
-Thin: parse, authorize, call amber.ledger, render. Public (no token): the latest signed checkpoint and the
-verifier keys (they reveal a size and a hash, and witnesses and auditors must fetch them). Proofs need any
-verified identity (they reveal hashes only). Receipts carry an entry, so only the people involved (the
-entry's actor, whoever may see the request or grant it concerns) and auditors get one.
+Thin: parse, authorize, call amber.ledger, render. Public (no token): the latest signed checkpoint, the
+verifier keys, consistency proofs and the key rotation entries with their inclusion proofs: what an independent
+witness (`amber witness`) needs, with no amber identity (decision 0014). They reveal sizes, subtree hashes and
+public keys, no entry anyone wrote. Inclusion proofs need any verified identity (they reveal a leaf's hash).
+Receipts carry an entry, so only the people involved (the entry's actor, whoever may see the request or grant it
+concerns) and auditors get one.
 
 Signing a checkpoint costs a signature, a witness delivery and a row that stays forever: only admins force one
 (the POST, or a proof or receipt of an entry newer than the latest checkpoint). Everyone else gets proofs against
@@ -98,13 +100,27 @@ def inclusion_proof(
 @router.get("/v1/ledger/proofs/consistency", tags=["ledger"])
 def consistency_proof(
     rt: RuntimeDep,
-    _who: PrincipalDep,
     old: int = Query(ge=0, le=MAX_SEQ),
     new: int | None = Query(default=None, ge=0, le=MAX_SEQ),
 ) -> dict[str, Any]:
-    """The tree of `new` entries (default: the latest) extends the tree of `old` entries, append-only."""
+    """The tree of `new` entries (default: the latest) extends the tree of `old` entries, append-only. Public:
+    witnesses check it before they cosign (it holds subtree hashes only)."""
     with rt.uow() as session:
         return proofs.consistency(session, old, new).as_dict()
+
+
+@router.get(f"{WELL_KNOWN}/rotations", tags=["ledger"])
+def key_rotations(rt: RuntimeDep, size: int | None = Query(default=None, ge=1, le=MAX_SEQ)) -> list[dict[str, Any]]:
+    """Every `ledger.key_rotated` entry in the tree of `size` entries (default: the latest signed checkpoint's),
+    each with its inclusion proof in that tree: how a witness follows a signed key rotation. Public: a rotation
+    entry holds the two public keys, the old key's signature and amber's system actor, nothing anyone wrote."""
+    with rt.uow() as session:
+        if size is None:
+            latest = checkpoints.latest_checkpoint(session)
+            if latest is None:
+                raise NotFound("no checkpoint has been signed yet")
+            size = latest.tree_size
+        return proofs.rotations(session, size)
 
 
 def _covering(rt: Runtime, who: Principal, seq: int) -> checkpoints.CheckpointView:

@@ -106,6 +106,8 @@ def verify(
     origin: str | None = None,
     allow_unsigned_tail: bool = True,
     legacy_key_names: bool = False,
+    witness_keys: Sequence[tlog.Verifier] = (),
+    min_witnesses: int = 0,
 ) -> AuditReport:
     """Chain, then Merkle tree and checkpoints, then replay against the state tables.
 
@@ -126,6 +128,8 @@ def verify(
         origin,
         allow_unsigned_tail=allow_unsigned_tail,
         legacy_key_names=legacy_key_names,
+        witness_keys=witness_keys,
+        min_witnesses=min_witnesses,
     )
     if report.problems:
         return report

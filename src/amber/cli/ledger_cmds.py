@@ -345,6 +345,8 @@ def verify_offline(
     *,
     allow_unsigned_tail: bool,
     legacy_key_names: bool = False,
+    witness_keys: Sequence[str] = (),
+    min_witnesses: int = 0,
 ) -> None:
     """`amber audit verify --bundle DIR`: the offline verifier (ledger/tlog.py, = tools/amber_verify.py)."""
     from amber.ledger import tlog
@@ -359,6 +361,8 @@ def verify_offline(
         since=since,
         allow_unsigned_tail=allow_unsigned_tail,
         legacy_key_names=legacy_key_names,
+        witness_keys=[tlog.Verifier.parse(k) for k in witness_keys],
+        min_witnesses=min_witnesses,
     )
     problems = [str(p) for p in report.problems]
     data = {

@@ -20,6 +20,7 @@ from amber.cli import ledger_cmds, login_cmds
 from amber.cli.client import Client, default_url, save_token
 from amber.cli.policy_cmds import policy_app, relative_start
 from amber.cli.text import echo, escape
+from amber.cli.witness_cmds import witness_app
 from amber.core.durations import format_duration, parse_duration
 from amber.core.errors import AmberError, InvalidInput
 
@@ -41,6 +42,7 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 app.add_typer(policy_app, name="policy")
+app.add_typer(witness_app, name="witness")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ProfileOpt = Annotated[str, typer.Option("--profile", envvar="AMBER_PROFILE", help="Credential profile.")]
@@ -430,6 +432,16 @@ def audit_verify(
         bool,
         typer.Option("--allow-unsigned-tail", help="Pass even if no trusted checkpoint covers the last entries."),
     ] = False,
+    witness_key: Annotated[
+        list[str] | None,
+        typer.Option("--witness-key", help="A witness's verifier key (repeatable), for --min-witnesses."),
+    ] = None,
+    min_witnesses: Annotated[
+        int,
+        typer.Option(
+            "--min-witnesses", min=0, help="Valid cosignatures by --witness-key the checkpoint covering the head needs."
+        ),
+    ] = 0,
     legacy_key_names: Annotated[
         bool,
         typer.Option(
@@ -453,6 +465,8 @@ def audit_verify(
             as_json,
             allow_unsigned_tail=allow_unsigned_tail,
             legacy_key_names=legacy_key_names,
+            witness_keys=witness_key or [],
+            min_witnesses=min_witnesses,
         )
         return
     ctx = local()
@@ -467,6 +481,8 @@ def audit_verify(
             origin=ctx.origin,
             allow_unsigned_tail=allow_unsigned_tail,
             legacy_key_names=legacy_key_names,
+            witness_keys=[Verifier.parse(k) for k in witness_key or []],
+            min_witnesses=min_witnesses,
         )
     data = {
         "ok": report.ok,

@@ -106,6 +106,25 @@ def consistency(session: Session, old_size: int, new_size: int | None = None) ->
     )
 
 
+def rotations(session: Session, size: int) -> list[dict[str, Any]]:
+    """Each key rotation entry among the first `size` entries: {entry (as exported), index, proof (hex)}, the
+    proof placing it in the tree of `size` entries."""
+    n = _size(session, size)
+    rows = session.scalars(
+        select(LedgerEntry)
+        .where(LedgerEntry.event_type == tlog.KEY_ROTATION_EVENT, LedgerEntry.seq <= n)
+        .order_by(LedgerEntry.seq)
+    )
+    return [
+        {
+            "entry": exported(row),
+            "index": row.seq - 1,
+            "proof": [h.hex() for h in tree.inclusion_proof(session, row.seq - 1, n)],
+        }
+        for row in rows
+    ]
+
+
 def receipt(session: Session, seq: int, checkpoint: CheckpointView | None = None) -> str:
     """Entry + checkpoint + inclusion proof as one c2sp.org/tlog-proof@v1 text. Needs a checkpoint covering seq."""
     checkpoint = checkpoint or latest_checkpoint(session)
@@ -168,6 +187,8 @@ def verify_tree(
     *,
     allow_unsigned_tail: bool = True,
     legacy_key_names: bool = False,
+    witness_keys: Sequence[tlog.Verifier] = (),
+    min_witnesses: int = 0,
 ) -> list[str]:
     """The stored Merkle tree against the entries, and every checkpoint (stored or given) against both.
 
@@ -186,6 +207,8 @@ def verify_tree(
         since=since,
         allow_unsigned_tail=allow_unsigned_tail,
         legacy_key_names=legacy_key_names,
+        witness_keys=witness_keys,
+        min_witnesses=min_witnesses,
     )
     problems = [str(p) for p in result.problems]
     size, _ = head(session)
