@@ -229,7 +229,8 @@ def test_unhardened_database_lets_a_role_write_temp_tables_and_large_objects_and
                 conn.execute(statement)
 
     # The large object it made before harden is still its own: reported, and dropped only by revoke.
-    (owned,) = provisioner.check()
+    # The other databases of the shared test server stay reachable: a warning about the server, not this database.
+    (owned,) = [f for f in provisioner.check() if f.code != "other-databases-reachable"]
     assert (owned.code, owned.fix) == ("grant-role-owns", None)
     assert owned.message.startswith(f"role {role} owns large object ")
     assert provisioner.harden() == []
@@ -281,7 +282,7 @@ def test_check_flags_public_write_privileges_and_harden_revokes_them(
     assert f"{default_fix} FROM PUBLIC" in fixes
 
     provisioner.harden()
-    assert [f.severity for f in provisioner.check()] == ["ok"]
+    assert {f.code for f in provisioner.check()} == {"other-databases-reachable"}  # the test server's other databases
     with target_db.admin() as conn:
         assert conn.execute(
             "SELECT has_table_privilege('public', 'app.orders', 'INSERT'),"

@@ -15,7 +15,7 @@ from psycopg import errors, sql
 from amber.provisioners.base import Finding
 from amber.provisioners.postgres import PostgresProvisioner
 
-from .conftest import TargetDb
+from .conftest import TargetDb, admin_connect
 from .hostile import make_hostile
 
 pytestmark = pytest.mark.postgres
@@ -82,13 +82,15 @@ def test_check_reports_each_hostile_path_with_the_exact_fix_and_harden_applies_e
     assert 'REVOKE CREATE ON SCHEMA "public" FROM PUBLIC' in {f.fix for f in codes["public-create-on-schema"]}
     assert "role-self-settings" not in codes
 
-    shown = [f.fix for f in findings if f.fix is not None and not f.fix.startswith("edit pg_hba.conf")]
+    # Fixes that are file edits or server settings are shown as advice, never applied.
+    advice = {"other-databases-reachable", "prepared-transactions"}
+    shown = [f.fix for f in findings if f.fix is not None and not f.code.startswith("hba-") and f.code not in advice]
     applied = provisioner.harden()
     assert applied == shown  # exactly the statements check showed, in its order
 
     after = _by_code(provisioner.check())
     assert {f.severity for fs in after.values() for f in fs} == {"warning"}
-    assert set(after) == {"public-user-mapping"}
+    assert set(after) == {"public-user-mapping", "other-databases-reachable"}
     assert {f.fix for f in after["public-user-mapping"]} == {None}
     assert provisioner.harden() == []  # idempotent: nothing left to apply
 
@@ -236,3 +238,29 @@ def test_pgaudits_event_trigger_functions_are_reported_and_revoking_them_keeps_d
         conn.execute("CREATE TABLE app.after_harden (a int); DROP TABLE app.after_harden")
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("SELECT public.pgaudit_ddl_command_end()")
+
+
+def test_other_databases_a_granted_role_may_log_in_to_are_reported(
+    provisioner: PostgresProvisioner, target_db: TargetDb
+) -> None:
+    role = _role(provisioner, target_db)
+    other = f"amber_t_{secrets.token_hex(6)}"
+    with admin_connect("postgres") as server:
+        server.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))
+    try:
+        provisioner.harden()
+        (finding,) = _by_code(provisioner.check())["other-databases-reachable"]
+        assert finding.severity == "warning"
+        assert finding.message.startswith("granted roles may log in to ")
+        assert "(template1, " in finding.message  # first: it is copied into every database created later
+        assert "copied into every database created later" in finding.message
+        assert str(finding.fix).startswith("in pg_hba.conf admit +amber_grantees only to the target databases")
+        # What the warning is about: harden ran here, not there, so the read-only role writes in the other one.
+        with psycopg.connect(
+            host=target_db.host, port=target_db.port, dbname=other, user=role, password=PASSWORD, autocommit=True
+        ) as conn:
+            (oid,) = conn.execute("SELECT lo_from_bytea(0, 'written by a read-only grant')").fetchone() or (None,)
+            assert oid is not None
+    finally:
+        with admin_connect("postgres") as server:
+            server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))

@@ -12,7 +12,8 @@ exact `psycopg.sql` statement `harden()` runs, whose rendering is the Finding's 
 - roles granted directly to amber's roles, objects amber's roles own, and amber's roles whose own settings
   were changed
   (`ALTER ROLE <self> SET ...`, which PostgreSQL lets every role do);
-- `lo_compat_privileges` and `max_prepared_transactions`.
+- `lo_compat_privileges` and `max_prepared_transactions`;
+- other databases of the server that granted roles may connect to (harden changes only this one).
 
 "amber's roles" here are the `amber_g_*` roles that hold a privilege on this database (provision grants
 CONNECT): roles are cluster-wide, and those of other databases are their own targets' business. "Roles a
@@ -114,6 +115,7 @@ def plan(
     out += _grant_role_owned(conn, ours)
     out += _self_settings(conn, database, expected, ours)
     out += _server_settings(conn, database)
+    out += _other_databases(conn, reach, grantee_group)
     return out
 
 
@@ -542,3 +544,71 @@ def _server_settings(conn: _Conn, database: str) -> Plan:
         fix_text = "set max_prepared_transactions = 0 in postgresql.conf (a restart) unless the application uses 2PC"
         out.append((Finding("prepared-transactions", severity, message, fix_text), None))
     return out
+
+
+def _other_databases(conn: _Conn, reach: dict[int, str], grantee_group: str | None) -> Plan:
+    """Other databases a granted role may log in to, where none of this database's hardening applies.
+
+    PUBLIC holds CONNECT (and TEMP, and EXECUTE on the large-object functions) in every new database, so a
+    read-only grant role can log in to `postgres` or `template1` and write large objects there; in template1
+    they are copied into every database created later. A database is left out when pg_hba.conf's first rule
+    for the grantee group and that database (by name or `all`) is `reject`; addresses are NOT compared, and
+    when the rules cannot be read (not a superuser) every database with CONNECT counts.
+    """
+    rows = conn.execute(
+        "SELECT d.datname FROM pg_database d"
+        " CROSS JOIN aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a"
+        " WHERE d.datallowconn AND d.datname <> current_database() AND a.privilege_type = 'CONNECT'"
+        " AND a.grantee = ANY(%s::oid[]) GROUP BY 1 ORDER BY 1",
+        [list(reach)],
+    ).fetchall()
+    # template1 first: what is written there is copied into every database created later.
+    names = sorted((str(name) for (name,) in rows), key=lambda name: (name != "template1", name))
+    rejected = _hba_rejected(conn, grantee_group, names)
+    reachable = [name for name in names if name not in rejected]
+    if not reachable:
+        return []
+    group = grantee_group or "amber_grantees"
+    message = (
+        f"granted roles may log in to {len(reachable)} other database(s) on this server ({_summary(reachable)}), "
+        "where PUBLIC holds CONNECT and harden changed nothing: there they keep what PUBLIC may do (by default "
+        "temporary tables and writing large objects"
+        + (
+            "; a large object written in template1 is copied into every database created later"
+            if "template1" in reachable
+            else ""
+        )
+        + ")"
+    )
+    fix = (
+        f"in pg_hba.conf admit +{group} only to the target databases and add a `reject` rule for +{group} and "
+        "all databases after those (a file edit, then SELECT pg_reload_conf()); or REVOKE CONNECT ON DATABASE "
+        "... FROM PUBLIC there and grant it back to the roles that use it"
+    )
+    return [(Finding("other-databases-reachable", "warning", message, fix), None)]
+
+
+def _hba_rejected(conn: _Conn, grantee_group: str | None, databases: Sequence[str]) -> set[str]:
+    """Databases where, for local and for network connections alike, the first pg_hba.conf rule for the
+    grantee group (or all users) is `reject`, or no rule matches."""
+    try:
+        rules = conn.execute(
+            "SELECT type, database, user_name, auth_method FROM pg_hba_file_rules"
+            " WHERE error IS NULL ORDER BY line_number"
+        ).fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        return set()
+    users = {"all"} | ({f"+{grantee_group}"} if grantee_group else set())
+    rejected: set[str] = set()
+    for database in databases:
+        admitted = False
+        for local in (True, False):
+            for kind, rule_databases, rule_users, method in rules:
+                if (kind == "local") != local:
+                    continue
+                if users & set(rule_users or ()) and {"all", database} & set(rule_databases or ()):
+                    admitted = admitted or method != "reject"
+                    break
+        if not admitted:
+            rejected.add(database)
+    return rejected
