@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+
 from tests.cli.conftest import Cli
 from tests.conftest import connect_as
 
@@ -126,5 +128,48 @@ def test_resource_check_and_harden(tmp_path: Path) -> None:
         after = amber("resource", "check", "fresh")
         assert after.returncode == 0, after.stdout
         assert "[DANGER]" not in after.stdout
+    finally:
+        drop_database(name)
+
+
+def test_resource_harden_preview_cautions_when_the_application_may_rely_on_a_fix(tmp_path: Path) -> None:
+    from tests.conftest import create_database, drop_database
+
+    name = create_database("amber_check")
+    try:
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}", autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION public.stamp() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user';"
+                "CREATE VIEW public.stamped AS SELECT public.stamp() AS who"
+            )
+        catalog = tmp_path / "check.yaml"
+        catalog.write_text(
+            "version: 1\nidentity: {dev_issuer: true}\nresources:\n  - name: fresh\n    kind: postgres\n"
+            "    connection: env:AMBER_CHECK_URL\n    grantee_group: amber_grantees\n"
+            "    levels: {read-only: {schemas: [public]}}\n"
+        )
+        env = {
+            **os.environ,
+            "AMBER_ENV": "development",
+            "AMBER_CATALOG": str(catalog),
+            "AMBER_CHECK_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
+        }
+        preview = subprocess.run(
+            [sys.executable, "-m", "amber", "resource", "harden", "fresh"],
+            env=env,
+            input="n\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert preview.returncode == 0, preview.stderr
+        assert '  REVOKE EXECUTE ON FUNCTION "public"."stamp"() FROM PUBLIC\n' in preview.stdout
+        assert "    CAUTION, the application may rely on it (used by rule _RETURN on view stamped)" in preview.stdout
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}", autocommit=True) as conn:
+            # Answered no: nothing applied.
+            assert conn.execute("SELECT has_function_privilege('public', 'public.stamp()', 'EXECUTE')").fetchone() == (
+                True,
+            )
     finally:
         drop_database(name)

@@ -10,8 +10,7 @@ exact `psycopg.sql` statement `harden()` runs, whose rendering is the Finding's 
   foreign servers, user mappings for PUBLIC;
 - write privileges those roles hold on relations in the system schemas;
 - roles granted directly to amber's roles, objects amber's roles own, and amber's roles whose own settings
-  were changed
-  (`ALTER ROLE <self> SET ...`, which PostgreSQL lets every role do);
+  were changed (`ALTER ROLE <self> SET ...`, which PostgreSQL lets every role do);
 - `lo_compat_privileges` and `max_prepared_transactions`;
 - other databases of the server that granted roles may connect to (harden changes only this one).
 
@@ -21,17 +20,18 @@ granted role is or may become" (`reach`): PUBLIC, the grantee group, amber's rol
 them is a member of, transitively. amber's roles are NOINHERIT, so they use a parent's
 privileges only after `SET ROLE`, which PostgreSQL 15 allows every member.
 
-What is excluded, and why: nothing by schema. Stock PostgreSQL 15 ships no SECURITY DEFINER routine (the
-initdb objects in pg_catalog and information_schema have `prosecdef` false), so one found there was put
-there by somebody and is reported like any other. Built-in routines PostgreSQL grants to PUBLIC by default
-are not reported: the server ships them as safe for any role (each checks its caller itself, e.g.
-pg_terminate_backend only signals the caller's own role's sessions); the exceptions that write are the
-large-object functions (the provisioner's own check) and session-only effects documented in
-docs/threat-model.md (advisory locks, NOTIFY, set_config, txid_current).
+What is excluded, and why: nothing by schema. Stock PostgreSQL 15 ships no SECURITY DEFINER routine (the initdb
+objects in pg_catalog and information_schema have `prosecdef` false), so one found there was put there by
+somebody and is reported like any other (extensions ship some: dblink's dblink_connect_u for superusers,
+pgaudit's event-trigger functions for PUBLIC; reported the same way). Built-in routines PostgreSQL grants to
+PUBLIC by default are not reported: the server ships them as safe for any role (each checks its caller itself,
+e.g. pg_terminate_backend only signals the caller's own role's sessions); the exceptions that write are the
+large-object functions (the provisioner's own check) and session-only effects documented in docs/threat-model.md
+(advisory locks, NOTIFY, set_config, txid_current).
 
-Does NOT look at other databases of the cluster, at routines' bodies (an invoker's-rights routine can do
-only what its caller may), at event triggers, or at the password a role gave itself (PostgreSQL cannot tell
-it from the one amber set).
+Does NOT look inside the server's other databases (it only says which a granted role can log in to), at
+routines' bodies (an invoker's-rights routine can do only what its caller may), at event triggers, or at the
+password a role gave itself (PostgreSQL cannot tell it from the one amber set).
 """
 
 from __future__ import annotations
