@@ -744,6 +744,10 @@ class AccessRequestService:
                 }
             )
         approved_groups = [frozenset(_json_list(a.approver_groups)) for a in approvals if a.verdict == "approve"]
+        not_counted: list[dict[str, str]] = []
+        if request.status == "pending":  # what would count if one more approval came now
+            with self._uow() as session:
+                approved_groups, not_counted = self._counted(session, request)
         return {
             "request_id": request.id,
             "status": request.status,
@@ -756,6 +760,7 @@ class AccessRequestService:
             "approvals": {
                 "required": request.approvals_required,
                 "received": len(approved_groups),
+                "not_counted": not_counted,
                 "from_any_of": _json_list(request.approver_groups),
                 "one_from_each_of": _json_list(request.approver_all_groups),
                 "satisfied": policy.approvals_satisfied(

@@ -219,6 +219,8 @@ def explain(request_id: str, profile: ProfileOpt = "default", url: UrlOpt = None
             )
             + (" (satisfied)" if approvals["satisfied"] else "")
         )
+        for lapsed in approvals.get("not_counted", []):
+            echo(f"    not counted: {lapsed['approver']}: {lapsed['reason']}")
     conditions = {k: v for k, v in data["conditions"].items() if v}
     if conditions:
         echo(f"  conditions: {conditions}")
