@@ -125,19 +125,27 @@ def test_check_cautions_when_the_application_may_rely_on_a_security_definer_func
 def test_security_definer_functions_granted_to_the_grantee_groups_parents_are_reported(target_db: TargetDb) -> None:
     group = target_db.new_role_name()  # a private grantee group: the shared amber_grantees is never changed
     parent = f"amber_hp_{secrets.token_hex(5)}"
-    target_db.roles.append(parent)
-    g, p = sql.Identifier(group), sql.Identifier(parent)
+    owner = f"amber_hq_{secrets.token_hex(5)}"  # not a superuser, but it owns a table: it can write
+    target_db.roles.extend([parent, owner])
+    g, p, o = sql.Identifier(group), sql.Identifier(parent), sql.Identifier(owner)
     with target_db.admin() as conn:
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN; CREATE ROLE {} NOLOGIN IN ROLE {}").format(p, g, p))
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(o))
         conn.execute(
-            "CREATE FUNCTION public.wipe() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'DELETE FROM app.orders';"
+            "CREATE FUNCTION public.wipe() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'DELETE FROM public.notes';"
             "REVOKE EXECUTE ON FUNCTION public.wipe() FROM PUBLIC"
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE public.notes OWNER TO {0}; ALTER FUNCTION public.wipe() OWNER TO {0}").format(o)
         )
         conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION public.wipe() TO {}").format(p))
     with PostgresProvisioner(target_db.admin_dsn, grantee_group=group) as provisioner:
         (finding,) = _by_code(provisioner.check())["security-definer-executable"]
         assert finding.fix == f'REVOKE EXECUTE ON FUNCTION "public"."wipe"() FROM "{parent}"'
-        assert finding.message.startswith(f"{parent} may execute SECURITY DEFINER function public.wipe()")
+        assert finding.message.startswith(
+            f"{parent} may execute SECURITY DEFINER function public.wipe(), which runs as its owner {owner} "
+            "(owns 1 tables or sequences here)"
+        )
         provisioner.harden()
         assert "security-definer-executable" not in _by_code(provisioner.check())
 

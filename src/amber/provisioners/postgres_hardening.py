@@ -239,10 +239,12 @@ def _security_definer(conn: _Conn, reach: dict[int, str]) -> Plan:
     out: Plan = []
     routines = _routines(conn, reach, "p.prosecdef", {})
     evidence = _usage_evidence(conn, [r.oid for r in routines])
+    powers = _owner_powers(conn, sorted({r.owner for r in routines if not r.owner_is_superuser}))
     for routine in routines:
         fix = _revoke_execute([routine])
         keyword = "PROCEDURE" if routine.is_procedure else "FUNCTION"
-        owner = f"{routine.owner} (a superuser)" if routine.owner_is_superuser else routine.owner
+        power = "a superuser" if routine.owner_is_superuser else powers.get(routine.owner, "")
+        owner = f"{routine.owner} ({power})" if power else routine.owner
         message = (
             f"{_who(routine.grantees)} may execute SECURITY DEFINER {keyword.lower()} {routine.label}, which runs "
             f"as its owner {owner} with everything that role may do (write, connect elsewhere with dblink), "
@@ -257,6 +259,33 @@ def _security_definer(conn: _Conn, reach: dict[int, str]) -> Plan:
         )
         out.append((Finding("security-definer-executable", "danger", message, fix.as_string(conn)), fix))
     return out
+
+
+def _owner_powers(conn: _Conn, owners: Sequence[str]) -> dict[str, str]:
+    """What makes each (non-superuser) owner able to write here, in words; owners with none found are absent.
+
+    Does NOT follow role memberships other than pg_write_all_data, nor look at other databases.
+    """
+    powers: dict[str, str] = {}
+    for owner, owned, granted, write_all in conn.execute(
+        "SELECT r.rolname,"
+        " (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid AND c.relkind IN ('r', 'p', 'S', 'm', 'f')),"
+        " EXISTS (SELECT 1 FROM pg_class c CROSS JOIN aclexplode(c.relacl) a WHERE a.grantee = r.oid"
+        "  AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),"
+        " pg_has_role(r.oid, 'pg_write_all_data', 'USAGE')"
+        " FROM pg_roles r WHERE r.rolname = ANY(%s)",
+        [list(owners)],
+    ).fetchall():
+        reasons = []
+        if owned:
+            reasons.append(f"owns {owned} tables or sequences here")
+        if granted:
+            reasons.append("holds write privileges on tables here")
+        if write_all:
+            reasons.append("a member of pg_write_all_data")
+        if reasons:
+            powers[str(owner)] = ", ".join(reasons)
+    return powers
 
 
 def _shipped_restricted(conn: _Conn, reach: dict[int, str], covered: Sequence[str]) -> Plan:
