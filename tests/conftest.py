@@ -72,6 +72,18 @@ def drop_roles_tagged(tag: str, target_db: str) -> None:
         for (role,) in rows:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    if rows:
+        drop_cut_jobs([role for (role,) in rows])
+
+
+def drop_cut_jobs(roles: list[str]) -> None:
+    """Unschedule the pg_cron expiry cuts (`amber-cut:<role>:<grant>`, database postgres) of these roles."""
+    with pg_admin() as conn:
+        conn.execute(
+            "WITH mine AS MATERIALIZED (SELECT jobid FROM cron.job WHERE starts_with(jobname, 'amber-cut:')"
+            " AND split_part(jobname, ':', 2) = ANY(%s)) SELECT cron.unschedule(jobid) FROM mine",
+            (roles,),
+        )
 
 
 @pytest.fixture(scope="session")

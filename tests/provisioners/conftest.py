@@ -39,6 +39,15 @@ CREATE TABLE public.notes (n text);
 """
 
 
+def drop_cut_jobs(server: psycopg.Connection[tuple[object, ...]], roles: list[str]) -> None:
+    """Unschedule the pg_cron expiry cuts (`amber-cut:<role>:<grant>`) of these roles, whoever owns them."""
+    server.execute(
+        "WITH mine AS MATERIALIZED (SELECT jobid FROM cron.job WHERE starts_with(jobname, 'amber-cut:')"
+        " AND split_part(jobname, ':', 2) = ANY(%s)) SELECT cron.unschedule(jobid) FROM mine",
+        [roles],
+    )
+
+
 def _server_params() -> dict[str, object]:
     return dict(psycopg.conninfo.conninfo_to_dict(SERVER_URL))
 
@@ -121,6 +130,7 @@ def target_db() -> Iterator[TargetDb]:
         with admin_connect(server_db) as server:
             server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             if target.roles:
+                drop_cut_jobs(server, target.roles)
                 server.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)",
                     [target.roles],

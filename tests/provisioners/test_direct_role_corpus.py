@@ -397,7 +397,8 @@ def test_before_harden_the_corpus_writes_through_every_hostile_path(run: Run) ->
 
 def test_after_harden_nothing_the_role_runs_directly_changes_the_target(run: Run) -> None:
     run.provisioner.harden()
-    assert {f.severity for f in run.provisioner.check()} == {"warning"}  # the PUBLIC user mappings stay
+    findings = [f for f in run.provisioner.check() if not f.code.startswith(("expiry-", "pgaudit-"))]  # "ok"
+    assert {f.severity for f in findings} == {"warning"}  # the PUBLIC user mappings stay
 
     outcomes = run.corpus()
     report = _report(outcomes)

@@ -104,6 +104,11 @@ class Provisioner(Protocol):
         """Every `amber_g_*` role on the target, for the reconciler."""
         ...
 
+    def sweep(self) -> list[str]:
+        """Remove what amber left on the target that no role needs any more (e.g. a dropped role's scheduled
+        expiry cut); return what was removed. Never touches a role."""
+        ...
+
     def check(self) -> list[Finding]:
         """Report what on the target would let a granted role write or log in without a password."""
         ...

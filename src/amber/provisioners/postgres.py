@@ -6,7 +6,9 @@ It owns, on one target database (the database the admin DSN names):
   dropped;
 - the privileges those roles hold: CONNECT on the database, USAGE on the level's schemas, SELECT on the
   tables in them, and nothing else;
-- the read-only checks `check()` runs on the target, and the fixes `harden()` applies.
+- the read-only checks `check()` runs on the target, and the fixes `harden()` applies;
+- through postgres_cron.py, a pg_cron job per grant that ends its sessions at expiry while amber is down, and
+  through postgres_audit.py, the pgaudit settings that record a grant role's statements in the server log.
 
 The invariant it protects: a granted role can never write, by privileges and not only by session settings
 (`default_transaction_read_only` is a convenience the role can switch off itself; PostgreSQL lets any role
@@ -48,6 +50,8 @@ from amber.provisioners.base import (
     ProvisionerError,
     RevokeSpec,
 )
+from amber.provisioners.postgres_audit import AUDIT_SETTINGS, audit_findings, audit_statements
+from amber.provisioners.postgres_cron import ExpiryCuts, job_name, read_cron_database
 
 _T = TypeVar("_T")
 _Conn = psycopg.Connection[TupleRow]
@@ -90,7 +94,8 @@ _EXPECTED_SETTINGS = postgres_hardening.ExpectedSettings(
     fixed={
         "default_transaction_read_only": "on",
         "idle_in_transaction_session_timeout": f"{int(IDLE_IN_TRANSACTION_TIMEOUT.total_seconds())}s",
-    }
+    },
+    optional=tuple(name for name, _ in AUDIT_SETTINGS),
 )
 _DATABASE_WRITE_PRIVILEGES = ("CREATE", "TEMPORARY")
 _PASSWORDLESS_METHODS = frozenset({"trust", "peer", "ident"})
@@ -196,6 +201,14 @@ class PostgresProvisioner:
         self._connect_timeout_s = connect_timeout_s
         self._lock = threading.Lock()
         self._conn: _Conn | None = None
+        # The expiry cut in the database (pg_cron), over its own connection: postgres_cron.py.
+        self._cuts = ExpiryCuts(
+            admin_dsn,
+            where=self._where,
+            database_name=self._cron_database,
+            safe_error=lambda exc: self._safe_error(exc, ()),
+            connect_timeout_s=max(2, math.ceil(connect_timeout_s)),
+        )
 
     def __repr__(self) -> str:
         return f"PostgresProvisioner({self._where!r}, grantee_group={self._grantee_group!r})"
@@ -206,7 +219,8 @@ class PostgresProvisioner:
         """Create the grant's role, or bring amber's own role for this grant up to date, in one transaction.
 
         The role gets LOGIN with no password, CONNECT on this database, USAGE and SELECT on the spec's
-        schemas, read-only/timeout defaults and `VALID UNTIL spec.expires_at`. Does NOT check that the schemas
+        schemas, read-only/timeout defaults and `VALID UNTIL spec.expires_at`; then (after the commit) its
+        expiry cut is scheduled in pg_cron where amber can use it. Does NOT check that the schemas
         hold only what the level means to expose, nor revoke privileges on schemas a previous call listed (a
         grant's level is immutable). Tables created after this call are not readable by the role.
         """
@@ -227,7 +241,8 @@ class PostgresProvisioner:
                                 f"PostgreSQL at {self._where}: role {spec.role_name} already exists and is "
                                 f"not amber's role for grant {spec.grant_id}; refusing to adopt it"
                             )
-                        conn.execute(sql.SQL("; ").join([*head, *statements.common]))
+                        audit = audit_statements(conn, spec.role_name)  # pgaudit: postgres_audit.py
+                        conn.execute(sql.SQL("; ").join([*head, *statements.common, *audit]))
                         if spec.masked_columns:
                             self._mask_columns(conn, spec)
                 except psycopg.errors.DuplicateObject:
@@ -238,6 +253,8 @@ class PostgresProvisioner:
                     return
 
         self._run(action)
+        # After the role is committed (ExpiryCuts.sweep relies on that order).
+        self._cuts.schedule(spec, comment)
         return ConnectionInfo(host=self._host, port=self._port, database=self._dbname, user=spec.role_name)
 
     def set_password(self, spec: GrantSpec, password: str) -> None:
@@ -327,6 +344,13 @@ class PostgresProvisioner:
                 self._run(drop_role)
             except ProvisionerError as exc:
                 problems.append(exc.message)
+                lingering.add(name)
+        # The cut jobs of roles that are gone now (or were already); a lingering role keeps its job as a backstop.
+        gone = [job_name(name, grant_id) for name, grant_id in wanted.items() if name not in lingering]
+        try:
+            self._cuts.unschedule(gone)
+        except ProvisionerError as exc:
+            problems.append(f"cut jobs not removed: {exc.message}")
         if problems:
             raise ProvisionerError(f"PostgreSQL at {self._where}: revoke incomplete: " + "; ".join(problems))
 
@@ -376,7 +400,13 @@ class PostgresProvisioner:
             findings += self._check_hba(conn)
             return findings or [Finding(code="all-clear", severity="ok", message="nothing found to fix")]
 
-        return self._run(action)
+        findings = self._run(action)
+        # Expiry while amber is down (pg_cron) and recording of direct sessions (pgaudit): never SQL fixes.
+        return findings + self._cuts.findings() + self._run(audit_findings)
+
+    def sweep(self) -> list[str]:
+        """Remove what amber left on the target that no role needs any more (cut jobs of dropped roles)."""
+        return self._cuts.sweep(parse_role_comment)
 
     def harden(self) -> list[str]:
         """Apply, in one transaction, every SQL fix `check` proposes; return the statements applied.
@@ -395,6 +425,7 @@ class PostgresProvisioner:
         return self._run(action)
 
     def close(self) -> None:
+        self._cuts.close()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -842,6 +873,9 @@ class PostgresProvisioner:
         if not rules:
             return [Finding("hba-unchecked", "warning", "pg_hba.conf rules are not visible on this server")]
         return hba_findings(rules, database=self._dbname, grantee_group=self._grantee_group)
+
+    def _cron_database(self) -> tuple[str | None, bool]:
+        return self._run(read_cron_database)
 
     # --- the admin connection -----------------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class ExpectedSettings:
 
     fixed: dict[str, str]
     per_level: tuple[str, ...] = ("statement_timeout",)
+    # Settings amber may add that a role cannot set itself (superuser-only: pgaudit's), so never reported.
+    optional: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -527,7 +529,7 @@ def _self_settings(conn: _Conn, database: str, expected: ExpectedSettings, ours:
         for name in expected.per_level:
             if settings.get(name) in (None, "0"):
                 changed.append(f"{name}={settings.get(name, '(unset)')}")
-        extra = sorted(set(settings) - set(expected.fixed) - set(expected.per_level))
+        extra = sorted(set(settings) - set(expected.fixed) - set(expected.per_level) - set(expected.optional))
         for name in extra:
             changed.append(f"{name}={settings[name]}")
             statements.append(sql.SQL("ALTER ROLE {} RESET {}").format(sql.Identifier(role), sql.Identifier(name)))
