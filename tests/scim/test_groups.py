@@ -16,7 +16,7 @@ from typing import Any
 
 from amber import audit
 from tests.conftest import Amber
-from tests.scim.test_scim import PATCH_SCHEMA, SCIM, ledger_events, okta_user, scim
+from tests.scim.test_scim import PATCH_SCHEMA, SCIM, grant_status, ledger_events, okta_user, scim
 
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
@@ -356,4 +356,27 @@ def test_a_pending_request_policy_can_no_longer_judge_is_denied_and_the_removal_
     (denied,) = events(amber, pending["id"], "request.denied")
     assert "policy now denies: policy cannot be asked: " in denied.payload["reason"]
     assert "two-approvals" in denied.payload["reason"]
+    verified(amber)
+
+
+def test_a_group_scim_starts_to_manage_is_taken_from_everyone_it_does_not_list(amber: Amber) -> None:
+    erin = scim(amber, "POST", "/Users", okta_user("erin", "dev:erin"))
+    alices = amber.request("alice", "engineering", "oncall")["grant"]  # alice: unknown to SCIM, auto-approved
+    bobs = amber.request("bob", "engineering")
+    erins = amber.request("erin", "engineering")
+    two = amber.request("dave", "engineering", level="two-approvals", duration="20m")
+    assert approve(amber, two["id"], amber.headers("carol", "leads")).json()["status"] == "pending"
+
+    group(amber, "engineering", erin)  # the provider starts pushing engineering: erin is its only member
+    group(amber, "leads")  # and leads, with nobody in it
+
+    why = "scim POST /scim/v2/Groups: SCIM now manages group 'engineering' and does not list them in it"
+    assert grant_status(amber, alices["id"])["status"] == "revoked"
+    (revoked,) = events(amber, alices["id"], "grant.revoked")
+    assert revoked.payload["reason"].startswith(f"{why}; policy now denies: ")
+    assert request_view(amber, bobs["id"])["status"] == "denied"
+    assert events(amber, bobs["id"], "request.denied")[0].payload["reason"].startswith(why)
+    assert request_view(amber, erins["id"])["status"] == "pending"  # listed: keeps engineering
+    (lapsed,) = events(amber, two["id"], "request.approval_lapsed")
+    assert lapsed.payload["reason"].startswith("scim POST /scim/v2/Groups: SCIM now manages group 'leads'")
     verified(amber)

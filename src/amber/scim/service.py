@@ -12,18 +12,19 @@ running policy. Invariants:
   longer count. Then it revokes every live grant of theirs (each revocation ends the target's sessions
   before the call returns); each `grant.revoked` reason names the SCIM call. From that commit on, amber
   refuses their tokens.
-- Leaving a group (a group PATCH or PUT, a group DELETE, a PATCH of the user's `groups`, a rename that takes
-  a group name away) re-asks the running policy with the groups the person holds now (decision 0014) and
-  everything else as at the original decision (reason, requested duration, the time of submission, so
-  business hours do not deny or revoke at night): in the same transaction about each pending request of
-  theirs (one policy would now deny is denied) and each approval they gave on a pending request (one they
-  could no longer give is recorded as lapsed; access_requests stops counting it), then about each live
-  grant (one policy would now deny is revoked).
+- Losing a group (leaving it by a group PATCH or PUT, a group DELETE or a PATCH of the user's `groups`; a
+  rename that takes a group name away; or SCIM starting to manage a name, by a new group or a rename, that
+  a pending request, an approval on one or a live grant recorded for a non-member) re-asks the running
+  policy with the groups the person holds now (decision 0014) and everything else as at the original
+  decision (reason, requested duration, the time of submission, so business hours do not deny or revoke
+  at night): in the same transaction about each pending request of theirs (one policy would now deny is
+  denied) and each approval they gave on a pending request (one they could no longer give is recorded as
+  lapsed; access_requests stops counting it), then about each live grant (one policy would now deny is
+  revoked).
 
 What this does NOT do: authenticate the caller (amber.api.scim_routes checks the bearer token); re-check
 anyone when someone joins a group (the directory only takes groups away, so joining cannot deny); re-check
-people outside a change whose token names a group SCIM starts to manage (their next call and decision
-already go without it, but their live grants are not re-asked).
+after a catalog reload changes `group_map` (the next call and decision already use the new names).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from amber import ledger
-from amber.access_requests import AccessRequest, AccessRequestService
+from amber.access_requests import AccessRequest, AccessRequestService, Approval
 from amber.core.clock import Clock, as_utc
 from amber.core.db import UnitOfWork
 from amber.core.errors import AmberError, Conflict, InvalidInput, NotFound
@@ -53,12 +54,14 @@ from amber.identity.directory import (
     ScimUser,
     amber_names,
     groups_now,
+    is_deprovisioned,
 )
 from amber.identity.sessions import end_sessions_of
 from amber.ledger import Actor
 
 log = logging.getLogger(__name__)
 
+Person = tuple[str, str]  # (issuer, subject): who a token names
 SCIM_ACTOR = Actor(issuer="amber", subject="scim", name="scim")
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 
@@ -181,11 +184,11 @@ class ScimService:
             user.updated_at = now
             event = _activity_event(was_active, user.active) or "scim.user_updated"
             summary = _user_summary(user)
-            changes: dict[str, str] = {}
+            changes: dict[Person, str] = {}
             if groups != current:
                 added, removed = self._set_groups(session, user, groups, current, call=call)
                 summary |= {"groupsAdded": added, "groupsRemoved": removed}
-                changes = self._changes_of(session, user.id, added, removed)
+                changes = self._changes_of(session, user, added, removed)
             self._record(session, event, user.id, call, summary, now=now)
             if was_active and not user.active:
                 self._end_sessions(session, user, call, now)
@@ -246,6 +249,7 @@ class ScimService:
             if existing is not None:
                 raise scim_error(Conflict, f"a group named {name!r} already exists", "uniqueness")
             now = self._clock.now()
+            managed_before = self._managed_names(session)
             group = ScimGroup(
                 id=new_id("scg"),
                 display_name=name,
@@ -257,7 +261,11 @@ class ScimService:
             session.flush()
             added = self._set_members(session, group, _member_ids(_lower_keys(body).get("members")))[0]
             self._record(session, "scim.group_created", group.id, call, {"displayName": name, "added": added}, now=now)
-            return self._group_out(session, group, members=True)
+            changes = self._newly_managed(session, group, managed_before)
+            self._after_change(session, changes, call=call)
+            result = self._group_out(session, group, members=True)
+        self._recheck(changes, call=call)
+        return result
 
     def replace_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         with self._uow() as session:
@@ -313,19 +321,23 @@ class ScimService:
         call: str,
         *,
         before: tuple[str, str | None],
-    ) -> tuple[dict[str, Any], dict[str, str]]:
+    ) -> tuple[dict[str, Any], dict[Person, str]]:
         """Set a group's members, record the change, and return the group as SCIM shows it and whose groups
-        changed (user id -> what happened to them)."""
+        changed (issuer and subject -> what happened to them)."""
+        managed_before = self._managed_names(session, besides=group.id) | amber_names(
+            before[0], before[1], self._settings().group_map
+        )
         added, removed = self._set_members(session, group, wanted)
         now = self._clock.now()
         group.updated_at = now
         payload: dict[str, Any] = {"displayName": group.display_name, "added": added, "removed": removed}
-        changes = dict.fromkeys(removed, f"left group {before[0]!r}")
+        left = dict.fromkeys(removed, f"left group {before[0]!r}")
         if self._keep_old_names(session, group, before, now=now):
             payload["renamedFrom"] = {"displayName": before[0], "externalId": before[1]}
             for user_id in self._member_ids_of(session, group.id):
-                changes.setdefault(user_id, f"group {before[0]!r} renamed to {group.display_name!r}")
+                left.setdefault(user_id, f"group {before[0]!r} renamed to {group.display_name!r}")
         self._record(session, event, group.id, call, payload, now=now)
+        changes = self._newly_managed(session, group, managed_before) | self._people(session, left)
         self._after_change(session, changes, call=call)
         return self._group_out(session, group, members=True), changes
 
@@ -367,7 +379,7 @@ class ScimService:
                 {"displayName": group.display_name, "removed": removed},
                 now=now,
             )
-            changes = dict.fromkeys(removed, f"left group {group.display_name!r}")
+            changes = self._people(session, dict.fromkeys(removed, f"left group {group.display_name!r}"))
             self._after_change(session, changes, call=call)
         self._recheck(changes, call=call)
 
@@ -420,18 +432,71 @@ class ScimService:
                 done.append(revocation)
         return done
 
-    def _after_change(self, session: Session, changes: Mapping[str, str], *, call: str) -> None:
+    def _after_change(self, session: Session, changes: Mapping[Person, str], *, call: str) -> None:
         """In the transaction of a membership change: re-ask policy about the pending requests of each person
         whose groups changed (denying what it now denies) and record the approvals they gave that lapsed."""
+        for (issuer, subject), change in changes.items():
+            why = f"scim {call}: {change}"
+            denied = self._requests.recheck_pending(session, issuer, subject, actor=SCIM_ACTOR, why=why)
+            if denied:
+                log.info("scim: denied %d pending request(s) policy no longer allows", len(denied))
+            self._requests.recheck_approvals_by(session, issuer, subject, actor=SCIM_ACTOR, why=why)
+
+    def _people(self, session: Session, changes: Mapping[str, str]) -> dict[Person, str]:
+        """Directory users (by id) as the people tokens name: the active ones matched to a token subject."""
+        people: dict[Person, str] = {}
         for user_id, change in changes.items():
             user = session.get(ScimUser, user_id)
             if user is None or user.subject is None or not user.active or user.deleted_at is not None:
-                continue
-            why = f"scim {call}: {change}"
-            denied = self._requests.recheck_pending(session, user.issuer, user.subject, actor=SCIM_ACTOR, why=why)
-            if denied:
-                log.info("scim: denied %d pending request(s) policy no longer allows", len(denied))
-            self._requests.recheck_approvals_by(session, user.issuer, user.subject, actor=SCIM_ACTOR, why=why)
+                continue  # never signed in, or deprovisioning already handled them
+            people.setdefault((user.issuer, user.subject), change)
+        return people
+
+    def _managed_names(self, session: Session, *, besides: str | None = None) -> set[str]:
+        """Every amber group name the directory manages (groups_now's rule), leaving out one group's row."""
+        group_map = self._settings().group_map
+        names: set[str] = set()
+        for group_id, display_name, external_id in session.execute(
+            select(ScimGroup.id, ScimGroup.display_name, ScimGroup.external_id)
+        ):
+            if group_id != besides:
+                names |= amber_names(display_name, external_id, group_map)
+        return names
+
+    def _newly_managed(self, session: Session, group: ScimGroup, managed_before: set[str]) -> dict[Person, str]:
+        """People who lose a group because SCIM starts to manage its name (a new group, or a rename to a new
+        name) and does not list them in it: whoever holds the name in a pending request, an approval given on
+        one, or a live grant's request, as recorded, and is not a member."""
+        names = amber_names(group.display_name, group.external_id, self._settings().group_map) - managed_before
+        issuer = self._settings().issuer
+        if not names:
+            return {}
+        members = {
+            (row[0], row[1])
+            for row in session.execute(
+                select(ScimUser.issuer, ScimUser.subject)
+                .join(ScimMember, ScimMember.user_id == ScimUser.id)
+                .where(ScimMember.group_id == group.id)
+            )
+        }
+        live = select(Grant.request_id).where(Grant.status.in_(LIVE))
+        recorded = session.execute(
+            select(AccessRequest.requester_subject, AccessRequest.requester_groups).where(
+                AccessRequest.requester_issuer == issuer,
+                (AccessRequest.status == "pending") | AccessRequest.id.in_(live),
+            )
+        ).all()
+        approvals = session.execute(
+            select(Approval.approver_subject, Approval.approver_groups)
+            .join(AccessRequest, AccessRequest.id == Approval.request_id)
+            .where(Approval.approver_issuer == issuer, Approval.verdict == "approve", AccessRequest.status == "pending")
+        ).all()
+        people: dict[Person, str] = {}
+        for subject, groups in [(row[0], row[1]) for row in [*recorded, *approvals]]:
+            held = sorted(names & set(_json_list(groups)))
+            if held and (issuer, subject) not in members:
+                people.setdefault((issuer, subject), f"SCIM now manages group {held[0]!r} and does not list them in it")
+        return people
 
     def _deprovision_requests(self, session: Session, user: ScimUser, *, call: str, why: str) -> None:
         """In the deprovisioning transaction: cancel the person's pending requests, so nobody approves them
@@ -467,31 +532,30 @@ class ScimService:
         session.flush()
         return sorted(wanted - current), sorted(current - wanted)
 
-    def _changes_of(self, session: Session, user_id: str, added: list[str], removed: list[str]) -> dict[str, str]:
+    def _changes_of(self, session: Session, user: ScimUser, added: list[str], removed: list[str]) -> dict[Person, str]:
         """What a user PATCH did to their groups, as the re-checks name it; only leaving a group can deny."""
         del added  # joining a group never takes access away: the directory only removes groups (decision 0014)
         if not removed:
             return {}
         names = list(session.scalars(select(ScimGroup.display_name).where(ScimGroup.id.in_(removed))))
-        return {user_id: "left group " + ", ".join(repr(name) for name in sorted(names))}
+        return self._people(session, {user.id: "left group " + ", ".join(repr(name) for name in sorted(names))})
 
-    def _recheck(self, changes: Mapping[str, str], *, call: str) -> list[Revocation]:
+    def _recheck(self, changes: Mapping[Person, str], *, call: str) -> list[Revocation]:
         """Ask policy again about each live grant of people whose groups changed; revoke what it now denies."""
         done: list[Revocation] = []
         settings = self._settings()
-        for user_id, change in changes.items():
+        for (issuer, subject), change in changes.items():
             with self._uow() as session:
-                user = session.get(ScimUser, user_id)
-                if user is None or user.subject is None or not user.active or user.deleted_at is not None:
-                    continue
+                if is_deprovisioned(session, issuer, subject):
+                    continue  # deprovisioning revokes all of theirs
                 rows = [
                     (row[0], row[1])
                     for row in session.execute(
                         select(Grant.id, AccessRequest)
                         .join(AccessRequest, AccessRequest.id == Grant.request_id)
                         .where(
-                            Grant.grantee_issuer == user.issuer,
-                            Grant.grantee_subject == user.subject,
+                            Grant.grantee_issuer == issuer,
+                            Grant.grantee_subject == subject,
                             Grant.status.in_(LIVE),
                         )
                     )
@@ -500,9 +564,7 @@ class ScimService:
                     (
                         grant_id,
                         request,
-                        groups_now(
-                            session, settings.scope, user.issuer, user.subject, _json_list(request.requester_groups)
-                        ),
+                        groups_now(session, settings.scope, issuer, subject, _json_list(request.requester_groups)),
                     )
                     for grant_id, request in rows
                 ]
