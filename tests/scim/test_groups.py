@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from amber import audit
+from amber.core.errors import Forbidden
+from amber.identity import Principal
 from tests.conftest import Amber
 from tests.scim.test_scim import PATCH_SCHEMA, SCIM, grant_status, ledger_events, okta_user, scim
 
@@ -379,4 +383,34 @@ def test_a_group_scim_starts_to_manage_is_taken_from_everyone_it_does_not_list(a
     assert request_view(amber, erins["id"])["status"] == "pending"  # listed: keeps engineering
     (lapsed,) = events(amber, two["id"], "request.approval_lapsed")
     assert lapsed.payload["reason"].startswith("scim POST /scim/v2/Groups: SCIM now manages group 'leads'")
+    verified(amber)
+
+
+def test_an_approval_racing_the_removal_is_refused(amber: Amber) -> None:
+    """carol's call was authenticated just before SCIM removed her (her groups still say leads); the review
+    runs after the removal committed, and re-reads the directory in its own transaction."""
+    carol = scim(amber, "POST", "/Users", okta_user("carol", "dev:carol"))
+    leads = group(amber, "leads", carol)
+    pending = amber.request("bob", "engineering")
+    assert amber.rt.dev_issuer is not None
+    authenticated = Principal(amber.rt.dev_issuer.issuer_url, "dev:carol", "carol", frozenset({"leads"}))
+
+    okta_remove(amber, leads["id"], carol["id"])
+    with pytest.raises(Forbidden, match="approver role"):
+        amber.rt.requests.approve(pending["id"], authenticated, comment="ok")
+
+    assert events(amber, pending["id"], "request.reviewed") == []
+    assert request_view(amber, pending["id"])["status"] == "pending"
+    verified(amber)
+
+
+def test_deleting_a_group_denies_the_pending_requests_it_carried(amber: Amber) -> None:
+    alice = scim(amber, "POST", "/Users", okta_user("alice", "dev:alice"))
+    engineering = group(amber, "engineering", alice)
+    pending = amber.request("alice", "engineering")
+    scim(amber, "DELETE", f"/Groups/{engineering['id']}")
+    assert request_view(amber, pending["id"])["status"] == "denied"
+    (denied,) = events(amber, pending["id"], "request.denied")
+    assert denied.payload["reason"].startswith(f"scim DELETE /scim/v2/Groups/{engineering['id']}: left group")
+    assert "engineering" not in me(amber, amber.headers("alice", "engineering"))["groups"]
     verified(amber)

@@ -5,8 +5,9 @@ Invariants:
 - Every transition is appended to the ledger in the same transaction as the state it changes.
 - A request keeps the decision of the policy version that made it (hash and policy ids on record); each
   approval is checked against the policy version running *now*, with the approver's groups as their token
-  says now (less the groups the SCIM directory took away). Nobody approves their own request, and each
-  approver counts once.
+  says now less the groups the SCIM directory took away, read again inside the review's transaction (a
+  removal that commits while the call is on its way still applies). Nobody approves their own request,
+  and each approver counts once.
 - An approval counts toward k-of-n only while its approver could still give it: when the request would
   complete, each earlier approval is re-checked with the approver's groups now (the groups recorded with
   it, less what the directory took away since, at the time it was given); one that fails (approver role
@@ -22,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -409,6 +411,7 @@ class AccessRequestService:
                 raise Conflict(f"request {request_id} is {request.status}; only pending requests can be reviewed")
             if request.pending_expires_at is not None and as_utc(request.pending_expires_at) <= now:
                 raise Conflict(f"request {request_id} expired while pending; ask again")
+            principal = self._as_directory_says(session, principal)
             check = self.check_approver(request, principal, now)
             if not check.allowed:
                 raise Forbidden(f"you cannot review request {request_id}: {check.reason}")
@@ -468,6 +471,19 @@ class AccessRequestService:
             return Outcome(request, grant)
         activation = self._grants.activate(grant.id, with_credential=False)
         return Outcome(request, activation.grant, activation)
+
+    def _as_directory_says(self, session: Session, principal: Principal) -> Principal:
+        """The reviewer as the directory says inside this transaction: a SCIM change that committed after their
+        call was authenticated (deprovisioned, or a group taken away) applies to this review too."""
+        if is_deprovisioned(session, principal.issuer, principal.subject):
+            raise Forbidden("this account was deactivated at the identity provider")
+        groups = groups_now(session, self._directory(), principal.issuer, principal.subject, principal.groups)
+        if groups == principal.groups:
+            return principal
+        roles = roles_for(groups, self._catalog().identity.roles.model_dump())
+        if APPROVER not in roles:
+            raise Forbidden("you no longer have the approver role (the identity provider's directory changed)")
+        return dataclasses.replace(principal, groups=groups, roles=roles)
 
     def _counted(self, session: Session, request: AccessRequest) -> tuple[list[frozenset[str]], list[dict[str, str]]]:
         """The approvals that count toward k-of-n (each approver's groups now) and those that no longer do."""
