@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.cli.conftest import Cli
 from tests.conftest import connect_as
@@ -173,3 +174,27 @@ def test_resource_harden_preview_cautions_when_the_application_may_rely_on_a_fix
             )
     finally:
         drop_database(name)
+
+
+def test_resource_check_names_the_direct_levels_a_weaker_guarantee_applies_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amber.cli.main import _direct_levels_caveat
+
+    catalog = tmp_path / "levels.yaml"
+    catalog.write_text(
+        "version: 1\nidentity: {dev_issuer: true}\nresources:\n  - name: db\n    kind: postgres\n"
+        "    connection: env:AMBER_CHECK_URL\n    levels:\n"
+        "      read-only: {schemas: [public]}\n      audit: {schemas: [public]}\n"
+        "      gw: {schemas: [public], via: gateway}\n"
+    )
+    monkeypatch.setenv("AMBER_CATALOG", str(catalog))
+    monkeypatch.setenv("AMBER_CHECK_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+    (caveat,) = _direct_levels_caveat("db", {"expiry-cut-unavailable", "pgaudit-unavailable"})
+    assert (caveat.code, caveat.severity) == ("direct-levels-weaker", "warning")
+    assert caveat.message == (
+        "direct levels of db (audit, read-only): a live session can outlive the grant's expiry while amber is "
+        "down; what a session reads is not recorded (gateway levels are not affected)"
+    )
+    assert _direct_levels_caveat("db", {"expiry-cut-pg-cron", "pgaudit-per-role"}) == []

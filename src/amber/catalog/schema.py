@@ -104,7 +104,9 @@ class PostgresLevel(_Strict):
     via: Literal["direct", "gateway"] = Field(
         default="direct",
         description="gateway: users connect through amber's gateway with a token and never see a database "
-        "password; direct: the role's own password is shown once (weaker recording).",
+        "password; direct: the role's own password is shown once (weaker: recorded only where the target loads "
+        "pgaudit, and ended at expiry while amber is down only where amber can use pg_cron there; `amber resource "
+        "check` says which).",
     )
 
     @field_validator("access", mode="before")

@@ -553,10 +553,30 @@ def _resource_provisioner(name: str) -> Any:
     return build(resource.kind, catalog.resolve_connection(name), resource.grantee_group)
 
 
+def _direct_levels_caveat(name: str, codes: set[str]) -> list[Any]:
+    """What the weaker guarantees found by `check` mean for this resource's direct levels (the role's password)."""
+    from amber.catalog import load_catalog
+    from amber.core.settings import Settings
+    from amber.provisioners import Finding
+
+    levels = load_catalog(Settings().catalog).resource(name).levels
+    direct = sorted(level for level, spec in levels.items() if getattr(spec, "via", "direct") == "direct")
+    weaker = []
+    if "expiry-cut-unavailable" in codes:
+        weaker.append("a live session can outlive the grant's expiry while amber is down")
+    if codes & {"pgaudit-unavailable", "pgaudit-not-settable"}:
+        weaker.append("what a session reads is not recorded")
+    if not direct or not weaker:
+        return []
+    message = f"direct levels of {name} ({', '.join(direct)}): {'; '.join(weaker)} (gateway levels are not affected)"
+    return [Finding("direct-levels-weaker", "warning", message, "use a gateway level (via: gateway), or fix the above")]
+
+
 @resource_app.command("check")
 def resource_check(name: str, as_json: JsonOpt = False) -> None:
     """Report what on the target would let a granted role write or skip its password, with the fixes."""
     findings = _resource_provisioner(name).check()
+    findings += _direct_levels_caveat(name, {f.code for f in findings})
     data = [{"code": f.code, "severity": f.severity, "message": f.message, "fix": f.fix} for f in findings]
     human = []
     for f in findings:
