@@ -1,7 +1,9 @@
 """A Principal is a person as the identity provider verified them: issuer + subject, never a bare name.
 
 `groups` are amber group names (after the provider's group_map) read from the token at the time of the
-action; `roles` are derived from them by `amber.identity.roles` for the same action.
+action, less the groups the SCIM directory manages and no longer lists the person in
+(`amber.identity.directory.groups_now`); `roles` are derived from them by `amber.identity.roles` for the same
+action.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """amber roles from provider groups: requester, approver, admin, auditor.
 
-Owns the one rule that turns a person's groups (as their token says at this action) into roles. Protects:
+Owns the one rule that turns a person's groups (as their token says at this action, less what the SCIM
+directory took away: amber.identity.directory.groups_now) into roles. Protects:
 an empty `admin` or `auditor` list grants that role to nobody (deny by default); an empty `requester` or
 `approver` list leaves the question to policy, which still decides every request and approval. `admin`
 implies `auditor`. What this does NOT do: decide a request; policy does that with the same groups.
