@@ -34,6 +34,7 @@ def scim_amber(
     monkeypatch.setenv("AMBER_TEST_OIDC_SECRET", WEB_SECRET)
     monkeypatch.setenv("AMBER_TEST_SCIM_TOKEN", SCIM_TOKEN)
     extra = """\
+        group_map: {"8aa1-leads-oid": leads}
     roles:
       requester: [engineering]
       approver: [leads]
@@ -57,7 +58,13 @@ def test_tokens_and_sessions_from_before_a_scim_removal_no_longer_approve(
     amber = scim_amber
     carol = scim(amber, "POST", "/Users", okta_user("carol", "carol"))
     scim(amber, "POST", "/Users", okta_user("bob", "bob"))
-    leads = scim(amber, "POST", "/Groups", {"displayName": "leads", "members": [{"value": carol["id"]}]})
+    # Entra ID's way: the group's externalId is its object id, which group_map names `leads`.
+    leads = scim(
+        amber,
+        "POST",
+        "/Groups",
+        {"displayName": "Team Leads", "externalId": "8aa1-leads-oid", "members": [{"value": carol["id"]}]},
+    )
     carol_token = {"authorization": f"Bearer {provider.access_token('carol')}"}
     bob_token = {"authorization": f"Bearer {provider.access_token('bob')}"}
     body = {"resource": "orders-db", "level": "read-only", "reason": "INC-9 looking at orders", "duration": "10m"}

@@ -124,6 +124,9 @@ def groups_now(
     """
     if scope.issuer is None or issuer != scope.issuer:
         return frozenset(claimed)
+    wanted = set(claimed)
+    if not wanted:
+        return frozenset()
     member_of = set(
         session.scalars(
             select(ScimMember.group_id)
@@ -136,13 +139,18 @@ def groups_now(
             )
         )
     )
+    # Only the SCIM groups that could stand for a claimed name (by the index on display_name, or externalId):
+    # a directory of any size costs one small lookup per call.
+    mapped_from = {key for key, value in scope.group_map.items() if value in wanted}
     managed: set[str] = set()
     held: set[str] = set()
     for group_id, display_name, external_id, deleted_at in session.execute(
-        select(ScimGroup.id, ScimGroup.display_name, ScimGroup.external_id, ScimGroup.deleted_at)
+        select(ScimGroup.id, ScimGroup.display_name, ScimGroup.external_id, ScimGroup.deleted_at).where(
+            or_(ScimGroup.display_name.in_(wanted | mapped_from), ScimGroup.external_id.in_(mapped_from))
+        )
     ):
         names = amber_names(display_name, external_id, scope.group_map)
         managed |= names
         if deleted_at is None and group_id in member_of:
             held |= names
-    return frozenset(name for name in claimed if name not in managed or name in held)
+    return frozenset(name for name in wanted if name not in managed or name in held)
