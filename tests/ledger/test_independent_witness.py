@@ -437,3 +437,25 @@ def test_the_verifier_requires_min_witnesses_cosignatures_on_the_head(
         check=False,
     )
     assert cli.returncode == 0, cli.stdout + cli.stderr
+
+
+def test_the_polling_loop_reports_every_round_and_exits_1_after_an_alarm(
+    amber: Amber, served: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "witness"
+    _grow(amber)
+    node = _witness(amber, served, directory)
+    said: list[str] = []
+    shouted: list[str] = []
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the injected clock moves instead of time passing
+        slept.append(seconds)
+        amber.clock.advance(timedelta(minutes=20))
+
+    code = witness.run(node, once=False, interval_s=60, rounds=3, sleep=sleep, out=said.append, err=shouted.append)
+    assert code == 1
+    assert slept == [60, 60]
+    assert said[0].startswith("amber-witness: cosigned size")
+    assert said[1].startswith("amber-witness: unchanged at size")  # 20 minutes: within max-age
+    assert shouted == [f"amber-witness: ALARM stale: {node.run_once().alarms[0].message}"]  # 40 minutes: stale
