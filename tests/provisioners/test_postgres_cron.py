@@ -179,11 +179,24 @@ def test_the_cut_does_nothing_long_before_expiry_or_to_a_role_that_is_not_the_gr
     assert _can_login(target_db, other.role_name)
 
 
-def test_check_reports_that_expiry_holds_in_the_database(provisioner: PostgresProvisioner) -> None:
+def test_check_reports_that_expiry_holds_in_the_database_and_roles_whose_job_is_gone(
+    provisioner: PostgresProvisioner, target_db: TargetDb
+) -> None:
+    covered, stripped = target_db.spec(), target_db.spec()
+    provisioner.provision(covered)
+    provisioner.provision(stripped)
     codes = {f.code: f for f in provisioner.check()}
     assert codes["expiry-cut-pg-cron"].severity == "ok"
     assert f"in database {_cron_db()}" in codes["expiry-cut-pg-cron"].message
     assert codes["pgaudit-per-role"].severity == "ok"
+    assert "expiry-cut-missing" not in codes
+
+    with admin_connect(_cron_db()) as conn:  # a superuser of the target removes one job by hand
+        conn.execute("SELECT cron.unschedule(%s)", [job_name(stripped.role_name, stripped.grant_id)])
+    (missing,) = [f for f in provisioner.check() if f.code == "expiry-cut-missing"]
+    assert missing.severity == "warning"
+    assert stripped.role_name in missing.message
+    assert covered.role_name not in missing.message
 
 
 @pytest.fixture
@@ -213,6 +226,7 @@ def test_check_says_plainly_when_expiry_does_not_hold_while_amber_is_down(target
         cuts = ExpiryCuts(
             dsn,
             where="test",
+            target_database=target_db.name,
             database_name=cron_database,
             safe_error=lambda exc: ProvisionerError(str(exc)),
             connect_timeout_s=5,

@@ -205,6 +205,7 @@ class PostgresProvisioner:
         self._cuts = ExpiryCuts(
             admin_dsn,
             where=self._where,
+            target_database=dbname,
             database_name=self._cron_database,
             safe_error=lambda exc: self._safe_error(exc, ()),
             connect_timeout_s=max(2, math.ceil(connect_timeout_s)),

@@ -159,12 +159,14 @@ class ExpiryCuts:
         admin_dsn: str,
         *,
         where: str,
+        target_database: str,
         database_name: Callable[[], tuple[str | None, bool]],
         safe_error: Callable[[psycopg.Error], ProvisionerError],
         connect_timeout_s: int,
     ) -> None:
         self._admin_dsn = admin_dsn
         self._where = where
+        self._target_database = target_database
         self._database_name = database_name
         self._safe_error = safe_error
         self._connect_timeout_s = connect_timeout_s
@@ -297,10 +299,37 @@ class ExpiryCuts:
                 "are ended within a minute of its expiry by a job in the database, even while amber is down",
             )
         ]
+
+        def uncovered(conn: _Conn) -> list[str]:
+            """amber roles of the target database that can still log in before expiry and have no cut job."""
+            rows = conn.execute(
+                "SELECT r.rolname, shobj_description(r.oid, 'pg_authid') FROM pg_roles r"
+                " WHERE starts_with(r.rolname, 'amber_g_') AND r.rolcanlogin AND r.rolvaliduntil > now()"
+                " AND EXISTS (SELECT FROM pg_database d, aclexplode(d.datacl) a"
+                "  WHERE d.datname = %s AND a.grantee = r.oid AND a.privilege_type = 'CONNECT')"
+                " AND NOT EXISTS (SELECT FROM cron.job j WHERE j.username = current_user"
+                "  AND starts_with(j.jobname, %s || r.rolname || ':'))"
+                " ORDER BY 1",
+                [self._target_database, JOB_PREFIX],
+            ).fetchall()
+            return [str(name) for name, comment in rows if _is_amber_comment(comment)]
+
         try:
             failed = self._run(status.database, failures)
+            missing = self._run(status.database, uncovered)
         except ProvisionerError as exc:
-            return [*found, Finding("expiry-cut-unchecked", "warning", f"cannot read pg_cron's run history: {exc}")]
+            return [*found, Finding("expiry-cut-unchecked", "warning", f"cannot read pg_cron's jobs: {exc}")]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            found.append(
+                Finding(
+                    "expiry-cut-missing",
+                    "warning",
+                    f"amber roles with no cut job in pg_cron: {shown}; their sessions are not ended at expiry while "
+                    "amber is down (provisioned before amber scheduled cuts, or the job was removed by hand)",
+                    "revoke those grants and issue new ones (each new grant gets its job)",
+                )
+            )
         for name, message, started in failed:
             found.append(
                 Finding(
@@ -434,6 +463,10 @@ class ExpiryCuts:
         if self._conn is not None:
             self._conn.close()
         self._conn, self._conn_db = None, None
+
+
+def _is_amber_comment(comment: str | None) -> bool:
+    return bool(comment) and str(comment).startswith("amber grant ") and " owner " in str(comment)
 
 
 def _how_to_enable(status: CronStatus) -> str:
