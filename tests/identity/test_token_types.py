@@ -148,9 +148,10 @@ identity:
 """
 
 
-def _production(tmp_path: Path, state_url: str, extra: str) -> Runtime:
+def _production(tmp_path: Path, state_url: str, extra: str, identity_extra: str = "") -> Runtime:
     catalog = tmp_path / "amber.yaml"
-    catalog.write_text(ISSUER_BLOCK.format(extra=textwrap.indent(textwrap.dedent(extra), "      ")))
+    text = ISSUER_BLOCK.format(extra=textwrap.indent(textwrap.dedent(extra), "      "))
+    catalog.write_text(text.replace("  admins: [platform]\n", f"  admins: [platform]\n{identity_extra}"))
     (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "main.cedar").write_text(POLICIES)
     key = tmp_path / "ledger.key"
@@ -190,3 +191,14 @@ def test_production_requires_at_jwt_unless_listed(
         assert (trusted.audience, trusted.token_types) == ("api://amber", expected)
     finally:
         rt.close()
+
+
+def test_production_refuses_a_short_scim_token_at_start(
+    tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AMBER_TEST_SCIM_SHORT", "short")
+    scim = "  scim: {token: env:AMBER_TEST_SCIM_SHORT, issuer: okta}\n"
+    with pytest.raises(ConfigError, match=r"amber.yaml:\d+: identity.scim.token resolves to fewer than 16"):
+        _production(tmp_path, state_url, "audience: api://amber\n", scim)
+    monkeypatch.setenv("AMBER_TEST_SCIM_SHORT", "a-long-enough-scim-token")
+    _production(tmp_path, state_url, "audience: api://amber\n", scim).close()

@@ -120,6 +120,31 @@ def reload_policy(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
     }
 
 
+@router.post("/reload", tags=["catalog"])
+def reload_all(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
+    """Reload the catalog, its policy bundle and identity (issuers, token verifier, sign-in providers, SCIM
+    settings) together (admins), as SIGHUP does. Anything refused (422, with why) changes nothing."""
+    if not is_admin(rt.catalog(), who):
+        raise Forbidden("reloading needs the admin role")
+    before, before_policy = rt.catalog().content_hash, rt.catalog.policies().hash
+    try:
+        rt.reload_catalog(_actor(who))
+    except ConfigError as exc:
+        raise InvalidInput(
+            f"reload refused; still running catalog {before[:12]} and policy {before_policy[:12]} with their "
+            f"identity settings: {exc.message}"
+        ) from None
+    current = rt.catalog()
+    return {
+        "previous_catalog_hash": before,
+        "catalog_hash": current.content_hash,
+        "previous_policy_hash": before_policy,
+        "policy_hash": rt.catalog.policies().hash,
+        "changed": (before, before_policy) != (current.content_hash, rt.catalog.policies().hash),
+        "issuers": [issuer.name for issuer in current.identity.issuers],
+    }
+
+
 @router.get("/grants", response_model=list[GrantOut], tags=["grants"])
 def list_grants(
     rt: RuntimeDep,

@@ -105,6 +105,41 @@ def check_identity(catalog: Catalog, env: str) -> None:
         )
 
 
+def identity_state(catalog: Catalog, env: str, clock: Clock, dev_issuer: DevIssuer | None) -> IdentityState:
+    """Everything that verifies identities for `catalog`, or ConfigError naming file:line and why. Used at start
+    and by every reload, so a reload is refused for exactly what would refuse a start."""
+    check_identity(catalog, env)
+    identity = catalog.identity
+    where = catalog.where(("identity", "dev_issuer"))
+    if identity.dev_issuer != (dev_issuer is not None):
+        raise ConfigError(f"{where}: identity.dev_issuer cannot be switched while amber runs; restart amber for it")
+    issuers, providers = build_identity(identity, catalog.path, clock, production=env == "production")
+    if dev_issuer is not None:
+        issuers.append(dev_issuer.trusted_issuer())
+    try:
+        verifier = TokenVerifier(issuers, clock, skew=identity.clock_skew)
+    except ValueError as exc:
+        raise ConfigError(f"{catalog.where(('identity', 'issuers'))}: {exc}") from None
+    scim = identity.scim
+    if scim.token:
+        scim_where = catalog.where(("identity", "scim"))
+        try:
+            _scim_issuer(identity, dev_issuer.issuer_url if dev_issuer is not None else None)
+        except ConfigError as exc:
+            raise ConfigError(f"{scim_where}: {exc.message}") from None
+        if env == "production":
+            # The limit the SCIM endpoint enforces per call; imported here (that module imports this one).
+            from amber.api.scim_routes import MIN_TOKEN_LENGTH as MIN_SCIM_TOKEN_LENGTH  # noqa: PLC0415
+
+            token = resolve_reference(scim.token, where=f"{scim_where}: identity.scim.token", base=catalog.path.parent)
+            if len(token.strip()) < MIN_SCIM_TOKEN_LENGTH:
+                raise ConfigError(
+                    f"{scim_where}: identity.scim.token resolves to fewer than {MIN_SCIM_TOKEN_LENGTH} characters; "
+                    f"refused when AMBER_ENV=production {PRODUCTION_HINT}"
+                )
+    return IdentityState(verifier=verifier, providers=providers)
+
+
 def build_identity(
     identity: IdentityConfig, catalog_path: Path, clock: Clock, *, production: bool
 ) -> tuple[list[TrustedIssuer], dict[str, Provider]]:
@@ -161,25 +196,59 @@ def build_identity(
     return issuers, providers
 
 
-class CatalogHolder:
-    """The running catalog and its policy bundle. A reload that fails leaves both in place."""
+@dataclass(frozen=True)
+class IdentityState:
+    """What verifies identities, built from one catalog: the token verifier (issuers, their keys, audiences,
+    token types) and the sign-in providers. SCIM settings are read from the same catalog at each call."""
 
-    def __init__(self, catalog: Catalog, bundle: PolicyBundle) -> None:
-        self._catalog = catalog
-        self._bundle = bundle
+    verifier: TokenVerifier
+    providers: dict[str, Provider]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    catalog: Catalog
+    bundle: PolicyBundle
+    identity: IdentityState | None
+
+
+class CatalogHolder:
+    """The running catalog, its policy bundle and the identity built from it, replaced together.
+
+    Invariant: all three come from one file. A reload builds the new set completely (catalog, policy bundle,
+    then identity via `build_identity`, which may refuse it) and swaps it in with one assignment; if any part
+    fails, the running set stays as it was and the error says why. Readers take one snapshot per call.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        bundle: PolicyBundle,
+        identity: IdentityState | None = None,
+        build_identity: Callable[[Catalog], IdentityState] | None = None,
+    ) -> None:
+        self._loaded = _Loaded(catalog, bundle, identity)
+        self._build_identity = build_identity
         self._lock = threading.Lock()
 
     def __call__(self) -> Catalog:
-        return self._catalog
+        return self._loaded.catalog
 
     def policies(self) -> PolicyBundle:
-        return self._bundle
+        return self._loaded.bundle
+
+    def identity(self) -> IdentityState:
+        identity = self._loaded.identity
+        if identity is None:
+            raise ConfigError("no identity is configured for this catalog holder")
+        return identity
 
     def reload(self, path: Path | None = None) -> Catalog:
-        new = load_catalog(path or self._catalog.path)  # raises ConfigError; nothing replaced
-        bundle = load_policies(new)  # raises PolicyError; nothing replaced
-        with self._lock:
-            self._catalog, self._bundle = new, bundle
+        with self._lock:  # one reload at a time; readers never wait
+            new = load_catalog(path or self._loaded.catalog.path)  # raises ConfigError; nothing replaced
+            bundle = load_policies(new)  # raises PolicyError; nothing replaced
+            identity = self._build_identity(new) if self._build_identity is not None else None  # ConfigError
+            self._loaded = _Loaded(new, bundle, identity)
         return new
 
 
@@ -191,7 +260,6 @@ class Runtime:
     uow: UnitOfWork
     catalog: CatalogHolder
     metrics: Metrics
-    verifier: TokenVerifier
     dev_issuer: DevIssuer | None
     provisioners: ProvisionerRegistry
     grants: GrantService
@@ -201,7 +269,6 @@ class Runtime:
     warnings: list[str] = field(default_factory=list)
     gateway: Gateway | None = None
     checkpointer: Checkpointer | None = None
-    providers: dict[str, Provider] = field(default_factory=dict)
     scim: ScimService | None = None
     directory: Callable[[], DirectoryScope] = field(default_factory=lambda: _no_directory)
 
@@ -209,11 +276,21 @@ class Runtime:
     def build(cls, settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
         clock = clock or SystemClock()
         first = load_catalog(settings.catalog)
-        catalog = CatalogHolder(first, load_policies(first))
-        identity = catalog().identity
+        bundle = load_policies(first)
         warnings: list[str] = []
         check_identity(first, settings.env)
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dev_issuer = None
+        if first.identity.dev_issuer:
+            dev_issuer = DevIssuer(settings.state_dir, f"{settings.resolved_public_url}/dev-issuer", clock)
+
+        def identity_for(new: Catalog) -> IdentityState:
+            return identity_state(new, settings.env, clock, dev_issuer)
+
+        catalog = CatalogHolder(first, bundle, identity_for(first), identity_for)  # before anything is opened
+        if dev_issuer is not None:
+            warnings.append(DEV_WARNING)
+            log.warning("WARNING: %s", DEV_WARNING)
         engine = make_engine(settings.resolved_database_url)
         if migrate:
             upgrade(engine)
@@ -221,14 +298,6 @@ class Runtime:
         with uow() as session:
             install_id = installation_id(session)
         metrics = Metrics()
-        issuers, providers = build_identity(identity, settings.catalog, clock, production=settings.env == "production")
-        dev_issuer = None
-        if identity.dev_issuer:
-            dev_issuer = DevIssuer(settings.state_dir, f"{settings.resolved_public_url}/dev-issuer", clock)
-            issuers.append(dev_issuer.trusted_issuer())
-            warnings.append(DEV_WARNING)
-            log.warning("WARNING: %s", DEV_WARNING)
-        verifier = TokenVerifier(issuers, clock, skew=identity.clock_skew)
 
         def describe(resource_name: str) -> tuple[str, str, str | None, str]:
             current = catalog()
@@ -280,7 +349,6 @@ class Runtime:
             uow=uow,
             catalog=catalog,
             metrics=metrics,
-            verifier=verifier,
             dev_issuer=dev_issuer,
             provisioners=provisioners,
             grants=grants,
@@ -288,7 +356,6 @@ class Runtime:
             worker=worker,
             installation_id=install_id,
             warnings=warnings,
-            providers=providers,
             scim=scim,
             directory=directory,
         )
@@ -320,6 +387,16 @@ class Runtime:
             )
         runtime.record_catalog()
         return runtime
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        """The token verifier in force (replaced, with the catalog, by a reload)."""
+        return self.catalog.identity().verifier
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        """The sign-in providers in force (replaced, with the catalog, by a reload)."""
+        return self.catalog.identity().providers
 
     async def start_gateway(self) -> None:
         if self.gateway is None:
@@ -393,7 +470,8 @@ class Runtime:
         return True
 
     def reload_catalog(self, actor: ledger.Actor = ledger.SYSTEM) -> Catalog:
-        """Load the catalog and its policy bundle again. On any error both stay as they were."""
+        """Load the catalog, its policy bundle and the identity settings (issuers, token verifier, sign-in
+        providers, SCIM) again, together. On any error (ConfigError, naming why) all stay as they were."""
         catalog = self.catalog.reload()
         self.record_catalog(actor)
         return catalog

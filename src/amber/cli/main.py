@@ -104,7 +104,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
 ) -> None:
-    """Run amber: API, worker and dev issuer (if enabled) in one process. SIGHUP reloads the catalog."""
+    """Run amber: API, worker and dev issuer (if enabled) in one process. SIGHUP (or `amber reload`) reloads the
+    catalog, policy and identity settings together; if anything is refused, the running ones stay."""
     import uvicorn
 
     from amber.api.app import create_app
@@ -149,17 +150,35 @@ def serve(
             catalog = rt.reload_catalog()
         except AmberError as exc:
             logging.getLogger("amber").error(  # noqa: TRY400 - the message is the whole story; no traceback
-                "catalog reload refused; still running the previous one: %s", exc
+                "reload refused; still running the previous catalog, policy and identity settings: %s", exc
             )
         else:
             logging.getLogger("amber").info(
-                "catalog reloaded: %s (policy %s)", catalog.path, rt.catalog.policies().hash[:12]
+                "reloaded catalog %s (%s), policy %s, identity issuers: %s",
+                catalog.path,
+                catalog.content_hash[:12],
+                rt.catalog.policies().hash[:12],
+                ", ".join(issuer.name for issuer in catalog.identity.issuers) or "dev issuer only",
             )
 
     signal.signal(signal.SIGHUP, reload)
     # uvloop roughly doubles the gateway's throughput (bench/gateway.py); plain asyncio where it is missing.
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     uvicorn.run(create_app(rt), host=settings.host, port=settings.port, log_level="warning", loop=loop)
+
+
+@app.command()
+def reload(profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Ask the running amber to reload its catalog, policy and identity settings (admins), as SIGHUP does.
+    Anything refused changes nothing, and the error says why."""
+    data = _client(profile, url).call("POST", "/v1/reload")
+    issuers = ", ".join(data["issuers"]) or "dev issuer only"
+    state = "reloaded" if data["changed"] else "unchanged"
+    _out(
+        data,
+        as_json,
+        f"{state}: catalog {data['catalog_hash'][:12]}, policy {data['policy_hash'][:12]}, issuers: {issuers}",
+    )
 
 
 # -- identity ----------------------------------------------------------------------------------------------
