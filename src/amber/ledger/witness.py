@@ -33,6 +33,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ except ImportError:  # the standalone copy, tools/amber_witness.py, next to tool
     import amber_verify as tlog  # type: ignore[import-not-found,no-redef]
 
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 NOTES_DIR = "checkpoints"  # cosigned notes: `amber audit verify --checkpoint STATE/checkpoints`
 EVIDENCE_DIR = "evidence"  # notes that raised an alarm, kept as they were served
 CHECKPOINT_PATH = "/.well-known/amber-ledger/checkpoint"
@@ -323,7 +325,16 @@ class Witness:
         return state
 
     def run_once(self) -> Outcome:
+        """One round, holding the state directory's lock: two witness processes on one directory take turns."""
         prepare(self.directory)
+        fd = os.open(self.directory / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._round()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _round(self) -> Outcome:
         state = self._state()
         now = self.clock.now()
         outcome = Outcome()
