@@ -245,3 +245,16 @@ def test_scim_deactivation_and_group_removal_end_browser_sessions(scim_amber: Am
     ended = scim_amber.api.get("/v1/me")
     assert ended.status_code == 401
     assert "session has ended" in ended.json()["detail"]
+
+
+def test_a_reload_that_removes_the_issuer_ends_its_browser_sessions(
+    oidc_amber: Amber, provider: OidcProvider, own_provider: OidcProvider
+) -> None:
+    assert sign_in(oidc_amber, provider, "alice").status_code == 303
+    assert oidc_amber.api.get("/v1/me").json()["name"] == "alice"
+    path = oidc_amber.rt.catalog().path
+    path.write_text(path.read_text().replace(provider.issuer, own_provider.issuer))
+    oidc_amber.rt.reload_catalog()
+    stale = oidc_amber.api.get("/v1/me")
+    assert stale.status_code == 401
+    assert "no longer trusts the identity provider you signed in with" in stale.json()["detail"]

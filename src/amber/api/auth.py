@@ -8,6 +8,10 @@ session issued before a SCIM group removal no longer carries that group), derive
 in the routes (`is_admin` / `is_auditor`, which read the same role mapping); policy still decides every
 request and approval.
 
+The Authorization header must be exactly `Bearer <token>` (scheme in any case, one space, an RFC 6750
+b64token): anything else is refused, never trimmed or guessed at. A browser session is honoured only while the
+issuer that signed its person in is still trusted (a reload that removes an issuer ends its sessions too).
+
 What this does NOT check: CSRF for bearer calls (a bearer token is not ambient); cookie calls that change
 state must send `X-Requested-With`, which a cross-site form cannot.
 """
@@ -15,6 +19,7 @@ state must send `X-Requested-With`, which a cross-site form cannot.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -26,6 +31,8 @@ from amber.identity.directory import groups_now, is_deprovisioned
 from amber.identity.sessions import session_principal
 
 SESSION_COOKIE = "amber_session"
+# RFC 6750 section 2.1: credentials = "Bearer" 1*SP b64token; amber takes exactly one space.
+_BEARER = re.compile(r"(?i:bearer) ([A-Za-z0-9\-._~+/]+=*)")
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 # The role a route needs beyond being signed in, by (method, route path). Policy still decides the rest.
@@ -45,10 +52,10 @@ def authenticate(request: Request, rt: Runtime) -> Principal:
     """Bearer token or session cookie -> a Principal with roles; raises NotAuthenticated otherwise."""
     header = request.headers.get("authorization", "")
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        bearer = _BEARER.fullmatch(header)
+        if bearer is None:
             raise NotAuthenticated("send `Authorization: Bearer <token>` (get one with `amber login`)")
-        found = rt.verifier.verify(token.strip())
+        found = rt.verifier.verify(bearer.group(1))
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
@@ -59,6 +66,8 @@ def authenticate(request: Request, rt: Runtime) -> Principal:
             maybe = session_principal(session, cookie, now=rt.clock.now())
         if maybe is None:
             raise NotAuthenticated("your session has ended; sign in again")
+        if rt.verifier.issuer(maybe.issuer) is None:
+            raise NotAuthenticated("amber no longer trusts the identity provider you signed in with; sign in again")
         found = maybe
     with rt.uow() as session:
         if is_deprovisioned(session, found.issuer, found.subject):
