@@ -103,7 +103,8 @@ def show_policy(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
 
 @router.post("/policy/reload", tags=["policy"])
 def reload_policy(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
-    """Reload the catalog and its policy bundle (admins). A bad file is refused and nothing changes."""
+    """Reload the catalog, its policy bundle and identity settings (admins; as POST /v1/reload, reporting the
+    policy hashes). A bad file is refused and nothing changes."""
     if not is_admin(rt.catalog(), who):
         raise Forbidden("reloading policy needs the admin role")
     before = rt.catalog.policies().hash
@@ -111,7 +112,8 @@ def reload_policy(rt: RuntimeDep, who: PrincipalDep) -> dict[str, Any]:
         rt.reload_catalog(_actor(who))
     except ConfigError as exc:
         raise InvalidInput(
-            f"the new catalog or policy bundle was refused; still running {before[:12]}: {exc.message}"
+            f"the new catalog, policy bundle or identity settings were refused; still running {before[:12]}: "
+            f"{exc.message}"
         ) from None
     return {
         "previous_policy_hash": before,

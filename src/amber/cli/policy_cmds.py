@@ -228,7 +228,8 @@ def explain(request_id: str, profile: ProfileOpt = "default", url: UrlOpt = None
 
 @policy_app.command("reload")
 def reload(profile: ProfileOpt = "default", url: UrlOpt = None, as_json: JsonOpt = False) -> None:
-    """Ask the running amber to reload its catalog and policy bundle (admins). A bad bundle changes nothing."""
+    """Ask the running amber to reload its catalog, policy bundle and identity settings (admins), like
+    `amber reload`. Anything refused changes nothing."""
     data = Client.for_profile(profile, url).call("POST", "/v1/policy/reload")
     if as_json:
         echo(json.dumps(data, indent=2))
