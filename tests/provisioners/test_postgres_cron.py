@@ -7,6 +7,7 @@ user, in the job's database, sent as one simple query. bench/expiry_while_down.p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -29,7 +30,7 @@ from amber.provisioners.postgres_cron import (
     schedule_for,
 )
 
-from .conftest import SERVER_URL, TargetDb, admin_connect
+from .conftest import OWNER_TAG, SERVER_URL, TargetDb, admin_connect
 
 pytestmark = pytest.mark.postgres
 
@@ -126,10 +127,28 @@ def test_sweep_removes_the_jobs_of_roles_that_are_gone(provisioner: PostgresProv
     with target_db.admin() as conn:  # e.g. an operator dropped it, or amber died between drop and unschedule
         conn.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(dropped.role_name)))
 
-    assert provisioner.sweep() == [job_name(dropped.role_name, dropped.grant_id)]
+    assert provisioner.sweep(OWNER_TAG) == [job_name(dropped.role_name, dropped.grant_id)]
     assert _jobs(dropped.role_name) == []
     assert len(_jobs(live.role_name)) == 1
-    assert provisioner.sweep() == []
+    assert provisioner.sweep(OWNER_TAG) == []
+
+
+def test_sweep_puts_back_a_job_removed_by_hand_for_its_own_installations_roles_only(
+    provisioner: PostgresProvisioner, target_db: TargetDb
+) -> None:
+    ours = target_db.spec(expires_in=timedelta(hours=3))
+    theirs = dataclasses.replace(target_db.spec(), owner_tag="another_installation")
+    provisioner.provision(ours)
+    provisioner.provision(theirs)
+    (original,) = _jobs(ours.role_name)
+    with admin_connect(_cron_db()) as conn:  # a superuser of the target removes both jobs by hand
+        for spec in (ours, theirs):
+            conn.execute("SELECT cron.unschedule(%s)", [job_name(spec.role_name, spec.grant_id)])
+
+    assert provisioner.sweep(OWNER_TAG) == [f"restored {job_name(ours.role_name, ours.grant_id)}"]
+    assert _jobs(ours.role_name) == [original]  # the same schedule and command, from the role's own VALID UNTIL
+    assert _jobs(theirs.role_name) == []  # another installation's reconciler restores its own
+    assert provisioner.sweep(OWNER_TAG) == []
 
 
 def test_the_cut_ends_a_live_session_at_expiry_and_refuses_new_logins(

@@ -505,12 +505,12 @@ class GrantService:
                 log.warning("reconcile: cannot inspect %s: %s", resource, exc)
                 continue
             try:
-                swept = provisioner.sweep()
+                swept = provisioner.sweep(self._installation_id)
             except ProvisionerError as exc:
                 log.warning("reconcile: cannot sweep %s: %s", resource, exc)
             else:
                 if swept:
-                    log.info("reconcile: removed %d leftover item(s) on %s: %s", len(swept), resource, swept)
+                    log.info("reconcile: tidied %d item(s) on %s: %s", len(swept), resource, swept)
             ours = [role for role in roles if role.owner_tag == self._installation_id]
             foreign += len(roles) - len(ours)
             if not ours:

@@ -104,9 +104,10 @@ class Provisioner(Protocol):
         """Every `amber_g_*` role on the target, for the reconciler."""
         ...
 
-    def sweep(self) -> list[str]:
-        """Remove what amber left on the target that no role needs any more (e.g. a dropped role's scheduled
-        expiry cut); return what was removed. Never touches a role."""
+    def sweep(self, owner_tag: str) -> list[str]:
+        """Tidy what amber keeps on the target besides roles: remove what no role needs any more (a dropped
+        role's scheduled expiry cut) and put back what installation `owner_tag`'s live roles lack (a cut job
+        removed by hand); return what changed. Never touches a role."""
         ...
 
     def check(self) -> list[Finding]:

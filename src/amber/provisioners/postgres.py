@@ -405,9 +405,9 @@ class PostgresProvisioner:
         # Expiry while amber is down (pg_cron) and recording of direct sessions (pgaudit): never SQL fixes.
         return findings + self._cuts.findings() + self._run(audit_findings)
 
-    def sweep(self) -> list[str]:
-        """Remove what amber left on the target that no role needs any more (cut jobs of dropped roles)."""
-        return self._cuts.sweep(parse_role_comment)
+    def sweep(self, owner_tag: str) -> list[str]:
+        """Remove cut jobs of dropped roles; put back the missing cut jobs of `owner_tag`'s live roles."""
+        return self._cuts.sweep(owner_tag, parse_role_comment)
 
     def harden(self) -> list[str]:
         """Apply, in one transaction, every SQL fix `check` proposes; return the statements applied.

@@ -195,15 +195,9 @@ class ExpiryCuts:
         status = self.status()
         if not status.usable or status.database is None:
             return False
-        name = job_name(spec.role_name, spec.grant_id)
 
         def action(conn: _Conn) -> None:
-            row = conn.execute("SELECT clock_timestamp()").fetchone()
-            db_now = row[0] if row else datetime.now(UTC)
-            command = cut_command(spec.role_name, role_comment, spec.expires_at, conn)
-            conn.execute(
-                "SELECT cron.schedule(%s, %s, %s)", [name, schedule_for(spec.expires_at, db_now), command]
-            ).fetchone()
+            _schedule(conn, spec.role_name, spec.grant_id, role_comment, spec.expires_at)
 
         try:
             self._run(status.database, action)
@@ -224,13 +218,19 @@ class ExpiryCuts:
 
         return self._run(status.database, action)
 
-    def sweep(self, parse_comment: Callable[[str | None], tuple[str, str] | None]) -> list[str]:
+    def sweep(self, owner_tag: str, parse_comment: Callable[[str | None], tuple[str, str] | None]) -> list[str]:
         """Remove cut jobs that have nothing left to cut: their role is gone, or no longer amber's for that grant.
 
         Reads the jobs first and the roles second: a job is registered only after its role is committed, so a
         job seen here whose role is not seen afterwards really lost its role (no race with a provision). A job
         whose role still exists is left alone even if its grant ended: the reconciler revokes that role, and
-        revoking removes the job. Returns the names removed.
+        revoking removes the job.
+
+        Then puts back the job of every role of installation `owner_tag` on the target database that can still
+        log in before its `VALID UNTIL` and has none (removed by hand, or provisioned before cuts existed), from
+        the role's own name, comment and `VALID UNTIL`; a provision running meanwhile schedules the same job
+        (same name: one job).
+        Returns the names removed and, prefixed `restored `, the names put back.
         """
         status = self.status()
         if not status.usable or status.database is None:
@@ -261,9 +261,14 @@ class ExpiryCuts:
                 owner = parse_comment(comments[role]) if role in comments else None
                 if owner is None or owner[0] != grant_id:
                     orphans.append(name)
-            if not orphans:
-                return []
-            return _unschedule(conn, sorted(orphans))
+            removed = _unschedule(conn, sorted(orphans)) if orphans else []
+            restored = []
+            for role, comment, valid_until in _uncovered(conn, self._target_database):
+                owner = parse_comment(comment)
+                if owner is not None and owner[1] == owner_tag:
+                    _schedule(conn, role, owner[0], str(comment), valid_until)
+                    restored.append(f"restored {job_name(role, owner[0])}")
+            return removed + restored
 
         return self._run(status.database, action)
 
@@ -301,18 +306,7 @@ class ExpiryCuts:
         ]
 
         def uncovered(conn: _Conn) -> list[str]:
-            """amber roles of the target database that can still log in before expiry and have no cut job."""
-            rows = conn.execute(
-                "SELECT r.rolname, shobj_description(r.oid, 'pg_authid') FROM pg_roles r"
-                " WHERE starts_with(r.rolname, 'amber_g_') AND r.rolcanlogin AND r.rolvaliduntil > now()"
-                " AND EXISTS (SELECT FROM pg_database d, aclexplode(d.datacl) a"
-                "  WHERE d.datname = %s AND a.grantee = r.oid AND a.privilege_type = 'CONNECT')"
-                " AND NOT EXISTS (SELECT FROM cron.job j WHERE j.username = current_user"
-                "  AND starts_with(j.jobname, %s || r.rolname || ':'))"
-                " ORDER BY 1",
-                [self._target_database, JOB_PREFIX],
-            ).fetchall()
-            return [str(name) for name, comment in rows if _is_amber_comment(comment)]
+            return [name for name, comment, _ in _uncovered(conn, self._target_database) if _is_amber_comment(comment)]
 
         try:
             failed = self._run(status.database, failures)
@@ -327,7 +321,8 @@ class ExpiryCuts:
                     "warning",
                     f"amber roles with no cut job in pg_cron: {shown}; their sessions are not ended at expiry while "
                     "amber is down (provisioned before amber scheduled cuts, or the job was removed by hand)",
-                    "revoke those grants and issue new ones (each new grant gets its job)",
+                    "amber's reconciler puts a missing job back for its own installation's roles (every 30 s while "
+                    "amber runs); roles of another installation: that installation's reconciler",
                 )
             )
         for name, message, started in failed:
@@ -463,6 +458,31 @@ class ExpiryCuts:
         if self._conn is not None:
             self._conn.close()
         self._conn, self._conn_db = None, None
+
+
+def _schedule(conn: _Conn, role_name: str, grant_id: str, role_comment: str, expires_at: datetime) -> None:
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    db_now = row[0] if row else datetime.now(UTC)
+    command = cut_command(role_name, role_comment, expires_at, conn)
+    conn.execute(
+        "SELECT cron.schedule(%s, %s, %s)", [job_name(role_name, grant_id), schedule_for(expires_at, db_now), command]
+    ).fetchone()
+
+
+def _uncovered(conn: _Conn, target_database: str) -> list[tuple[str, str | None, datetime]]:
+    """(role, comment, VALID UNTIL) of amber roles granted CONNECT on `target_database` that can still log in
+    before their VALID UNTIL and have no cut job of the current user."""
+    rows = conn.execute(
+        "SELECT r.rolname, shobj_description(r.oid, 'pg_authid'), r.rolvaliduntil FROM pg_roles r"
+        " WHERE starts_with(r.rolname, 'amber_g_') AND r.rolcanlogin AND r.rolvaliduntil > now()"
+        " AND EXISTS (SELECT FROM pg_database d, aclexplode(d.datacl) a"
+        "  WHERE d.datname = %s AND a.grantee = r.oid AND a.privilege_type = 'CONNECT')"
+        " AND NOT EXISTS (SELECT FROM cron.job j WHERE j.username = current_user"
+        "  AND starts_with(j.jobname, %s || r.rolname || ':'))"
+        " ORDER BY 1",
+        [target_database, JOB_PREFIX],
+    ).fetchall()
+    return [(str(name), comment, valid_until) for name, comment, valid_until in rows]
 
 
 def _is_amber_comment(comment: str | None) -> bool:
