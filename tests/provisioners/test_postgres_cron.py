@@ -274,6 +274,14 @@ def test_check_says_plainly_when_expiry_does_not_hold_while_amber_is_down(target
     assert f"jobs run as {weak_admin}" in message
 
 
+def test_check_runs_whole_for_an_admin_that_is_not_a_superuser(target_db: TargetDb, weak_admin: str) -> None:
+    """`resource check` reads only what a CREATEROLE admin may read (pg_user_mappings, not pg_user_mapping)."""
+    dsn = psycopg.conninfo.make_conninfo(target_db.admin_dsn, user=weak_admin)
+    with PostgresProvisioner(dsn) as provisioner:
+        codes = {f.code for f in provisioner.check()}
+    assert "expiry-cut-unavailable" in codes
+
+
 def test_provisioning_without_a_usable_pg_cron_still_works_and_schedules_nothing(
     target_db: TargetDb, weak_admin: str
 ) -> None:

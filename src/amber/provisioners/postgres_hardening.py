@@ -371,8 +371,10 @@ def _foreign_data(conn: _Conn, reach: dict[int, str]) -> Plan:
     public_mappings = {
         str(server): str(user or "?")
         for server, user in conn.execute(
-            "SELECT s.srvname, (SELECT split_part(o, '=', 2) FROM unnest(m.umoptions) o WHERE o LIKE 'user=%%')"
-            " FROM pg_user_mapping m JOIN pg_foreign_server s ON s.oid = m.umserver WHERE m.umuser = 0"
+            # pg_user_mappings (the view), not pg_user_mapping: only superusers may read the catalog, and the view
+            # shows the options to whoever owns the server (else NULL: the user is then named "?").
+            "SELECT m.srvname, (SELECT split_part(o, '=', 2) FROM unnest(m.umoptions) o WHERE o LIKE 'user=%%')"
+            " FROM pg_user_mappings m WHERE m.umuser = 0"
         ).fetchall()
     }
     usable: set[str] = set()
