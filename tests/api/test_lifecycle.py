@@ -235,9 +235,9 @@ def test_an_inbox_finds_what_its_reader_may_act_on_behind_what_they_may_not(
     """olga (team-orders owns orders-db) may approve read-only requests but not two-approvals ones (leads only):
     her inbox pages past the newer requests she cannot act on (pages of 3 here; the clock stands still, so
     every request has the same submitted_at and pages are told apart by id)."""
-    from amber.access_requests import service
+    from amber.access_requests import queries
 
-    monkeypatch.setattr(service, "INBOX_PAGE", 3)
+    monkeypatch.setattr(queries, "INBOX_PAGE", 3)
     hers = amber.request("bob", "engineering")
     for i in range(7):
         amber.request(f"eve{i}", "engineering", level="two-approvals")
