@@ -20,43 +20,32 @@ from amber.core.errors import Conflict, InvalidInput, NotFound
 from amber.core.ids import new_id
 from amber.identity.directory import ScimGroup, ScimMember, ScimUser, amber_names
 from amber.identity.sessions import end_sessions_of
+from amber.scim import shapes
 from amber.scim.base import Person
 from amber.scim.reevaluation import Reevaluation
-from amber.scim.shapes import (
-    list_response,
-    lower_keys,
-    member_ids,
-    meta,
-    opt_str,
-    parse_filter,
-    patch_ids,
-    patch_operations,
-    required_str,
-    scim_error,
-)
 
 
 class Groups(Reevaluation):
     def create_group(self, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
-        name = required_str(body, "displayName")
+        name = shapes.required_str(body, "displayName")
         with self._uow() as session:
             existing = session.scalar(
                 select(ScimGroup.id).where(ScimGroup.display_name == name, ScimGroup.deleted_at.is_(None))
             )
             if existing is not None:
-                raise scim_error(Conflict, f"a group named {name!r} already exists", "uniqueness")
+                raise shapes.scim_error(Conflict, f"a group named {name!r} already exists", "uniqueness")
             now = self._clock.now()
             managed_before = self._managed_names(session)
             group = ScimGroup(
                 id=new_id("scg"),
                 display_name=name,
-                external_id=opt_str(lower_keys(body).get("externalid")),
+                external_id=shapes.opt_str(shapes.lower_keys(body).get("externalid")),
                 created_at=now,
                 updated_at=now,
             )
             session.add(group)
             session.flush()
-            added = self._set_members(session, group, member_ids(lower_keys(body).get("members")))[0]
+            added = self._set_members(session, group, shapes.member_ids(shapes.lower_keys(body).get("members")))[0]
             self._record(session, "scim.group_created", group.id, call, {"displayName": name, "added": added}, now=now)
             changes = self._newly_managed(session, group, managed_before)
             self._after_change(session, changes, call=call)
@@ -68,18 +57,18 @@ class Groups(Reevaluation):
         with self._uow() as session:
             group = self._group(session, group_id)
             before = (group.display_name, group.external_id)
-            group.display_name = required_str(body, "displayName")
-            lowered = lower_keys(body)
+            group.display_name = shapes.required_str(body, "displayName")
+            lowered = shapes.lower_keys(body)
             if "externalid" in lowered:
-                group.external_id = opt_str(lowered["externalid"])
+                group.external_id = shapes.opt_str(lowered["externalid"])
             result, changes = self._save_members(
-                session, group, member_ids(lowered.get("members")), "scim.group_replaced", call, before=before
+                session, group, shapes.member_ids(lowered.get("members")), "scim.group_replaced", call, before=before
             )
         self._recheck(changes, call=call)
         return result
 
     def patch_group(self, group_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
-        operations = patch_operations(body)
+        operations = shapes.patch_operations(body)
         with self._uow() as session:
             group = self._group(session, group_id)
             before = (group.display_name, group.external_id)
@@ -88,21 +77,21 @@ class Groups(Reevaluation):
             for op, path, value in operations:
                 target = (path or "").lower()
                 if op == "replace" and path is None and isinstance(value, Mapping):
-                    lowered = lower_keys(value)
+                    lowered = shapes.lower_keys(value)
                     if "displayname" in lowered:
                         group.display_name = str(lowered["displayname"])
                     if "externalid" in lowered:
-                        group.external_id = opt_str(lowered["externalid"])
+                        group.external_id = shapes.opt_str(lowered["externalid"])
                     if "members" in lowered:
-                        wanted = set(member_ids(lowered["members"]))
+                        wanted = set(shapes.member_ids(lowered["members"]))
                 elif target == "displayname" and op in ("replace", "add"):
                     group.display_name = str(value)
                 elif target == "externalid":
-                    group.external_id = None if op == "remove" else opt_str(value)
+                    group.external_id = None if op == "remove" else shapes.opt_str(value)
                 elif target == "members" or (target.startswith("members[") and op == "remove"):
-                    wanted = patch_ids(wanted, op, path or "members", value)
+                    wanted = shapes.patch_ids(wanted, op, path or "members", value)
                 else:
-                    raise scim_error(InvalidInput, f"unsupported Group PATCH {op} {path!r}", "invalidPath")
+                    raise shapes.scim_error(InvalidInput, f"unsupported Group PATCH {op} {path!r}", "invalidPath")
             result, changes = self._save_members(
                 session, group, sorted(wanted), "scim.group_updated", call, before=before
             )
@@ -189,22 +178,19 @@ class Groups(Reevaluation):
         with self._uow() as session:
             query = select(ScimGroup).where(ScimGroup.deleted_at.is_(None)).order_by(ScimGroup.created_at)
             if filter_:
-                attribute, value = parse_filter(filter_)
-                column = field_map.get(attribute.lower())
-                if column is None:
-                    raise scim_error(InvalidInput, f"filtering on {attribute!r} is not supported", "invalidFilter")
+                _, column, value = shapes.filter_on(filter_, field_map)
                 query = query.where(column == value)
             rows = list(session.scalars(query))
             page = rows[max(start, 1) - 1 : max(start, 1) - 1 + count]
             resources = [self._group_out(session, g, members=members) for g in page]
-            return list_response(resources, total=len(rows), start=start)
+            return shapes.list_response(resources, total=len(rows), start=start)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
     def _group(self, session: Session, group_id: str) -> ScimGroup:
         group = session.get(ScimGroup, group_id)
         if group is None or group.deleted_at is not None:
-            raise scim_error(NotFound, f"no SCIM group {group_id}")
+            raise shapes.scim_error(NotFound, f"no SCIM group {group_id}")
         return group
 
     def _member_ids_of(self, session: Session, group_id: str) -> list[str]:
@@ -234,7 +220,7 @@ class Groups(Reevaluation):
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
             "id": group.id,
             "displayName": group.display_name,
-            "meta": meta("Group", group.id, group.created_at, group.updated_at),
+            "meta": shapes.meta("Group", group.id, group.created_at, group.updated_at),
         }
         if group.external_id is not None:
             out["externalId"] = group.external_id

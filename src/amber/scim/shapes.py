@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from amber.core.clock import as_utc
 from amber.core.errors import AmberError, InvalidInput
+
+T = TypeVar("T")
 
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 
@@ -111,6 +113,15 @@ def parse_filter(text: str) -> tuple[str, str]:
         raise scim_error(InvalidInput, f'unsupported filter {text!r}; only `attribute eq "value"`', "invalidFilter")
     value = json.loads(parts[2])
     return parts[0], str(value)
+
+
+def filter_on(text: str, fields: Mapping[str, T]) -> tuple[str, T, str]:
+    """A list filter's attribute, the field it names among `fields` (keys lower-case), and its value."""
+    attribute, value = parse_filter(text)
+    field = fields.get(attribute.lower())
+    if field is None:
+        raise scim_error(InvalidInput, f"filtering on {attribute!r} is not supported", "invalidFilter")
+    return attribute, field, value
 
 
 def json_list(text: str) -> list[str]:

@@ -27,30 +27,18 @@ from amber.core.errors import Conflict, InvalidInput
 from amber.core.ids import new_id
 from amber.identity.directory import ScimGroup, ScimMember, ScimUser
 from amber.identity.sessions import end_sessions_of
+from amber.scim import shapes
 from amber.scim.base import Person, ScimSettings
 from amber.scim.reevaluation import Reevaluation
-from amber.scim.shapes import (
-    as_bool,
-    json_list_of_dicts,
-    list_response,
-    lower_keys,
-    meta,
-    opt_str,
-    parse_filter,
-    patch_ids,
-    patch_operations,
-    required_str,
-    scim_error,
-)
 
 
 class Users(Reevaluation):
     def create_user(self, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         settings = self._settings()
-        user_name = required_str(body, "userName")
+        user_name = shapes.required_str(body, "userName")
         with self._uow() as session:
             if self._user_by_name(session, user_name) is not None:
-                raise scim_error(Conflict, f"a user with userName {user_name!r} already exists", "uniqueness")
+                raise shapes.scim_error(Conflict, f"a user with userName {user_name!r} already exists", "uniqueness")
             now = self._clock.now()
             user = ScimUser(
                 id=new_id("scu"),
@@ -77,8 +65,8 @@ class Users(Reevaluation):
         with self._uow() as session:
             user = self._user(session, user_id)
             was_active = user.active
-            user.user_name = required_str(body, "userName")
-            if "active" not in lower_keys(body):
+            user.user_name = shapes.required_str(body, "userName")
+            if "active" not in shapes.lower_keys(body):
                 body = {**body, "active": True}  # PUT replaces: an absent `active` means the default, true
             _apply_user(user, body, settings)
             now = self._clock.now()
@@ -95,7 +83,7 @@ class Users(Reevaluation):
 
     def patch_user(self, user_id: str, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         settings = self._settings()
-        operations = patch_operations(body)
+        operations = shapes.patch_operations(body)
         with self._uow() as session:
             user = self._user(session, user_id)
             was_active = user.active
@@ -103,18 +91,20 @@ class Users(Reevaluation):
             groups = set(current)
             for op, path, value in operations:
                 if op not in ("add", "replace", "remove"):
-                    raise scim_error(InvalidInput, f"unsupported PATCH op {op!r}", "invalidSyntax")
+                    raise shapes.scim_error(InvalidInput, f"unsupported PATCH op {op!r}", "invalidSyntax")
                 if path is None:
                     if not isinstance(value, Mapping):
-                        raise scim_error(InvalidInput, "a PATCH without a path needs an object value", "invalidValue")
-                    lowered = lower_keys(value)
+                        raise shapes.scim_error(
+                            InvalidInput, "a PATCH without a path needs an object value", "invalidValue"
+                        )
+                    lowered = shapes.lower_keys(value)
                     if "groups" in lowered:
-                        groups = patch_ids(groups, op, "groups", lowered.pop("groups"))
+                        groups = shapes.patch_ids(groups, op, "groups", lowered.pop("groups"))
                     _apply_user(user, lowered, settings)
                 elif path.lower() == "groups" or path.lower().startswith("groups["):
                     # Group memberships set on the user (RFC 7643 calls them read-only; some providers send them):
                     # applied as the same change made on each group, never silently ignored.
-                    groups = patch_ids(groups, op, path, value)
+                    groups = shapes.patch_ids(groups, op, path, value)
                 else:
                     _apply_user(user, {path: None if op == "remove" else value}, settings)
             now = self._clock.now()
@@ -163,17 +153,14 @@ class Users(Reevaluation):
         with self._uow() as session:
             query = select(ScimUser).where(ScimUser.deleted_at.is_(None)).order_by(ScimUser.created_at, ScimUser.id)
             if filter_:
-                attribute, value = parse_filter(filter_)
-                column = field_map.get(attribute.lower())
-                if column is None:
-                    raise scim_error(InvalidInput, f"filtering on {attribute!r} is not supported", "invalidFilter")
+                attribute, column, value = shapes.filter_on(filter_, field_map)
                 # userName is case-insensitive in SCIM (RFC 7643 section 4.1.1).
                 query = query.where(
                     func.lower(column) == value.lower() if attribute.lower() == "username" else column == value
                 )
             rows = list(session.scalars(query))
             page = rows[max(start, 1) - 1 : max(start, 1) - 1 + count]
-            return list_response([self._user_out(session, u) for u in page], total=len(rows), start=start)
+            return shapes.list_response([self._user_out(session, u) for u in page], total=len(rows), start=start)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -185,7 +172,7 @@ class Users(Reevaluation):
         for group_id in sorted(wanted - current):
             group = session.get(ScimGroup, group_id)
             if group is None or group.deleted_at is not None:
-                raise scim_error(InvalidInput, f"no SCIM group {group_id}", "invalidValue")
+                raise shapes.scim_error(InvalidInput, f"no SCIM group {group_id}", "invalidValue")
             session.add(ScimMember(group_id=group_id, user_id=user.id))
             group.updated_at = now
         for group_id in sorted(current - wanted):
@@ -231,9 +218,9 @@ class Users(Reevaluation):
             "id": user.id,
             "userName": user.user_name,
             "active": user.active,
-            "emails": json_list_of_dicts(user.emails),
+            "emails": shapes.json_list_of_dicts(user.emails),
             "groups": [{"value": gid, "display": name} for gid, name in groups],
-            "meta": meta("User", user.id, user.created_at, user.updated_at),
+            "meta": shapes.meta("User", user.id, user.created_at, user.updated_at),
         }
         if user.external_id is not None:
             out["externalId"] = user.external_id
@@ -244,21 +231,21 @@ class Users(Reevaluation):
 
 def _apply_user(user: ScimUser, body: Mapping[str, Any], settings: ScimSettings) -> None:
     """Set the attributes amber keeps; others (name parts, locale, enterprise extension) are accepted and not kept."""
-    for key, value in lower_keys(body).items():
+    for key, value in shapes.lower_keys(body).items():
         if key == "active":
-            user.active = as_bool(value) if value is not None else True
+            user.active = shapes.as_bool(value) if value is not None else True
         elif key == "username":
             if not isinstance(value, str) or not value.strip():
-                raise scim_error(InvalidInput, "userName must be a non-empty string", "invalidValue")
+                raise shapes.scim_error(InvalidInput, "userName must be a non-empty string", "invalidValue")
             user.user_name = value.strip()
         elif key == "externalid":
-            user.external_id = opt_str(value)
+            user.external_id = shapes.opt_str(value)
         elif key == "displayname":
-            user.display_name = opt_str(value)
+            user.display_name = shapes.opt_str(value)
         elif key == "emails":
             user.emails = json.dumps(value if isinstance(value, list) else [])
         elif key.startswith("emails[") and key.endswith("].value"):
-            emails = json_list_of_dicts(user.emails) or [{"type": "work", "primary": True}]
+            emails = shapes.json_list_of_dicts(user.emails) or [{"type": "work", "primary": True}]
             emails[0]["value"] = value
             user.emails = json.dumps(emails)
         elif key in ("password",):
