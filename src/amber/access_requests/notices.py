@@ -26,6 +26,8 @@ MAX_NOTIFY_BACKOFF = timedelta(minutes=5)
 
 
 class Notices(ServiceBase):
+    """The notification outbox part of AccessRequestService."""
+
     def _break_glass(self, session: Session, request: AccessRequest, owners: list[str], *, now: datetime) -> None:
         config = self._catalog().policy
         recipients = sorted(set(owners) | set(config.security_groups))

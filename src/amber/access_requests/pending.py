@@ -29,6 +29,8 @@ from amber.ledger import SYSTEM, Actor
 
 
 class Pending(Review):
+    """The cancel / expire / SCIM re-check part of AccessRequestService."""
+
     def cancel(self, request_id: str, principal: Principal) -> Outcome:
         with self._uow() as session:
             request = self._get(session, request_id, for_update=True)

@@ -31,6 +31,8 @@ Scope = Literal["mine", "to_approve", "to_review", "all"]
 
 
 class Queries(Review):
+    """The read part of AccessRequestService."""
+
     def get(self, request_id: str, principal: Principal) -> tuple[AccessRequest, list[Approval], Grant | None]:
         with self._uow() as session:
             request = self._get(session, request_id)

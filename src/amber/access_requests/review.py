@@ -33,6 +33,8 @@ from amber.identity.directory import groups_now, is_deprovisioned
 
 
 class Review(ServiceBase):
+    """The approver-review part of AccessRequestService."""
+
     def approve(self, request_id: str, principal: Principal, *, comment: str = "") -> Outcome:
         return self._review(request_id, principal, "approve", comment)
 

@@ -38,6 +38,8 @@ MAX_REASON = 2000
 
 
 class Submission(Notices):
+    """The submit part of AccessRequestService."""
+
     def _history(self, session: Session, principal: Principal, now: datetime) -> policy.History:
         since = now - timedelta(hours=24)
         mine = (

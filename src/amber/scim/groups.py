@@ -26,6 +26,8 @@ from amber.scim.reevaluation import Reevaluation
 
 
 class Groups(Reevaluation):
+    """The Groups part of ScimService."""
+
     def create_group(self, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         name = shapes.required_str(body, "displayName")
         with self._uow() as session:

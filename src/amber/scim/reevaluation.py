@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 
 class Reevaluation(ScimBase):
+    """What a SCIM change sets off, for the Users and Groups parts of ScimService."""
+
     def _revoke_all(self, user_id: str, *, call: str, why: str) -> list[Revocation]:
         """Revoke every live grant of a deprovisioned person. Each revocation ends the target sessions.
 

@@ -33,6 +33,8 @@ from amber.scim.reevaluation import Reevaluation
 
 
 class Users(Reevaluation):
+    """The Users part of ScimService."""
+
     def create_user(self, body: Mapping[str, Any], *, call: str) -> dict[str, Any]:
         settings = self._settings()
         user_name = shapes.required_str(body, "userName")
